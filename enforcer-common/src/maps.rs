@@ -1,0 +1,181 @@
+//! Keys and values of the BPF maps. All `#[repr(C)]` with explicit padding, addresses and
+//! ports in network byte order unless a name says otherwise.
+//!
+//! Policy maps are double-buffered: every policy key carries a slot (0 or 1); `ACTIVE`
+//! names the slot the programs read. The daemon fills the idle slot completely, flips
+//! `ACTIVE` in one 4-byte store, and only then clears the old slot, so a packet is judged
+//! by one whole policy, old or new, never a mix and never an empty one.
+
+use crate::consts::MAX_EXT_HDRS;
+
+/// `ACTIVE[0]`: the slot the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveSlot {
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// `SLOT_INFO[slot]`: what belongs to one policy besides its entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Policy generation, reported in every event.
+    pub generation: u64,
+    /// `SLOT_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The global mode is enforce (else audit): drops with no rule to decide (malformed
+/// packets, bad fragments) follow it.
+pub const SLOT_ENFORCE: u32 = 1;
+/// Report allowed packets too (`[audit] allowed = true`).
+pub const SLOT_REPORT_ALLOWED: u32 = 2;
+
+/// `HOST[0]`: facts about the host's namespace, kept by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// Network namespace cookie of the daemon's namespace (the host's): sockets in other
+    /// namespaces (containers) are out of scope.
+    pub netns_cookie: u64,
+}
+
+/// `GROUPS[slot * MAX_GROUPS + group]`: a port group is a distinct set of rules covering a
+/// (protocol, port); its allow entries are the union of those rules'.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The first rule (in file order) covering the port: named in events for refusals.
+    pub primary_rule: u32,
+    /// `GROUP_*` flags.
+    pub flags: u32,
+    /// Bit n set: some allowed cgroup sits at level n (root = 0), so the program only
+    /// looks up the sender's ancestor at levels that can match.
+    pub cgroup_levels: u32,
+    /// Number of distinct IPv4 / IPv6 prefix lengths in `v4_lens` / `v6_lens`.
+    pub n_v4: u32,
+    pub n_v6: u32,
+    /// Distinct prefix lengths of the allow entries, longest first: the program probes one
+    /// hash lookup per length, so cost follows the number of lengths, not of prefixes.
+    pub v4_lens: [u8; 36],
+    pub v6_lens: [u8; 132],
+}
+
+impl Default for GroupInfo {
+    fn default() -> Self {
+        GroupInfo {
+            primary_rule: 0,
+            flags: 0,
+            cgroup_levels: 0,
+            n_v4: 0,
+            n_v6: 0,
+            v4_lens: [0; 36],
+            v6_lens: [0; 132],
+        }
+    }
+}
+
+/// Some rule in the group enforces: a refusal drops (else would-drop).
+pub const GROUP_ENFORCE: u32 = 1;
+
+/// `ALLOW`: (slot, group, family, prefix length, masked address) -> rule id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllowKey {
+    /// `slot << 16 | group`.
+    pub group: u32,
+    /// `family << 8 | prefix length`.
+    pub family_len: u32,
+    /// Address masked to the prefix length, network order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// `CGROUPS`: (slot, group, cgroup id) -> rule id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CgroupKey {
+    /// `slot << 16 | group`.
+    pub group: u32,
+    pub _pad: u32,
+    /// cgroup v2 id: the inode number of the cgroup's directory.
+    pub cgroup_id: u64,
+}
+
+/// `LOCAL_ADDRS`: an address of this host -> 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalAddrKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// `FLOWS`: a flow (client to server direction) authorized at a local sender's socket ->
+/// the time it was last judged there (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u16,
+    /// Ports in host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// `SOCK_OWNERS`: socket cookie -> the task that connected or sent on it, recorded by the
+/// connect/sendmsg programs (process context) for the egress program's events, which may
+/// run in softirq context where the current task is not the sender.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+}
+
+#[inline(always)]
+pub const fn slot_group(slot: u32, group: u32) -> u32 {
+    ((slot & 1) << 16) | (group & 0xffff)
+}
+
+/// Masks `addr` (network order, `bytes` long: 4 or 16) to `len` bits, in place.
+#[inline(always)]
+pub fn mask_addr(addr: &mut [u8; 16], len: u8) {
+    // Two 64-bit halves keep this branch-light and loop-free for the verifier.
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let len = len as u32;
+    let hi_mask = if len >= 64 {
+        u64::MAX
+    } else if len == 0 {
+        0
+    } else {
+        u64::MAX << (64 - len)
+    };
+    let lo_mask = if len >= 128 {
+        u64::MAX
+    } else if len <= 64 {
+        0
+    } else {
+        u64::MAX << (128 - len)
+    };
+    let hi = (hi & hi_mask).to_be_bytes();
+    let lo = (lo & lo_mask).to_be_bytes();
+    *addr = [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ];
+}
+
+const _: () = assert!(MAX_EXT_HDRS < 255);
+const _: () = assert!(core::mem::size_of::<GroupInfo>() == 188);
+const _: () = assert!(core::mem::size_of::<AllowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<CgroupKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -1,0 +1,330 @@
+//! enforcer's BPF programs: XDP on the host's interfaces, cgroup_skb ingress/egress and
+//! cgroup connect/sendmsg on a cgroup subtree. Each entry point parses, asks `verdict`,
+//! and reports through `report`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod parse;
+mod report;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_ANY},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
+            bpf_skb_cgroup_id,
+        },
+    },
+    macros::{cgroup_skb, cgroup_sock_addr, xdp},
+    programs::{SkBuffContext, SockAddrContext, XdpContext},
+    EbpfContext,
+};
+use enforcer_common::{
+    consts::*,
+    maps::{FlowKey, SockOwner},
+    reason::{Hook, Reason, Verdict},
+};
+
+use crate::{
+    maps::{FLOWS, SOCK_OWNERS},
+    packet::{Skb, Xdp},
+    parse::{Parsed, K_NOT_IP, K_PORTS},
+    verdict::{cgroup_rule, host_netns, is_host_addr, is_loopback, judge, HookEnv},
+};
+
+/// Remote senders, judged by source address: the destination must be the host's.
+struct XdpEnv;
+
+impl HookEnv for XdpEnv {
+    #[inline(always)]
+    fn in_scope(&self, p: &Parsed) -> bool {
+        is_host_addr(p.family, &p.dst)
+    }
+
+    #[inline(always)]
+    fn flow_authorized(&self, p: &Parsed) -> bool {
+        flow_authorized(p)
+    }
+}
+
+#[xdp]
+pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
+    let pkt = Xdp(&ctx);
+    let p = parse::parse_frame(&pkt);
+    let out = judge(&XdpEnv, &p);
+    report::finish(Hook::Xdp, &out, &p, |e| {
+        e.ifindex = ctx.ingress_ifindex() as u32;
+        e.pkt_len = packet::Packet::len(&pkt) as u32;
+    });
+    if out.verdict == Verdict::Drop {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Parses what a cgroup_skb program sees: the L3 packet, family from skb->protocol.
+#[inline(always)]
+fn parse_skb(ctx: &SkBuffContext) -> Parsed {
+    let skb = Skb(ctx);
+    let proto = ctx.skb.protocol();
+    if proto == (ETH_P_IP.to_be() as u32) {
+        parse::parse_ipv4(&skb, 0)
+    } else if proto == (ETH_P_IPV6.to_be() as u32) {
+        parse::parse_ipv6(&skb, 0)
+    } else {
+        parse::Parsed {
+            kind: K_NOT_IP,
+            family: 0,
+            proto: 0,
+            complete: false,
+            sport: 0,
+            dport: 0,
+            src: [0; 16],
+            dst: [0; 16],
+        }
+    }
+}
+
+#[inline(always)]
+fn skb_netns(ctx: &SkBuffContext) -> u64 {
+    // SAFETY: the helper takes the program's context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey {
+        proto: p.proto,
+        family: p.family,
+        _pad: 0,
+        sport: p.sport,
+        dport: p.dport,
+        src: p.src,
+        dst: p.dst,
+    }
+}
+
+#[inline(always)]
+fn flow_authorized(p: &Parsed) -> bool {
+    // SAFETY: a hash map lookup; the value is copied out at once.
+    match unsafe { FLOWS.get(&flow_key(p)) } {
+        // SAFETY: a helper with no arguments.
+        Some(ts) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(*ts) < FLOW_FRESH_NS,
+        None => false,
+    }
+}
+
+/// Receiving sockets: in scope when they are the host's (not a container's).
+struct IngressEnv {
+    host_socket: bool,
+}
+
+impl HookEnv for IngressEnv {
+    #[inline(always)]
+    fn in_scope(&self, _p: &Parsed) -> bool {
+        self.host_socket
+    }
+
+    #[inline(always)]
+    fn flow_authorized(&self, p: &Parsed) -> bool {
+        flow_authorized(p)
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
+    let p = parse_skb(&ctx);
+    let env = IngressEnv {
+        host_socket: skb_netns(&ctx) == host_netns(),
+    };
+    let out = judge(&env, &p);
+    report::finish(Hook::CgroupIngress, &out, &p, |e| {
+        e.pkt_len = ctx.len();
+    });
+    (out.verdict != Verdict::Drop) as i32
+}
+
+/// Local senders: the host's addresses are in scope, and loopback only for the host's
+/// own namespace; the sender's cgroup can allow it.
+struct EgressEnv<'a> {
+    ctx: &'a SkBuffContext,
+    host_socket: bool,
+}
+
+#[inline(always)]
+fn sender_scope(host_socket: bool, p: &Parsed) -> bool {
+    if is_loopback(p.family, &p.dst) {
+        host_socket
+    } else {
+        is_host_addr(p.family, &p.dst)
+    }
+}
+
+impl HookEnv for EgressEnv<'_> {
+    #[inline(always)]
+    fn in_scope(&self, p: &Parsed) -> bool {
+        sender_scope(self.host_socket, p)
+    }
+
+    #[inline(always)]
+    fn cgroup_rule(&self, sg: u32, levels: u32) -> Option<u32> {
+        let skb = self.ctx.skb.skb;
+        // SAFETY: the helper takes the program's __sk_buff.
+        cgroup_rule(sg, levels, |level| unsafe {
+            bpf_skb_ancestor_cgroup_id(skb, level)
+        })
+    }
+}
+
+#[cgroup_skb(egress)]
+pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
+    let p = parse_skb(&ctx);
+    let env = EgressEnv {
+        ctx: &ctx,
+        host_socket: skb_netns(&ctx) == host_netns(),
+    };
+    let out = judge(&env, &p);
+    if out.verdict == Verdict::Allow
+        && matches!(out.reason, Reason::AllowedSource | Reason::AllowedCgroup)
+    {
+        // Remembered so the receiving side (XDP on a veth, cgroup ingress over loopback)
+        // does not refuse what the sender's socket was allowed.
+        // SAFETY: a helper with no arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let _ = FLOWS.insert(&flow_key(&p), &now, BPF_ANY as u64);
+    }
+    report::finish(Hook::CgroupEgress, &out, &p, |e| {
+        e.pkt_len = ctx.len();
+        // SAFETY: the helpers take the program's context.
+        unsafe {
+            e.cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
+            let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+            if let Some(owner) = SOCK_OWNERS.get(&cookie) {
+                e.pid_tgid = owner.pid_tgid;
+                e.comm = owner.comm;
+            }
+        }
+    });
+    (out.verdict != Verdict::Drop) as i32
+}
+
+/// connect()/sendmsg() of a host-namespace socket: refused with EPERM at once instead of
+/// a silent timeout. Sockets in other namespaces (containers) are left to the egress
+/// program: their source address is not known yet.
+struct SockAddrEnv;
+
+impl HookEnv for SockAddrEnv {
+    #[inline(always)]
+    fn in_scope(&self, p: &Parsed) -> bool {
+        sender_scope(true, p)
+    }
+
+    #[inline(always)]
+    fn cgroup_rule(&self, sg: u32, levels: u32) -> Option<u32> {
+        // SAFETY: the helper reads the current task's cgroup.
+        cgroup_rule(sg, levels, |level| unsafe {
+            bpf_get_current_ancestor_cgroup_id(level)
+        })
+    }
+}
+
+#[inline(always)]
+fn sock_addr(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr; these fields are readable by
+    // every cgroup sock_addr program.
+    let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: the helper takes the program's context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != host_netns() {
+        return 1;
+    }
+    let proto = match sa.type_ {
+        1 => IPPROTO_TCP, // SOCK_STREAM
+        2 => IPPROTO_UDP, // SOCK_DGRAM
+        _ => return 1,
+    };
+    let mut p = Parsed {
+        kind: K_PORTS,
+        family: AF_INET,
+        proto,
+        complete: true,
+        sport: 0,
+        dport: u16::from_be(sa.user_port as u16),
+        src: [0; 16],
+        dst: [0; 16],
+    };
+    if v6 {
+        let mut a = [0u8; 16];
+        for (i, w) in sa.user_ip6.iter().enumerate() {
+            a[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        // A v4-mapped destination leaves as IPv4: judge it as such.
+        if a[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            p.dst[..4].copy_from_slice(&a[12..]);
+        } else {
+            p.family = AF_INET6;
+            p.dst = a;
+        }
+    } else {
+        p.dst[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    // A host-namespace connection to one of the host's own addresses leaves from that
+    // address (local routes pick it as source).
+    p.src = p.dst;
+    let out = judge(&SockAddrEnv, &p);
+    if out.reason.is_judged() {
+        // SAFETY: helpers reading the current task, valid in this process context.
+        let owner = SockOwner {
+            pid_tgid: bpf_get_current_pid_tgid(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        // SAFETY: the helper takes the program's context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        let _ = SOCK_OWNERS.insert(&cookie, &owner, BPF_ANY as u64);
+    }
+    if out.verdict != Verdict::Drop {
+        return 1;
+    }
+    report::finish(hook, &out, &p, |e| {
+        e.pid_tgid = bpf_get_current_pid_tgid();
+        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // SAFETY: a helper with no arguments.
+        e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    });
+    0
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn enforcer_connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Hook::CgroupConnect, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn enforcer_connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Hook::CgroupConnect, true)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn enforcer_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Hook::CgroupSendmsg, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn enforcer_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Hook::CgroupSendmsg, true)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

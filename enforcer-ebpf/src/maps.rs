@@ -1,0 +1,67 @@
+//! Every map the programs use. Names are the ones the daemon looks up.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use enforcer_common::{
+    consts::*,
+    maps::*,
+    reason::{COUNTER_ENTRIES, RULE_COUNTER_KINDS},
+};
+
+/// The slot the programs read (see `enforcer_common::maps`).
+#[map]
+pub static ACTIVE: Array<ActiveSlot> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SLOT_INFO: Array<SlotInfo> = Array::with_max_entries(SLOTS, 0);
+
+#[map]
+pub static HOST: Array<HostInfo> = Array::with_max_entries(1, 0);
+
+/// (slot, protocol, port) -> 0 (unprotected), `PORT_FAILSAFE`, or group + 1.
+/// An array so "is this port protected?" is one load.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_TABLE_ENTRIES, 0);
+
+#[map]
+pub static GROUPS: Array<GroupInfo> = Array::with_max_entries(SLOTS * MAX_GROUPS, 0);
+
+/// Allow prefixes, one hash probe per distinct prefix length (flat cost at any size,
+/// unlike an LPM trie whose cost grows with its entries).
+#[map]
+pub static ALLOW: HashMap<AllowKey, u32> =
+    HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static CGROUPS: HashMap<CgroupKey, u32> =
+    HashMap::with_max_entries(MAX_CGROUP_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
+    HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Per-(hook, reason) packet counts.
+#[map]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+/// Per-(rule, verdict) packet counts.
+#[map]
+pub static RULE_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(MAX_RULES * RULE_COUNTER_KINDS, 0);
+
+/// Audit stream health: index 0 counts events lost to a full ring buffer.
+#[map]
+pub static EVENT_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
+    LruHashMap::with_max_entries(MAX_SOCK_OWNERS, 0);

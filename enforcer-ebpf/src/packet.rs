@@ -1,0 +1,58 @@
+//! Bounds-checked header reads: the only way the programs touch packet bytes.
+
+use aya_ebpf::programs::{SkBuffContext, XdpContext};
+use enforcer_common::consts::MAX_HDR_OFFSET;
+
+/// A packet as a hook sees it: XDP from the Ethernet header, cgroup_skb from L3.
+pub trait Packet {
+    /// Bytes in the buffer.
+    fn len(&self) -> usize;
+    /// `N` bytes at `off`, or `None` when they are not all in the buffer or `off` is past
+    /// `MAX_HDR_OFFSET`.
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+pub struct Xdp<'a>(pub &'a XdpContext);
+
+impl Packet for Xdp<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.data_end() - self.0.data()
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        // The verifier needs a bounded offset before it allows pointer arithmetic on packet
+        // data, and the comparison must be on the pointer itself (not on a length computed
+        // from it) for it to learn the access is within data_end.
+        if off > MAX_HDR_OFFSET {
+            return None;
+        }
+        let ptr = self.0.data() + off;
+        if ptr + N > self.0.data_end() {
+            return None;
+        }
+        // SAFETY: [ptr, ptr + N) lies within [data, data_end), checked above.
+        Some(unsafe { core::ptr::read_unaligned(ptr as *const [u8; N]) })
+    }
+}
+
+pub struct Skb<'a>(pub &'a SkBuffContext);
+
+impl Packet for Skb<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        // Same depth limit as XDP, so both hooks (and the model) agree on what is readable.
+        // `load` (bpf_skb_load_bytes with a constant size) also reads non-linear data;
+        // `load_bytes` is rejected here (a zero-sized read the verifier cannot rule out).
+        if off > MAX_HDR_OFFSET {
+            return None;
+        }
+        self.0.load::<[u8; N]>(off).ok()
+    }
+}

@@ -1,0 +1,249 @@
+//! The decision, as `enforcer_common::model::verdict::judge` defines it, on map lookups.
+
+use enforcer_common::{
+    consts::*,
+    maps::*,
+    reason::{Reason, Verdict},
+};
+
+use crate::{
+    maps::{ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, LOCAL_ADDRS, PORTS, SLOT_INFO},
+    parse::*,
+};
+
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub rule: u32,
+    pub generation: u64,
+    pub slot_flags: u32,
+}
+
+/// What differs between hooks: scope, and how a local sender may be recognised.
+pub trait HookEnv {
+    /// Whether the packet is bound for one of the host's own sockets.
+    fn in_scope(&self, p: &Parsed) -> bool;
+    /// Sending hooks: the rule allowing the sender's cgroup, if any.
+    fn cgroup_rule(&self, _slot_group: u32, _levels: u32) -> Option<u32> {
+        None
+    }
+    /// Receiving hooks: whether a local sender's socket authorized this flow.
+    fn flow_authorized(&self, _p: &Parsed) -> bool {
+        false
+    }
+}
+
+#[inline(always)]
+fn refusal(enforce: bool) -> Verdict {
+    if enforce {
+        Verdict::Drop
+    } else {
+        Verdict::WouldDrop
+    }
+}
+
+#[inline(always)]
+pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
+    let slot = match ACTIVE.get(0) {
+        Some(a) => a.slot & 1,
+        None => 0,
+    };
+    let (generation, slot_flags) = match SLOT_INFO.get(slot) {
+        Some(i) => (i.generation, i.flags),
+        None => (0, 0),
+    };
+    let mut out = Outcome {
+        verdict: Verdict::Allow,
+        reason: Reason::NotIp,
+        rule: NO_RULE,
+        generation,
+        slot_flags,
+    };
+    let global_enforce = slot_flags & SLOT_ENFORCE != 0;
+    match p.kind {
+        K_PORTS => {}
+        K_NOT_IP => return out,
+        K_BAD_IP => {
+            out.verdict = refusal(global_enforce);
+            out.reason = Reason::Malformed;
+            return out;
+        }
+        K_OTHER => {
+            out.reason = Reason::NotTcpUdp;
+            return out;
+        }
+        K_LATER_FRAGMENT => {
+            out.reason = Reason::LaterFragment;
+            return out;
+        }
+        kind => {
+            if !env.in_scope(p) {
+                out.reason = Reason::NotLocal;
+                return out;
+            }
+            out.verdict = refusal(global_enforce);
+            out.reason = match kind {
+                K_BAD_FRAGMENT => Reason::BadFragment,
+                K_CHAIN_TOO_LONG => Reason::ExtChainTooLong,
+                _ => Reason::Malformed,
+            };
+            return out;
+        }
+    }
+
+    // The cheapest question first: one array load answers "is this port protected?".
+    let Some(proto_idx) = proto_index(p.proto) else {
+        out.reason = Reason::NotTcpUdp;
+        return out;
+    };
+    let entry = match PORTS.get(port_index(slot, proto_idx, p.dport)) {
+        Some(e) => *e,
+        None => PORT_UNPROTECTED,
+    };
+    if entry == PORT_UNPROTECTED {
+        out.reason = Reason::NotProtected;
+        return out;
+    }
+    if entry == PORT_FAILSAFE {
+        out.reason = Reason::Failsafe;
+        return out;
+    }
+    if !env.in_scope(p) {
+        out.reason = Reason::NotLocal;
+        return out;
+    }
+    let group = (entry - 1) & (MAX_GROUPS - 1);
+    let Some(g) = GROUPS.get(slot * MAX_GROUPS + group) else {
+        // Unreachable (the index is in range); refuse rather than pass if it ever is.
+        out.verdict = refusal(global_enforce);
+        out.reason = Reason::Denied;
+        return out;
+    };
+    let enforce = g.flags & GROUP_ENFORCE != 0;
+    out.rule = g.primary_rule;
+    if !p.complete {
+        out.verdict = refusal(enforce);
+        out.reason = Reason::Malformed;
+        return out;
+    }
+    let sg = slot_group(slot, group);
+    let by_source = if p.family == AF_INET {
+        allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src)
+    } else {
+        allow_by_source::<132>(sg, AF_INET6, g.n_v6, &g.v6_lens, &p.src)
+    };
+    if let Some(rule) = by_source {
+        out.rule = rule;
+        out.reason = Reason::AllowedSource;
+        return out;
+    }
+    if let Some(rule) = env.cgroup_rule(sg, g.cgroup_levels) {
+        out.rule = rule;
+        out.reason = Reason::AllowedCgroup;
+        return out;
+    }
+    if env.flow_authorized(p) {
+        out.reason = Reason::AllowedFlow;
+        return out;
+    }
+    out.verdict = refusal(enforce);
+    out.reason = Reason::Denied;
+    out
+}
+
+/// Longest-prefix match: one hash probe per distinct prefix length, longest first.
+#[inline(always)]
+fn allow_by_source<const N: usize>(
+    sg: u32,
+    family: u8,
+    n: u32,
+    lens: &[u8; N],
+    src: &[u8; 16],
+) -> Option<u32> {
+    let mut key = AllowKey {
+        group: sg,
+        family_len: 0,
+        addr: [0; 16],
+    };
+    // A constant trip count the verifier can bound; `n` ends it early.
+    for i in 0..N {
+        if i as u32 >= n {
+            break;
+        }
+        let len = lens[i];
+        key.family_len = (family as u32) << 8 | len as u32;
+        key.addr = *src;
+        mask_addr(&mut key.addr, len);
+        // SAFETY: a hash map lookup; the value is copied out at once.
+        if let Some(rule) = unsafe { ALLOW.get(&key) } {
+            return Some(*rule);
+        }
+    }
+    None
+}
+
+/// The rule allowing the deepest allowed ancestor of a cgroup; `ancestor(level)` returns
+/// the id of the sender's cgroup ancestor at `level` (0 when deeper than the cgroup).
+#[inline(always)]
+pub fn cgroup_rule(sg: u32, levels: u32, ancestor: impl Fn(i32) -> u64) -> Option<u32> {
+    if levels == 0 {
+        return None;
+    }
+    let mut level = MAX_CGROUP_LEVEL as i32;
+    for _ in 0..=MAX_CGROUP_LEVEL {
+        if levels & (1u32 << level) != 0 {
+            let id = ancestor(level);
+            if id != 0 {
+                let key = CgroupKey {
+                    group: sg,
+                    _pad: 0,
+                    cgroup_id: id,
+                };
+                // SAFETY: a hash map lookup; the value is copied out at once.
+                if let Some(rule) = unsafe { CGROUPS.get(&key) } {
+                    return Some(*rule);
+                }
+            }
+        }
+        level -= 1;
+    }
+    None
+}
+
+/// Loopback, broadcast and multicast: bound for the host without being in LOCAL_ADDRS.
+#[inline(always)]
+pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
+    if family == AF_INET {
+        a[0] == 127
+    } else {
+        a[..15] == [0; 15] && a[15] == 1
+    }
+}
+
+/// Whether `a` is one of the host's addresses (or loopback, broadcast, multicast).
+#[inline(always)]
+pub fn is_host_addr(family: u8, a: &[u8; 16]) -> bool {
+    let special = if family == AF_INET {
+        a[0] == 127 || a[0] & 0xf0 == 0xe0 || a[..4] == [255; 4]
+    } else {
+        is_loopback(family, a) || a[0] == 0xff
+    };
+    if special {
+        return true;
+    }
+    let key = LocalAddrKey {
+        family: family as u32,
+        addr: *a,
+    };
+    // SAFETY: a hash map lookup whose value is not kept.
+    unsafe { LOCAL_ADDRS.get(&key) }.is_some()
+}
+
+/// The host's network namespace cookie.
+#[inline(always)]
+pub fn host_netns() -> u64 {
+    match HOST.get(0) {
+        Some(h) => h.netns_cookie,
+        None => 0,
+    }
+}

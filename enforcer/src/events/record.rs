@@ -1,0 +1,73 @@
+//! The audit record as operators see it: one JSON object per line.
+
+use serde::Serialize;
+
+/// One line of the audit stream. Fields that do not apply are omitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// RFC 3339, UTC, nanoseconds.
+    pub ts: String,
+    /// "packet", "policy", "lost", ...
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+    /// Generation of the policy that judged the packet, or that a policy event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<u64>,
+    /// Policy events: what happened ("applied", "refused").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_added: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_removed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules_changed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// "lost" events: how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// RFC 3339 UTC with nanoseconds for nanoseconds since the Unix epoch.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let ns = unix_ns.max(0) as u128;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// Now, as `rfc3339`.
+pub fn now() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,204 @@
+//! Compiled policy -> the kernel's maps, with no moment where a packet sees a mix of two
+//! policies or none.
+//!
+//! Every policy map holds two slots. A new policy goes, complete, into the slot the
+//! programs are not reading; then `ACTIVE` flips in one 4-byte store. The slot the programs
+//! left keeps the previous policy untouched, which makes it the base of the next write: only
+//! entries that differ are written, so a reload costs in proportion to what changed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use enforcer_common::{
+    consts::{port_index, MAX_GROUPS},
+    maps::{slot_group, ActiveSlot, AllowKey, CgroupKey, GroupInfo, SlotInfo},
+};
+
+use super::programs::Maps;
+use crate::policy::Compiled;
+
+/// A program run lasts microseconds; a slot is rewritten only this long after the programs
+/// stopped reading it (an RCU grace period with a wide margin).
+const GRACE: Duration = Duration::from_millis(20);
+
+/// What one slot holds, as written.
+#[derive(Clone, Default)]
+struct SlotContent {
+    info: SlotInfo,
+    ports: Vec<u32>,
+    groups: Vec<GroupInfo>,
+    allow: HashMap<AllowKey, u32>,
+    cgroups: HashMap<CgroupKey, u32>,
+}
+
+/// How much one apply wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub entries_written: usize,
+    pub entries_removed: usize,
+}
+
+pub struct Writer {
+    active: u32,
+    /// None: unknown (a failed write left it partial), so rewrite it whole.
+    slots: [Option<SlotContent>; 2],
+    last_flip: Option<Instant>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Writer {
+    /// A writer for freshly created maps: both slots empty, slot 0 active.
+    pub fn new() -> Self {
+        let empty = SlotContent {
+            ports: vec![0; 2 * 65536],
+            ..SlotContent::default()
+        };
+        Writer {
+            active: 0,
+            slots: [Some(empty.clone()), Some(empty)],
+            last_flip: None,
+        }
+    }
+
+    pub fn active_slot(&self) -> u32 {
+        self.active
+    }
+
+    /// Writes `compiled` (with the cgroup ids resolved in `cgroup_ids`) as `generation`
+    /// into the idle slot, then makes it the active one.
+    pub fn apply(
+        &mut self,
+        maps: &mut Maps,
+        compiled: &Compiled,
+        cgroup_ids: &BTreeMap<String, u64>,
+        generation: u64,
+    ) -> anyhow::Result<ApplyStats> {
+        let target = 1 - self.active;
+        if let Some(t) = self.last_flip {
+            let since = t.elapsed();
+            if since < GRACE {
+                std::thread::sleep(GRACE - since);
+            }
+        }
+        let new = content_for(target, compiled, cgroup_ids, generation);
+        let old = self.slots[target as usize].take();
+        let stats = write_slot(maps, target, old.as_ref(), &new)?;
+        maps.active
+            .set(0, ActiveSlot { slot: target, _pad: 0 }, 0)
+            .context("switching to the new policy")?;
+        self.active = target;
+        self.last_flip = Some(Instant::now());
+        self.slots[target as usize] = Some(new);
+        Ok(stats)
+    }
+}
+
+fn content_for(
+    slot: u32,
+    compiled: &Compiled,
+    cgroup_ids: &BTreeMap<String, u64>,
+    generation: u64,
+) -> SlotContent {
+    let allow = compiled
+        .allow
+        .iter()
+        .map(|(k, r)| (AllowKey { group: slot_group(slot, k.group), ..*k }, *r))
+        .collect();
+    let cgroups = compiled
+        .cgroups
+        .iter()
+        .filter_map(|((g, path), r)| {
+            let id = *cgroup_ids.get(path)?;
+            Some((CgroupKey { group: slot_group(slot, *g), _pad: 0, cgroup_id: id }, *r))
+        })
+        .collect();
+    SlotContent {
+        info: SlotInfo { generation, flags: compiled.slot_flags, _pad: 0 },
+        ports: compiled.ports.clone(),
+        groups: compiled.groups.clone(),
+        allow,
+        cgroups,
+    }
+}
+
+/// Makes slot `slot` hold `new`, writing only what differs from `old` (everything when
+/// `old` is unknown).
+fn write_slot(
+    maps: &mut Maps,
+    slot: u32,
+    old: Option<&SlotContent>,
+    new: &SlotContent,
+) -> anyhow::Result<ApplyStats> {
+    let mut stats = ApplyStats::default();
+    for (i, &v) in new.ports.iter().enumerate() {
+        if old.is_some_and(|o| o.ports.get(i) == Some(&v)) {
+            continue;
+        }
+        let idx = port_index(slot, (i >> 16) as u32, (i & 0xffff) as u16);
+        maps.ports.set(idx, v, 0).context("writing the port table")?;
+        stats.entries_written += 1;
+    }
+    let old_groups = old.map_or(MAX_GROUPS as usize, |o| o.groups.len());
+    for g in 0..new.groups.len().max(old_groups) {
+        let want = new.groups.get(g).copied().unwrap_or_default();
+        if old.is_some_and(|o| o.groups.get(g).copied().unwrap_or_default() == want) {
+            continue;
+        }
+        if old.is_none() && g >= new.groups.len() {
+            // Unknown old content: only groups a port could name matter, and none does.
+            break;
+        }
+        maps.groups
+            .set(slot * MAX_GROUPS + g as u32, want, 0)
+            .context("writing port groups")?;
+        stats.entries_written += 1;
+    }
+    sync_hash(&mut maps.allow, slot, old.map(|o| &o.allow), &new.allow, |k| k.group >> 16, &mut stats)
+        .context("writing allow entries")?;
+    sync_hash(&mut maps.cgroups, slot, old.map(|o| &o.cgroups), &new.cgroups, |k| k.group >> 16, &mut stats)
+        .context("writing allowed cgroups")?;
+    maps.slot_info.set(slot, new.info, 0).context("writing the policy generation")?;
+    Ok(stats)
+}
+
+fn sync_hash<K>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, u32>,
+    slot: u32,
+    old: Option<&HashMap<K, u32>>,
+    new: &HashMap<K, u32>,
+    slot_of: impl Fn(&K) -> u32,
+    stats: &mut ApplyStats,
+) -> anyhow::Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+{
+    let stale: Vec<K> = match old {
+        Some(old) => old.keys().filter(|k| !new.contains_key(*k)).copied().collect(),
+        // Unknown: whatever the kernel holds for this slot that is not wanted.
+        None => map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| slot_of(k) & 1 == slot && !new.contains_key(k))
+            .collect(),
+    };
+    for (k, v) in new {
+        if old.is_some_and(|o| o.get(k) == Some(v)) {
+            continue;
+        }
+        map.insert(*k, *v, 0)?;
+        stats.entries_written += 1;
+    }
+    for k in stale {
+        map.remove(&k)?;
+        stats.entries_removed += 1;
+    }
+    Ok(())
+}

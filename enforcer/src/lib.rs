@@ -1,0 +1,11 @@
+//! enforcer: guards a host's internal ports in the kernel.
+//!
+//! The data flows through one module per stage:
+//! policy (file -> validated -> compiled), kernel (programs, map writer, host facts,
+//! counters), events (ring buffer -> decoder -> enrichment -> sinks), and the daemon that
+//! ties them together.
+
+pub mod daemon;
+pub mod events;
+pub mod kernel;
+pub mod policy;

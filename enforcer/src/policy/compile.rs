@@ -1,0 +1,233 @@
+//! Validated policy -> the entries of one slot of the policy maps (pure).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use enforcer_common::{
+    consts::{AF_INET, AF_INET6, MAX_ALLOW_ENTRIES, MAX_CGROUP_ENTRIES, MAX_GROUPS, PORT_FAILSAFE},
+    maps::{mask_addr, AllowKey, GroupInfo, GROUP_ENFORCE, SLOT_ENFORCE, SLOT_REPORT_ALLOWED},
+    model::{policy::cgroup_level, Mode, Protocol},
+};
+
+use super::Policy;
+
+/// Entries for one slot. Group ids here carry no slot bits; the writer adds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    pub slot_flags: u32,
+    /// Indexed by `proto_idx << 16 | port`: 0, `PORT_FAILSAFE`, or group + 1.
+    pub ports: Vec<u32>,
+    pub groups: Vec<GroupInfo>,
+    /// Allow entries (key.group is the group id) -> rule id.
+    pub allow: HashMap<AllowKey, u32>,
+    /// (group, cgroup path) -> rule id; the writer resolves paths to cgroup ids.
+    pub cgroups: HashMap<(u32, String), u32>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("the policy needs {0} distinct port groups; at most {MAX_GROUPS} are supported")]
+    TooManyGroups(usize),
+    #[error("the policy needs {0} allow entries; at most {max} are supported", max = MAX_ALLOW_ENTRIES / 2)]
+    TooManyPrefixes(usize),
+    #[error("the policy needs {0} allowed cgroup entries; at most {max} are supported", max = MAX_CGROUP_ENTRIES / 2)]
+    TooManyCgroups(usize),
+}
+
+const PROTOS: [(Protocol, usize); 2] = [(Protocol::Tcp, 0), (Protocol::Udp, 1)];
+
+fn covers(rule_proto: Protocol, table_proto: Protocol) -> bool {
+    rule_proto == Protocol::Any || rule_proto == table_proto
+}
+
+pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    let rules = &policy.verdict.rules;
+    let mut ports = vec![0u32; 2 * 65536];
+    // Each distinct set of rules covering some (protocol, port) becomes a group.
+    let mut group_ids: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut group_sets: Vec<Vec<u32>> = Vec::new();
+    for (proto, idx) in PROTOS {
+        // Sweep the port space: rules enter at the start of a range, leave after its end.
+        let mut enter: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut leave: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (i, r) in rules.iter().enumerate() {
+            if !covers(r.protocol, proto) {
+                continue;
+            }
+            for range in &r.ports {
+                enter.entry(range.first as u32).or_default().push(i as u32);
+                leave.entry(range.last as u32 + 1).or_default().push(i as u32);
+            }
+        }
+        // Ranges of one rule may overlap: count entries per rule.
+        let mut active: HashMap<u32, u32> = HashMap::new();
+        let mut current: Option<u32> = None;
+        for port in 0u32..65536 {
+            let changed = leave.contains_key(&port) || enter.contains_key(&port);
+            for r in leave.get(&port).into_iter().flatten() {
+                if let Some(n) = active.get_mut(r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(r);
+                    }
+                }
+            }
+            for r in enter.get(&port).into_iter().flatten() {
+                *active.entry(*r).or_default() += 1;
+            }
+            if changed {
+                current = if active.is_empty() {
+                    None
+                } else {
+                    let set: Vec<u32> = active.keys().copied().collect::<BTreeSet<_>>().into_iter().collect();
+                    let next = group_sets.len() as u32;
+                    let id = *group_ids.entry(set.clone()).or_insert_with(|| {
+                        group_sets.push(set);
+                        next
+                    });
+                    Some(id)
+                };
+            }
+            if let Some(g) = current {
+                ports[(idx << 16) | port as usize] = g + 1;
+            }
+        }
+    }
+    if group_sets.len() > MAX_GROUPS as usize {
+        return Err(CompileError::TooManyGroups(group_sets.len()));
+    }
+    for (proto, range) in &policy.verdict.failsafe {
+        for (table_proto, idx) in PROTOS {
+            if covers(*proto, table_proto) {
+                for port in range.first..=range.last {
+                    ports[(idx << 16) | port as usize] = PORT_FAILSAFE;
+                }
+            }
+        }
+    }
+
+    let mut groups = Vec::with_capacity(group_sets.len());
+    let mut allow: HashMap<AllowKey, u32> = HashMap::new();
+    let mut cgroups: HashMap<(u32, String), u32> = HashMap::new();
+    for (g, set) in group_sets.iter().enumerate() {
+        let g = g as u32;
+        let mut info = GroupInfo { primary_rule: set[0], ..GroupInfo::default() };
+        if set.iter().any(|&r| rules[r as usize].mode == Mode::Enforce) {
+            info.flags |= GROUP_ENFORCE;
+        }
+        let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+        // Rules in file order: on a duplicate entry the earlier rule keeps it.
+        for &r in set {
+            let rule = &rules[r as usize];
+            for p in &rule.allow_from {
+                let (family, addr) = match p.addr {
+                    IpAddr::V4(a) => {
+                        v4.insert(p.len);
+                        let mut b = [0u8; 16];
+                        b[..4].copy_from_slice(&a.octets());
+                        (AF_INET, b)
+                    }
+                    IpAddr::V6(a) => {
+                        v6.insert(p.len);
+                        (AF_INET6, a.octets())
+                    }
+                };
+                let mut key = AllowKey { group: g, family_len: (family as u32) << 8 | p.len as u32, addr };
+                mask_addr(&mut key.addr, p.len);
+                allow.entry(key).or_insert(r);
+            }
+            for c in &rule.allow_cgroups {
+                info.cgroup_levels |= 1 << cgroup_level(c);
+                cgroups.entry((g, c.clone())).or_insert(r);
+            }
+        }
+        // Longest first: the first hit is the longest match.
+        for (i, len) in v4.iter().rev().enumerate() {
+            info.v4_lens[i] = *len;
+        }
+        for (i, len) in v6.iter().rev().enumerate() {
+            info.v6_lens[i] = *len;
+        }
+        info.n_v4 = v4.len() as u32;
+        info.n_v6 = v6.len() as u32;
+        groups.push(info);
+    }
+    if allow.len() > (MAX_ALLOW_ENTRIES / 2) as usize {
+        return Err(CompileError::TooManyPrefixes(allow.len()));
+    }
+    if cgroups.len() > (MAX_CGROUP_ENTRIES / 2) as usize {
+        return Err(CompileError::TooManyCgroups(cgroups.len()));
+    }
+    let mut slot_flags = 0;
+    if policy.verdict.mode == Mode::Enforce {
+        slot_flags |= SLOT_ENFORCE;
+    }
+    if policy.report_allowed {
+        slot_flags |= SLOT_REPORT_ALLOWED;
+    }
+    Ok(Compiled { slot_flags, ports, groups, allow, cgroups })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::parse_str;
+
+    fn compiled(text: &str) -> Compiled {
+        compile(&parse_str(Path::new("t.toml"), text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ports_map_to_groups_and_overlaps_get_their_own() {
+        let c = compiled(
+            "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"100-200\"]\nallow_from = [\"10.0.0.0/8\"]\n\
+             [[rule]]\nname = \"b\"\nprotocol = \"any\"\nports = [150, 300]\nallow_from = [\"10.1.0.0/16\", \"fd00::/8\"]\n",
+        );
+        let tcp = |p: usize| c.ports[p];
+        let udp = |p: usize| c.ports[(1 << 16) | p];
+        assert_eq!(tcp(99), 0);
+        assert_eq!(tcp(201), 0);
+        let a = tcp(100);
+        assert_ne!(a, 0);
+        assert_eq!(tcp(200), a);
+        let ab = tcp(150);
+        assert!(ab != a && ab != 0);
+        let b = tcp(300);
+        assert_eq!(udp(150), b);
+        assert_eq!(udp(100), 0);
+        let info = c.groups[(ab - 1) as usize];
+        assert_eq!(info.primary_rule, 0);
+        assert_eq!(info.n_v4, 2);
+        assert_eq!(&info.v4_lens[..2], &[16, 8]);
+        assert_eq!(info.n_v6, 1);
+        assert_eq!(c.ports[22], PORT_FAILSAFE);
+    }
+
+    #[test]
+    fn a_port_covered_twice_by_one_rule_stays_one_group() {
+        let c = compiled("[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"1-10\", \"5-20\", 7]\n");
+        let g = c.ports[1];
+        assert!((1..=20).all(|p| c.ports[p] == g));
+        assert_eq!(c.ports[21], 0);
+        assert_eq!(c.groups.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_entries_keep_the_earlier_rule_and_audit_needs_all_rules() {
+        let c = compiled(
+            "mode = \"audit\"\n[[rule]]\nname = \"a\"\nprotocol = \"udp\"\nports = [53]\nallow_from = [\"10.0.0.0/8\"]\nallow_cgroups = [\"/x\"]\n\
+             [[rule]]\nname = \"b\"\nprotocol = \"udp\"\nports = [53]\nallow_from = [\"10.0.0.0/8\"]\nallow_cgroups = [\"/x\", \"/y/z\"]\nmode = \"enforce\"\n",
+        );
+        assert_eq!(c.allow.len(), 1);
+        assert_eq!(*c.allow.values().next().unwrap(), 0);
+        assert_eq!(c.cgroups[&(0, "/x".to_string())], 0);
+        assert_eq!(c.cgroups[&(0, "/y/z".to_string())], 1);
+        assert_eq!(c.groups[0].cgroup_levels, (1 << 1) | (1 << 2));
+        assert_eq!(c.groups[0].flags & GROUP_ENFORCE, GROUP_ENFORCE);
+        assert_eq!(c.slot_flags & SLOT_ENFORCE, 0);
+    }
+}

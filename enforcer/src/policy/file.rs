@@ -1,0 +1,61 @@
+//! The policy file as written: serde types that keep every value's position.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// "enforce" (default) or "audit".
+    pub mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub attach: AttachFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+    /// Absent: the default failsafe ports (tcp/22). Present: exactly the ports listed,
+    /// so `ports = []` is the explicit way to remove them.
+    pub failsafe: Option<FailsafeFile>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachFile {
+    /// Interfaces for XDP; none by default (cgroup ingress still judges remote senders).
+    #[serde(default)]
+    pub interfaces: Vec<Spanned<String>>,
+    /// "auto" (default), "native" or "generic".
+    pub xdp_mode: Option<Spanned<String>>,
+    /// cgroup v2 path for the cgroup programs; default the root "/".
+    pub cgroup: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Report allowed packets too; default false (refusals only).
+    #[serde(default)]
+    pub allowed: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailsafeFile {
+    pub ports: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub name: Spanned<String>,
+    /// "tcp", "udp" or "any"; default "any" (a forgotten protocol leaves nothing open).
+    pub protocol: Option<Spanned<String>>,
+    pub ports: Spanned<Vec<Spanned<toml::Value>>>,
+    #[serde(default)]
+    pub allow_from: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_cgroups: Vec<Spanned<String>>,
+    /// Overrides the policy's mode for this rule.
+    pub mode: Option<Spanned<String>>,
+}

@@ -1,0 +1,11 @@
+//! Policy: TOML file -> validated policy (pure) -> compiled map entries (pure).
+//! Writing the entries into the kernel is `crate::kernel::writer`'s job.
+
+pub mod compile;
+pub mod diag;
+pub mod file;
+pub mod validate;
+
+pub use compile::{compile, Compiled};
+pub use diag::{Diagnostic, PolicyError};
+pub use validate::{load, parse_str, Attach, Policy, XdpModeSetting};

@@ -1,0 +1,436 @@
+//! Policy file -> validated policy: every value checked, every problem located.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use enforcer_common::{
+    consts::{MAX_CGROUP_LEVEL, MAX_RULES},
+    model::{
+        policy::cgroup_level, Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy,
+    },
+};
+use toml::Spanned;
+
+use super::{
+    diag::{Diagnostic, Locator, PolicyError, Severity},
+    file::{PolicyFile, RuleFile},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeSetting {
+    /// Native (driver) mode, else generic, saying which.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attach {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeSetting,
+    /// Normalized cgroup v2 path ("/" or "/a/b").
+    pub cgroup: String,
+}
+
+/// A policy that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub path: PathBuf,
+    /// sha256 of the file's bytes, hex.
+    pub hash: String,
+    pub attach: Attach,
+    pub report_allowed: bool,
+    pub verdict: VerdictPolicy,
+}
+
+/// Reads and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        diagnostics: vec![Diagnostic {
+            file: path.display().to_string(),
+            line: 0,
+            col: 0,
+            severity: Severity::Error,
+            message: format!("cannot read the policy: {e}"),
+        }],
+    })?;
+    parse_str(path, &text)
+}
+
+/// Validates policy text (`path` names it in messages).
+pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+    let loc = Locator::new(path, text);
+    let file: PolicyFile = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        PolicyError {
+            diagnostics: vec![loc.at(offset, Severity::Error, e.message().trim().to_string())],
+        }
+    })?;
+    let mut v = Validator { loc: &loc, errors: Vec::new() };
+    let policy = v.policy(path, text, file);
+    if v.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError { diagnostics: v.errors })
+    }
+}
+
+struct Validator<'a> {
+    loc: &'a Locator<'a>,
+    errors: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.errors.push(self.loc.at(at.span().start, Severity::Error, message));
+    }
+
+    fn policy(&mut self, path: &Path, text: &str, file: PolicyFile) -> Policy {
+        let mode = file.mode.as_ref().map_or(Mode::Enforce, |m| self.mode(m));
+        let xdp_mode = match &file.attach.xdp_mode {
+            None => XdpModeSetting::Auto,
+            Some(m) => match m.get_ref().as_str() {
+                "auto" => XdpModeSetting::Auto,
+                "native" => XdpModeSetting::Native,
+                "generic" => XdpModeSetting::Generic,
+                other => {
+                    self.error(m, format!("xdp_mode must be \"auto\", \"native\" or \"generic\", not {other:?}"));
+                    XdpModeSetting::Auto
+                }
+            },
+        };
+        let mut interfaces = Vec::new();
+        for i in &file.attach.interfaces {
+            let name = i.get_ref();
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) || name == "." || name == ".." {
+                self.error(i, format!("{name:?} is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"));
+            } else if interfaces.contains(name) {
+                self.error(i, format!("interface {name:?} is listed twice"));
+            } else {
+                interfaces.push(name.clone());
+            }
+        }
+        let cgroup = match &file.attach.cgroup {
+            None => "/".to_string(),
+            Some(c) => self.cgroup_path(c).unwrap_or_default(),
+        };
+        let failsafe = match &file.failsafe {
+            None => vec![(Protocol::Tcp, PortRange { first: 22, last: 22 })],
+            Some(f) => f.ports.get_ref().iter().filter_map(|p| self.failsafe_port(p)).collect(),
+        };
+        if file.rules.len() > MAX_RULES as usize {
+            self.errors.push(self.loc.at(0, Severity::Error, format!(
+                "{} rules; at most {MAX_RULES} are supported", file.rules.len())));
+        }
+        let mut names = HashSet::new();
+        let rules = file
+            .rules
+            .iter()
+            .map(|r| {
+                if !names.insert(r.name.get_ref().clone()) {
+                    self.error(&r.name, format!("a rule named {:?} already exists; rule names must be unique", r.name.get_ref()));
+                }
+                self.rule(r, mode)
+            })
+            .collect();
+        Policy {
+            path: path.to_path_buf(),
+            hash: sha256_hex(text.as_bytes()),
+            attach: Attach { interfaces, xdp_mode, cgroup },
+            report_allowed: file.audit.allowed,
+            verdict: VerdictPolicy { mode, rules, failsafe },
+        }
+    }
+
+    fn mode(&mut self, m: &Spanned<String>) -> Mode {
+        match m.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "audit" => Mode::Audit,
+            other => {
+                self.error(m, format!("mode must be \"enforce\" or \"audit\", not {other:?}"));
+                Mode::Enforce
+            }
+        }
+    }
+
+    fn protocol(&mut self, p: &Spanned<String>) -> Option<Protocol> {
+        match p.get_ref().as_str() {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            "any" => Some(Protocol::Any),
+            other => {
+                self.error(p, format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"));
+                None
+            }
+        }
+    }
+
+    fn rule(&mut self, r: &RuleFile, global: Mode) -> Rule {
+        let name = r.name.get_ref();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            self.error(&r.name, format!("rule name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"));
+        }
+        let protocol = r.protocol.as_ref().map_or(Some(Protocol::Any), |p| self.protocol(p)).unwrap_or(Protocol::Any);
+        if r.ports.get_ref().is_empty() {
+            self.error(&r.ports, format!("rule {name:?} lists no ports"));
+        }
+        let ports = r.ports.get_ref().iter().filter_map(|p| self.port(p)).collect();
+        let allow_from = r.allow_from.iter().filter_map(|p| self.prefix(p)).collect();
+        let mut allow_cgroups: Vec<String> = Vec::new();
+        for c in &r.allow_cgroups {
+            if let Some(path) = self.cgroup_path(c) {
+                if !allow_cgroups.contains(&path) {
+                    allow_cgroups.push(path);
+                }
+            }
+        }
+        let mode = r.mode.as_ref().map_or(global, |m| self.mode(m));
+        Rule { name: name.clone(), protocol, ports, allow_from, allow_cgroups, mode }
+    }
+
+    fn port(&mut self, p: &Spanned<toml::Value>) -> Option<PortRange> {
+        let parsed = match p.get_ref() {
+            toml::Value::Integer(n) => parse_port_number(*n).map(|n| PortRange { first: n, last: n }),
+            toml::Value::String(s) => parse_port_range(s),
+            other => Err(format!("a port is a number or a \"first-last\" string, not {}", other.type_str())),
+        };
+        parsed.map_err(|e| self.error(p, e)).ok()
+    }
+
+    fn failsafe_port(&mut self, p: &Spanned<String>) -> Option<(Protocol, PortRange)> {
+        let s = p.get_ref();
+        let Some((proto, ports)) = s.split_once('/') else {
+            self.error(p, format!("a failsafe port is \"PROTOCOL/PORT\" or \"PROTOCOL/FIRST-LAST\" (like \"tcp/22\"), not {s:?}"));
+            return None;
+        };
+        let proto = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "any" => Protocol::Any,
+            other => {
+                self.error(p, format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"));
+                return None;
+            }
+        };
+        parse_port_range(ports).map_err(|e| self.error(p, e)).ok().map(|r| (proto, r))
+    }
+
+    fn prefix(&mut self, p: &Spanned<String>) -> Option<Prefix> {
+        parse_prefix(p.get_ref()).map_err(|e| self.error(p, e)).ok()
+    }
+
+    fn cgroup_path(&mut self, c: &Spanned<String>) -> Option<String> {
+        match normalize_cgroup(c.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error(c, e);
+                None
+            }
+        }
+    }
+}
+
+fn parse_port_number(n: i64) -> Result<u16, String> {
+    if (1..=65535).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(format!("port {n} is out of range (1 to 65535)"))
+    }
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    let num = |t: &str| -> Result<u16, String> {
+        let t = t.trim();
+        let n: i64 = t.parse().map_err(|_| format!("{t:?} is not a port number"))?;
+        parse_port_number(n)
+    };
+    match s.split_once('-') {
+        None => num(s).map(|n| PortRange { first: n, last: n }),
+        Some((a, b)) => {
+            let (first, last) = (num(a)?, num(b)?);
+            if first > last {
+                Err(format!("port range {s:?} runs backwards; write \"{last}-{first}\""))
+            } else {
+                Ok(PortRange { first, last })
+            }
+        }
+    }
+}
+
+/// Parses "ADDR/LEN" (or a bare address, a host prefix). Host bits must be clear: a typo
+/// such as 10.0.0.1/8 would otherwise open far more than meant.
+pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address or prefix"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+    };
+    let prefix = Prefix { addr, len };
+    let masked = mask(prefix);
+    if masked != addr {
+        return Err(format!("{s:?} has host bits set; write \"{masked}/{len}\""));
+    }
+    if let IpAddr::V6(v6) = addr {
+        if v6.to_ipv4_mapped().is_some() && len >= 96 {
+            return Err(format!("{s:?} is an IPv4-mapped IPv6 prefix; IPv4 packets are matched by IPv4 prefixes: write the IPv4 form"));
+        }
+    }
+    Ok(prefix)
+}
+
+fn mask(p: Prefix) -> IpAddr {
+    match p.addr {
+        IpAddr::V4(a) => {
+            let m = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len as u32) };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if p.len == 0 { 0 } else { u128::MAX << (128 - p.len as u32) };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// Normalizes a cgroup v2 path as /proc/PID/cgroup shows it: absolute, no "." or ".."
+/// components, no trailing slash.
+pub fn normalize_cgroup(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("cgroup path {s:?} must start with '/' (as in /proc/PID/cgroup)"));
+    }
+    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == ".." || p.contains('\0')) {
+        return Err(format!("cgroup path {s:?} must not contain \".\" or \"..\""));
+    }
+    if parts.len() > MAX_CGROUP_LEVEL as usize {
+        return Err(format!("cgroup path {s:?} is deeper than {MAX_CGROUP_LEVEL} levels"));
+    }
+    let path = format!("/{}", parts.join("/"));
+    debug_assert!(cgroup_level(&path) == parts.len());
+    Ok(path)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        parse_str(Path::new("p.toml"), text)
+    }
+
+    fn first_error(text: &str) -> String {
+        parse(text).unwrap_err().diagnostics[0].to_string()
+    }
+
+    const GOOD: &str = r#"
+mode = "enforce"
+[attach]
+interfaces = ["eth0"]
+xdp_mode = "auto"
+cgroup = "/"
+[[rule]]
+name = "postgres"
+protocol = "tcp"
+ports = [5432, "6000-6010"]
+allow_from = ["10.0.0.0/8", "fd00::/8"]
+allow_cgroups = ["/system.slice/api.service"]
+"#;
+
+    #[test]
+    fn the_documented_example_validates() {
+        let p = parse(GOOD).expect("valid");
+        assert_eq!(p.attach.interfaces, vec!["eth0"]);
+        let r = &p.verdict.rules[0];
+        assert_eq!(r.ports, vec![PortRange { first: 5432, last: 5432 }, PortRange { first: 6000, last: 6010 }]);
+        assert_eq!(r.allow_from.len(), 2);
+        assert_eq!(r.allow_cgroups, vec!["/system.slice/api.service"]);
+        assert_eq!(p.verdict.failsafe, vec![(Protocol::Tcp, PortRange { first: 22, last: 22 })]);
+        assert_eq!(p.hash.len(), 64);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let text = "[[rule]]\nname = \"x\"\nports = [70000]\n";
+        assert_eq!(first_error(text), "p.toml:3:10: error: port 70000 is out of range (1 to 65535)");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_are_located() {
+        assert!(first_error("mode = \n").starts_with("p.toml:1:"));
+        let e = first_error("[[rule]]\nname = \"x\"\nports = [1]\nallow_form = []\n");
+        assert!(e.starts_with("p.toml:4:1: error: unknown field `allow_form`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_reasons() {
+        let cases = [
+            ("mode = \"on\"", "mode must be"),
+            ("[attach]\nxdp_mode = \"fast\"", "xdp_mode must be"),
+            ("[attach]\ncgroup = \"system.slice\"", "must start with '/'"),
+            ("[attach]\ncgroup = \"/a/../b\"", "must not contain"),
+            ("[[rule]]\nname = \"x\"\nports = [\"10-5\"]", "runs backwards"),
+            ("[[rule]]\nname = \"x\"\nports = [0]", "out of range"),
+            ("[[rule]]\nname = \"x\"\nports = []", "lists no ports"),
+            ("[[rule]]\nname = \"x\"\nports = [1.5]", "a port is a number"),
+            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.1/8\"]", "host bits set; write \"10.0.0.0/8\""),
+            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.0/33\"]", "prefix length must be 0 to 32"),
+            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"banana\"]", "not an IPv4 or IPv6"),
+            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"::ffff:10.0.0.0/104\"]", "IPv4-mapped"),
+            ("[[rule]]\nname = \"x\"\nprotocol = \"sctp\"\nports = [1]", "protocol must be"),
+            ("[[rule]]\nname = \"x y\"\nports = [1]", "must be non-empty"),
+            ("[[rule]]\nname = \"x\"\nports = [1]\n[[rule]]\nname = \"x\"\nports = [2]", "already exists"),
+            ("[failsafe]\nports = [\"22\"]", "PROTOCOL/PORT"),
+            ("[[rule]]\nname = \"x\"", "missing field `ports`"),
+        ];
+        for (text, want) in cases {
+            let e = first_error(text);
+            assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let e = parse("mode = \"x\"\n[[rule]]\nname = \"r\"\nports = [0, 99999]\n").unwrap_err();
+        assert_eq!(e.diagnostics.len(), 3);
+    }
+
+    #[test]
+    fn defaults_and_normalization() {
+        let p = parse("[attach]\ncgroup = \"/a//b/\"\n[[rule]]\nname = \"r\"\nports = [53]\nallow_from = [\"10.1.2.3\", \"::1\"]\n").unwrap();
+        assert_eq!(p.attach.cgroup, "/a/b");
+        assert_eq!(p.attach.xdp_mode, XdpModeSetting::Auto);
+        let r = &p.verdict.rules[0];
+        assert_eq!(r.protocol, Protocol::Any);
+        assert_eq!(r.mode, Mode::Enforce);
+        assert_eq!(r.allow_from[0].len, 32);
+        assert_eq!(r.allow_from[1].len, 128);
+    }
+
+    #[test]
+    fn failsafe_can_be_removed_only_explicitly() {
+        let p = parse("[failsafe]\nports = []\n").unwrap();
+        assert!(p.verdict.failsafe.is_empty());
+        let p = parse("[failsafe]\nports = [\"tcp/22\", \"udp/5000-5001\"]\n").unwrap();
+        assert_eq!(p.verdict.failsafe.len(), 2);
+    }
+
+    #[test]
+    fn rule_mode_overrides_the_global_mode() {
+        let p = parse("mode = \"audit\"\n[[rule]]\nname = \"a\"\nports = [1]\n[[rule]]\nname = \"b\"\nports = [2]\nmode = \"enforce\"\n").unwrap();
+        assert_eq!(p.verdict.rules[0].mode, Mode::Audit);
+        assert_eq!(p.verdict.rules[1].mode, Mode::Enforce);
+    }
+}
