@@ -1,1 +1,126 @@
-fn main(){}
+//! `cargo xtask`: set up the toolchain, build, test, run the demo, fuzz the verdicts,
+//! benchmark. Every command but `setup` runs `setup` first, so a fresh machine needs
+//! nothing else.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building the BPF programs needs (idempotent).
+    Setup,
+    /// Build the daemon (release), with its BPF programs embedded.
+    Build,
+    /// Run every test: unit tests, then the kernel and namespace tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A self-contained demo in network namespaces: allowed and refused connections.
+    Demo,
+    /// Differential test of the programs against the reference model on many packets.
+    FuzzVerdicts {
+        #[arg(long, default_value_t = 100_000)]
+        packets: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            cargo(&["build", "--release", "-p", "enforcer"], &[])
+        }
+        Cmd::Test { args } => {
+            setup::setup()?;
+            require_root("cargo xtask test")?;
+            setup::mount_bpffs()?;
+            cargo(&["build", "-p", "enforcer"], &[])?;
+            let bin = workspace_root().join("target/debug/enforcer");
+            let env = [("ENFORCER_BIN", bin.to_string_lossy().into_owned())];
+            let mut test = vec!["test", "--workspace"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            cargo(&test, &env)
+        }
+        Cmd::Demo => {
+            setup::setup()?;
+            require_root("cargo xtask demo")?;
+            cargo(&["build", "-p", "enforcer", "-p", "integration-tests", "--bins"], &[])?;
+            let root = workspace_root();
+            let status = Command::new(root.join("target/debug/demo"))
+                .env("ENFORCER_BIN", root.join("target/debug/enforcer"))
+                .env("ENFORCER_DEMO_POLICY", root.join("examples/demo-policy.toml"))
+                .status()
+                .context("running the demo")?;
+            if !status.success() {
+                bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::FuzzVerdicts { packets, seed } => {
+            setup::setup()?;
+            require_root("cargo xtask fuzz-verdicts")?;
+            let mut env = vec![("ENFORCER_FUZZ_PACKETS", packets.to_string())];
+            if let Some(s) = seed {
+                env.push(("ENFORCER_FUZZ_SEED", s.to_string()));
+            }
+            cargo(&["test", "--release", "-p", "integration-tests", "--test", "differential", "--", "--nocapture"], &env)
+        }
+    }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root: it loads BPF programs and creates network namespaces and cgroups. Run it as root (e.g. `sudo -E cargo xtask ...`).");
+    }
+    Ok(())
+}
+
+pub fn cargo(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

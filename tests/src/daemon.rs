@@ -1,0 +1,251 @@
+//! The real daemon binary, run in a test's namespace, its audit stream collected.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Read as _},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{net::NetNs, unique};
+
+/// A directory under /tmp for one test, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(unique("enforcer-test-"));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sets up `cmd` to start inside `netns` (network namespace only) and `cgroup_procs`
+/// (a cgroup.procs file), both optional.
+pub fn place(cmd: &mut Command, netns: Option<&Path>, cgroup_procs: Option<&Path>) {
+    let ns = netns.map(|p| File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display())));
+    let cg = cgroup_procs.map(|p| {
+        std::fs::OpenOptions::new().write(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+    });
+    // SAFETY: between fork and exec the child only makes raw syscalls (write, setns) on
+    // descriptors opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(cg) = &cg {
+                let pid = format!("{}\n", libc::getpid());
+                if libc::write(cg.as_raw_fd(), pid.as_ptr().cast(), pid.len()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(ns) = &ns {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The daemon, running `enforcer run` in a namespace with a policy file of its own.
+pub struct Daemon {
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    pub policy_path: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with `policy` and waits until it applied it.
+    pub fn start(ns: &NetNs, policy: &str) -> Self {
+        Self::start_with(ns, policy, &[])
+    }
+
+    /// As `start`, with extra arguments to `enforcer run`.
+    pub fn start_with(ns: &NetNs, policy: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new();
+        let policy_path = dir.0.join("policy.toml");
+        std::fs::write(&policy_path, policy).expect("write policy");
+        let mut cmd = Command::new(crate::enforcer_bin());
+        cmd.arg("run").arg("--config").arg(&policy_path).args(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        place(&mut cmd, Some(&ns.path()), None);
+        let mut child = cmd.spawn().expect("spawn enforcer");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().expect("lines").push(line);
+            }
+        });
+        let mut err = child.stderr.take().expect("stderr");
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock().expect("stderr").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, dir };
+        d.wait_for(Duration::from_secs(20), |v| v["event"] == "policy" && v["action"] == "applied");
+        d
+    }
+
+    /// Every JSON line the daemon printed so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.lines.lock().expect("lines").iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Waits for an event matching `pred`; panics (with the daemon's stderr) on timeout.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("enforcer exited ({status}) before the expected event\nstderr:\n{}\nstdout:\n{:#?}", self.stderr(), self.events());
+            }
+            if start.elapsed() > timeout {
+                panic!("no matching event within {timeout:?}\nstderr:\n{}\nevents:\n{:#?}", self.stderr(), self.events());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Like `wait_for`, but returns None on timeout.
+    pub fn poll_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Rewrites the policy file and sends SIGHUP.
+    pub fn reload(&self, policy: &str) {
+        std::fs::write(&self.policy_path, policy).expect("write policy");
+        self.signal(libc::SIGHUP);
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate().expect("daemon was running")
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Runs the probe binary (see src/bin/probe.rs) in an optional namespace and cgroup and
+/// returns its first line of output ("connected", "eperm", "timeout", ...).
+pub fn probe(ns: Option<&NetNs>, cgroup_procs: Option<&Path>, args: &[&str]) -> String {
+    let mut cmd = Command::new(crate::probe_bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    place(&mut cmd, ns.map(|n| n.path()).as_deref(), cgroup_procs);
+    let out = cmd.output().expect("run probe");
+    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string()
+}
+
+/// A long-running probe (a listener), killed on drop.
+pub struct Probe {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Probe {
+    /// Starts the probe and waits for its first line ("listening").
+    pub fn spawn(ns: Option<&NetNs>, cgroup_procs: Option<&Path>, args: &[&str]) -> Self {
+        let mut cmd = Command::new(crate::probe_bin());
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        place(&mut cmd, ns.map(|n| n.path()).as_deref(), cgroup_procs);
+        let mut child = cmd.spawn().expect("spawn probe");
+        let out = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().expect("lines").push(line);
+            }
+        });
+        let p = Probe { child, lines };
+        let start = Instant::now();
+        while p.lines().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(5), "probe {args:?} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        p
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

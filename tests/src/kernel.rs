@@ -1,0 +1,176 @@
+//! The programs loaded in the test process (not attached), with a policy written, run on
+//! crafted packets through BPF_PROG_TEST_RUN; and the reference model beside them.
+
+use std::{collections::HashMap, net::IpAddr, path::Path};
+
+use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
+use enforcer::{
+    kernel::{counters, host, programs::{EGRESS, INGRESS, XDP}, writer::Writer, Loaded},
+    policy::{compile, parse_str, Policy},
+};
+use enforcer_common::{
+    consts::{AF_INET, AF_INET6},
+    event::PacketEvent,
+    maps::{HostInfo, LocalAddrKey},
+    model::{self, Context, Judgement},
+    reason::{Hook, Reason},
+};
+
+/// XDP_DROP / XDP_PASS, and the cgroup_skb return values.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const SKB_DROP: u32 = 0;
+pub const SKB_PASS: u32 = 1;
+
+pub struct TestKernel {
+    pub loaded: Loaded,
+    writer: Writer,
+    generation: u64,
+    pub policy: Policy,
+    pub local_addrs: Vec<IpAddr>,
+    events: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+/// Which program to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    Xdp,
+    Ingress,
+    Egress,
+}
+
+impl Prog {
+    pub fn hook(self) -> Hook {
+        match self {
+            Prog::Xdp => Hook::Xdp,
+            Prog::Ingress => Hook::CgroupIngress,
+            Prog::Egress => Hook::CgroupEgress,
+        }
+    }
+}
+
+impl TestKernel {
+    /// Loads the programs with `policy` (TOML) and the given host addresses. The host's
+    /// namespace is this process's, so test_run's socket counts as the host's.
+    pub fn new(policy: &str, local_addrs: &[IpAddr]) -> Self {
+        let mut loaded = Loaded::load().expect("load programs");
+        let events = loaded.events.take().expect("ring buffer");
+        let cookie = host::netns_cookie().expect("netns cookie");
+        loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).expect("host info");
+        for a in local_addrs {
+            let mut addr = [0u8; 16];
+            let family = match a {
+                IpAddr::V4(v4) => {
+                    addr[..4].copy_from_slice(&v4.octets());
+                    AF_INET
+                }
+                IpAddr::V6(v6) => {
+                    addr = v6.octets();
+                    AF_INET6
+                }
+            };
+            loaded.maps.local_addrs.insert(LocalAddrKey { family: family as u32, addr }, 1, 0).expect("local addr");
+        }
+        let policy = parse_str(Path::new("test.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
+        let mut k = TestKernel { loaded, writer: Writer::new(), generation: 0, policy: policy.clone(), local_addrs: local_addrs.to_vec(), events };
+        k.set_policy(policy);
+        k
+    }
+
+    /// Applies another policy (a new generation). Allowed cgroups are not resolved here.
+    pub fn set_policy(&mut self, policy: Policy) {
+        let compiled = compile(&policy).expect("compile");
+        self.generation += 1;
+        self.writer.apply(&mut self.loaded.maps, &compiled, &Default::default(), self.generation).expect("apply");
+        self.policy = policy;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Host-namespace switch for the cgroup programs: set the host cookie to something
+    /// else, and test_run's socket looks like a container's.
+    pub fn set_host_netns_cookie(&mut self, cookie: u64) {
+        self.loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).expect("host info");
+    }
+
+    /// Runs `prog` on an Ethernet frame (the cgroup programs see it from L3, with the
+    /// protocol from the EtherType, as the kernel's test_run sets it up) and returns its
+    /// return value.
+    pub fn run(&mut self, prog: Prog, frame: &[u8]) -> u32 {
+        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+        let name = match prog {
+            Prog::Xdp => XDP,
+            Prog::Ingress => INGRESS,
+            Prog::Egress => EGRESS,
+        };
+        let p = self.loaded.ebpf.program(name).expect("program");
+        let r = match prog {
+            Prog::Xdp => <&Xdp>::try_from(p).expect("xdp").test_run(opts),
+            _ => <&CgroupSkb>::try_from(p).expect("cgroup_skb").test_run(opts),
+        };
+        r.unwrap_or_else(|e| panic!("test_run {name}: {e}")).return_value
+    }
+
+    /// All reason counters, summed over CPUs.
+    pub fn reason_counts(&self) -> HashMap<(Hook, Reason), u64> {
+        let mut m = HashMap::new();
+        for h in Hook::ALL {
+            for r in Reason::ALL {
+                m.insert((h, r), counters::by_reason(&self.loaded.maps, h, r));
+            }
+        }
+        m
+    }
+
+    /// Events in the ring buffer now.
+    pub fn drain_events(&mut self) -> Vec<PacketEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(enforcer::events::decode::decode(&item).expect("decode"));
+        }
+        out
+    }
+
+    /// What the reference model decides for `frame` at `prog`'s hook, with a socket in the
+    /// host's namespace, no sender cgroup and no authorized flow.
+    pub fn model(&self, prog: Prog, frame: &[u8]) -> Judgement {
+        let parsed = match prog {
+            Prog::Xdp => model::parse_frame(frame),
+            _ => model_l3(frame),
+        };
+        let ctx = Context {
+            hook: prog.hook(),
+            local_addrs: &self.local_addrs,
+            socket_in_host_netns: true,
+            sender_cgroup: None,
+            authorized_flow: false,
+        };
+        model::judge(&self.policy.verdict, &ctx, &parsed)
+    }
+}
+
+/// What test_run hands a cgroup_skb program: the packet after the Ethernet header, its
+/// family from the EtherType (a VLAN tag leaves it not-IP).
+pub fn model_l3(frame: &[u8]) -> model::Parsed {
+    use enforcer_common::consts::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, MAX_HDR_OFFSET};
+    if frame.len() < ETH_HLEN {
+        return model::Parsed::NotIp;
+    }
+    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    let family = match et {
+        ETH_P_IP => AF_INET,
+        ETH_P_IPV6 => AF_INET6,
+        _ => return model::Parsed::NotIp,
+    };
+    model::parse_l3(&frame[ETH_HLEN..], family, MAX_HDR_OFFSET)
+}
+
+/// The verdict a program's return value means (true: dropped).
+pub fn dropped(prog: Prog, ret: u32) -> bool {
+    match prog {
+        Prog::Xdp => ret == XDP_DROP,
+        _ => ret == SKB_DROP,
+    }
+}

@@ -1,0 +1,102 @@
+//! Installs what a fresh machine lacks to build the BPF programs, saying what it does.
+//! Each step checks first, so running it again changes nothing.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+const LLVM_DIR: &str = "/usr/lib/llvm-22";
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Tools the tests and the demo use, from Debian's packages.
+const APT_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn step(msg: &str) {
+    eprintln!("[setup] {msg}");
+}
+
+fn ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    let mut c = Command::new(cmd);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let status = c.status().with_context(|| format!("running {cmd}"))?;
+    if !status.success() {
+        bail!("{cmd} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    if !ok("apt-get", &["--version"]) {
+        bail!("missing packages {packages:?} and no apt-get to install them: install them by hand");
+    }
+    step("apt-get update");
+    run("apt-get", &["update", "-qq"], &[])?;
+    step(&format!("apt-get install {}", packages.join(" ")));
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive".into())])
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    // 1. The nightly toolchain with rust-src: BPF targets build core from source.
+    let nightly = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup")?;
+    if !String::from_utf8_lossy(&nightly.stdout).lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly Rust toolchain (builds the BPF programs)");
+        run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"], &[])?;
+    }
+    let comps = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&comps.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to nightly");
+        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])?;
+    }
+
+    // 2. LLVM 22 development files, which bpf-linker links against.
+    let llvm_config = format!("{LLVM_DIR}/bin/llvm-config");
+    let missing_dev = !std::path::Path::new(&llvm_config).exists()
+        || !ok("dpkg", &["-s", "libpolly-22-dev"])
+        || !ok("dpkg", &["-s", "libzstd-dev"])
+        || !ok("dpkg", &["-s", "zlib1g-dev"]);
+    let missing_tools: Vec<&str> = APT_TOOLS.iter().filter(|(bin, _)| !ok("which", &[bin])).map(|(_, p)| *p).collect();
+    if missing_dev || !missing_tools.is_empty() {
+        let mut pkgs: Vec<&str> = Vec::new();
+        if missing_dev {
+            pkgs.extend_from_slice(APT_PACKAGES);
+        }
+        pkgs.extend(missing_tools);
+        apt_install(&pkgs)?;
+    }
+
+    // 3. bpf-linker, built against that LLVM.
+    if !ok("bpf-linker", &["--version"]) {
+        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
+        let path = format!("{LLVM_DIR}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(
+            "cargo",
+            &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"],
+            &[("PATH", path), ("LLVM_PREFIX", LLVM_DIR.into())],
+        )?;
+    }
+    step("toolchain ready: nightly + rust-src, LLVM 22, bpf-linker");
+    Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (pinning needs it).
+pub fn mount_bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+        return Ok(());
+    }
+    step("mounting bpffs at /sys/fs/bpf");
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])
+}
