@@ -6,6 +6,9 @@
 //! ties them together.
 
 pub mod daemon;
+pub mod cli;
+pub mod control;
 pub mod events;
+pub mod explain;
 pub mod kernel;
 pub mod policy;

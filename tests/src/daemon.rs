@@ -70,6 +70,8 @@ pub struct Daemon {
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     pub policy_path: PathBuf,
+    /// This daemon's control socket.
+    pub socket: PathBuf,
     pub dir: TempDir,
 }
 
@@ -84,8 +86,9 @@ impl Daemon {
         let dir = TempDir::new();
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy).expect("write policy");
+        let socket = dir.0.join("control.sock");
         let mut cmd = Command::new(crate::enforcer_bin());
-        cmd.arg("run").arg("--config").arg(&policy_path).args(args);
+        cmd.arg("run").arg("--config").arg(&policy_path).arg("--socket").arg(&socket).args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
@@ -109,7 +112,7 @@ impl Daemon {
                 e.lock().expect("stderr").push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, dir };
+        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, socket, dir };
         d.wait_for(Duration::from_secs(20), |v| v["event"] == "policy" && v["action"] == "applied");
         d
     }
@@ -150,6 +153,17 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Runs `enforcer ARGS... --socket <this daemon's socket>` and returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(crate::enforcer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run enforcer");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     pub fn pid(&self) -> i32 {

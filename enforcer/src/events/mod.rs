@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod enrich;
+pub mod pcap;
 pub mod record;
 pub mod sink;
 

@@ -55,7 +55,11 @@ pub struct Record {
     pub rules_changed: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// "lost" events: how many.
+    /// "lost" events: where ("kernel": the ring buffer was full; "stdout" or
+    /// "subscriber": that sink fell behind).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+    /// "lost" and "suppressed" events: how many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
 }

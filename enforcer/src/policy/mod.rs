@@ -8,4 +8,4 @@ pub mod validate;
 
 pub use compile::{compile, Compiled};
 pub use diag::{Diagnostic, PolicyError};
-pub use validate::{load, parse_str, Attach, Policy, XdpModeSetting};
+pub use validate::{load, parse_str, Attach, Loc, Locations, Policy, XdpModeSetting};

@@ -35,10 +35,35 @@ pub struct Attach {
     pub cgroup: String,
 }
 
+/// Where something stands in the policy file (1-based).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loc {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Where the parts of a validated policy were written, for later messages (lints, tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Locations {
+    /// Per rule: its `name`.
+    pub rules: Vec<Loc>,
+    /// Per rule: each `allow_from` entry, and each `allow_cgroups` entry.
+    pub allow_from: Vec<Vec<Loc>>,
+    pub allow_cgroups: Vec<Vec<Loc>>,
+    /// Per rule: its `ports` list.
+    pub ports: Vec<Loc>,
+    /// `[attach] interfaces` entries, and `[attach] cgroup`.
+    pub interfaces: Vec<Loc>,
+    pub cgroup: Loc,
+    /// The `[failsafe]` table, if written.
+    pub failsafe: Option<Loc>,
+}
+
 /// A policy that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub path: PathBuf,
+    pub locations: Locations,
     /// sha256 of the file's bytes, hex.
     pub hash: String,
     pub attach: Attach,
@@ -136,8 +161,22 @@ impl Validator<'_> {
                 self.rule(r, mode)
             })
             .collect();
+        let at = |offset: usize| {
+            let d = self.loc.at(offset, Severity::Warning, "");
+            Loc { line: d.line, col: d.col }
+        };
+        let locations = Locations {
+            rules: file.rules.iter().map(|r| at(r.name.span().start)).collect(),
+            allow_from: file.rules.iter().map(|r| r.allow_from.iter().map(|a| at(a.span().start)).collect()).collect(),
+            allow_cgroups: file.rules.iter().map(|r| r.allow_cgroups.iter().map(|a| at(a.span().start)).collect()).collect(),
+            ports: file.rules.iter().map(|r| at(r.ports.span().start)).collect(),
+            interfaces: file.attach.interfaces.iter().map(|i| at(i.span().start)).collect(),
+            cgroup: file.attach.cgroup.as_ref().map_or(Loc { line: 1, col: 1 }, |c| at(c.span().start)),
+            failsafe: file.failsafe.as_ref().map(|f| at(f.ports.span().start)),
+        };
         Policy {
             path: path.to_path_buf(),
+            locations,
             hash: sha256_hex(text.as_bytes()),
             attach: Attach { interfaces, xdp_mode, cgroup },
             report_allowed: file.audit.allowed,

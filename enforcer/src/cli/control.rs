@@ -1,0 +1,135 @@
+//! Commands that talk to the running daemon: reload, confirm, status, explain.
+
+use std::{net::IpAddr, path::Path, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::Value;
+
+use crate::{
+    control::{client, protocol::Request},
+    explain::{explain, Explanation, Query},
+};
+
+pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> anyhow::Result<()> {
+    let v = client::call(socket, Request::Reload { confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)) })?;
+    println!("applied policy generation {} (sha256 {})", v["generation"], v["hash"].as_str().unwrap_or(""));
+    if let Some(by) = v["confirm_by"].as_str() {
+        println!("run `enforcer confirm` before {by} or the previous policy comes back");
+    }
+    Ok(())
+}
+
+pub fn confirm(socket: &Path) -> anyhow::Result<()> {
+    let v = client::call(socket, Request::Confirm)?;
+    println!("policy generation {} confirmed", v["generation"]);
+    Ok(())
+}
+
+pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let mut v = client::call(socket, Request::Status)?;
+    if json {
+        if let Some(m) = v.as_object_mut() {
+            m.remove("ok");
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", render_status(&v));
+    Ok(())
+}
+
+/// The readable form of a status answer.
+pub fn render_status(v: &Value) -> String {
+    let mut s = String::new();
+    let p = &v["policy"];
+    s += &format!(
+        "policy     generation {} ({}), sha256 {}, applied {}\n           {} rules from {}\n",
+        p["generation"], p["mode"].as_str().unwrap_or(""), p["hash"].as_str().unwrap_or(""), p["applied_at"].as_str().unwrap_or(""),
+        p["rules"], p["file"].as_str().unwrap_or("")
+    );
+    if let Some(by) = p["confirm_by"].as_str() {
+        s += &format!("           waiting for `enforcer confirm` until {by}\n");
+    }
+    let xdp = v["programs"]["xdp"]["attached"].as_array().cloned().unwrap_or_default();
+    let xdp: Vec<String> = xdp.iter().map(|a| format!("{} ({})", a["iface"].as_str().unwrap_or(""), a["mode"].as_str().unwrap_or(""))).collect();
+    s += &format!("xdp        {}\n", if xdp.is_empty() { "not attached".to_string() } else { xdp.join(", ") });
+    s += &format!("cgroup     {} (ingress, egress, connect4/6, sendmsg4/6)\n", v["programs"]["cgroup"]["path"].as_str().unwrap_or("not attached"));
+    s += "rules      name                      allowed     dropped  would-drop\n";
+    for r in v["rules"].as_array().cloned().unwrap_or_default() {
+        s += &format!("           {:<24} {:>8} {:>11} {:>11}{}\n", r["name"].as_str().unwrap_or(""), r["allowed"], r["dropped"], r["would_drop"],
+            if r["mode"] == "audit" { "  (audit)" } else { "" });
+    }
+    s += "counters\n";
+    if let Some(hooks) = v["counters"].as_object() {
+        for (hook, reasons) in hooks {
+            let items: Vec<String> = reasons.as_object().map(|m| m.iter().map(|(k, n)| format!("{k}={n}")).collect()).unwrap_or_default();
+            if !items.is_empty() {
+                s += &format!("           {hook:<15} {}\n", items.join(" "));
+            }
+        }
+    }
+    let a = &v["audit"];
+    s += &format!("audit      {} events, {} lost in the kernel, {} lost by slow sinks, {} subscribers\n", a["events"], a["lost_kernel"], a["lost_sinks"], a["subscribers"]);
+    for w in v["warnings"].as_array().cloned().unwrap_or_default() {
+        s += &format!("warning    {}\n", w.as_str().unwrap_or(""));
+    }
+    s
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// tcp or udp.
+    #[arg(long)]
+    pub proto: String,
+    #[arg(long)]
+    pub src: IpAddr,
+    #[arg(long)]
+    pub dport: u16,
+    #[arg(long)]
+    pub dst: Option<IpAddr>,
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// The sender's cgroup (a local process); without it, a remote sender.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Judge against this policy file instead of the running daemon's live policy.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
+    let query = Query { proto: a.proto, src: a.src, dport: a.dport, dst: a.dst, sport: a.sport, cgroup: a.cgroup };
+    let (e, source): (Explanation, String) = match &a.config {
+        Some(path) => {
+            let p = crate::policy::load(path)?;
+            (explain(&p.verdict, &query).map_err(anyhow::Error::msg)?, format!("policy file {}", path.display()))
+        }
+        None => {
+            let v = client::call(&a.socket, Request::Explain { query })?;
+            let e = serde_json::from_value::<Explanation>(v["explanation"].clone()).context("the daemon's explanation")?;
+            (e, format!("live policy generation {}", v["policy"]))
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!("{}", e.text);
+        if let Some(r) = &e.rule {
+            println!("  rule:      {r}");
+        }
+        if let Some(m) = &e.matched {
+            println!("  matched:   {m}");
+        }
+        println!("  reason:    {} (judged at {})", e.reason, e.hook);
+        if !e.covering_rules.is_empty() {
+            println!("  protected by: {}", e.covering_rules.join(", "));
+        }
+        println!("  judged by the reference model against the {source}");
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! The command line: one module per command family.
+
+pub mod check;
+pub mod control;
+pub mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_CONFIG: &str = "/etc/enforcer/policy.toml";
+
+#[derive(Parser)]
+#[command(name = "enforcer", version, about = "Guards a host's internal ports in the kernel (XDP and cgroup programs)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load the programs, apply the policy, and stream audit events as JSON lines on stdout.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The control socket to serve.
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Validate a policy without touching the kernel (exit 1 if it cannot be used).
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Ask the running daemon to re-read and apply its policy file.
+    Reload {
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Restore the previous policy unless `enforcer confirm` arrives within this time
+        /// (e.g. 60s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        confirm_within: Option<std::time::Duration>,
+    },
+    /// Keep a policy applied with `reload --confirm-within`.
+    Confirm {
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// What the daemon runs, where, under which policy, with its counters and warnings.
+    Status {
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the audit stream of the running daemon.
+    Tail(tail::TailArgs),
+    /// The verdict for a packet, the rule and the allow entry that decided it.
+    Explain(control::ExplainArgs),
+}

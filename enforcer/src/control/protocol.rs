@@ -1,0 +1,83 @@
+//! Control protocol, version 1 (documented in docs/CONTROL-PROTOCOL.md).
+//!
+//! A client sends one request per line, a JSON object with `"version": 1` and a
+//! `"command"`; the daemon answers each with one JSON line: `{"version":1,"ok":true,...}`
+//! or `{"version":1,"ok":false,"error":"..."}`. After `subscribe` the connection carries
+//! the audit stream (JSON lines) until the client closes it.
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Programs, attachments, policy identity, counters, warnings.
+    Status,
+    /// Re-read the policy file and apply it; with `confirm_within_secs`, restore the
+    /// previous policy unless `confirm` arrives in time.
+    Reload {
+        #[serde(default)]
+        confirm_within_secs: Option<u64>,
+    },
+    /// Keep a policy applied with a confirmation deadline.
+    Confirm,
+    /// Follow the audit stream on this connection, starting with the recent lines the
+    /// daemon still holds from `since_unix_ns` on (if given).
+    Subscribe {
+        #[serde(default)]
+        since_unix_ns: Option<u128>,
+    },
+    /// The verdict for a described packet under the live policy.
+    Explain { query: crate::explain::Query },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Parses one request line, checking the version.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
+    match v.get("version").and_then(|v| v.as_u64()) {
+        Some(1) => {}
+        Some(other) => return Err(format!("unsupported protocol version {other}; this daemon speaks {VERSION}")),
+        None => return Err("the request has no \"version\" (this daemon speaks version 1)".into()),
+    }
+    let env: RequestEnvelope = serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))?;
+    Ok(env.request)
+}
+
+/// A success response carrying `body`'s fields.
+pub fn ok(body: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({"version": VERSION, "ok": true});
+    if let (Some(m), serde_json::Value::Object(b)) = (v.as_object_mut(), body) {
+        m.extend(b);
+    }
+    v
+}
+
+pub fn error(message: impl Into<String>) -> serde_json::Value {
+    serde_json::json!({"version": VERSION, "ok": false, "error": message.into()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_request(r#"{"version":1,"command":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"reload","confirm_within_secs":60}"#),
+            Ok(Request::Reload { confirm_within_secs: Some(60) })
+        );
+        assert!(parse_request(r#"{"version":2,"command":"status"}"#).unwrap_err().contains("unsupported protocol version 2"));
+        assert!(parse_request(r#"{"command":"status"}"#).unwrap_err().contains("no \"version\""));
+        assert!(parse_request("status").unwrap_err().contains("not a JSON request"));
+        assert!(parse_request(r#"{"version":1,"command":"format-disk"}"#).unwrap_err().contains("bad request"));
+    }
+}

@@ -1,0 +1,93 @@
+//! `enforcer run`: the policy owner (one task that holds the loaded programs and maps and
+//! takes signals, timers and control-socket calls in one `select!`), the audit stream
+//! (`audit`), and the control server.
+
+pub mod audit;
+mod state;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{anyhow, Context as _};
+use enforcer_common::maps::HostInfo;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::info;
+
+use crate::{
+    control::{self, protocol, protocol::Request, server::Call},
+    events::enrich::Enricher,
+    kernel::{host, Loaded},
+    policy::{self, compile},
+};
+
+pub use state::State;
+
+pub struct Options {
+    pub config: PathBuf,
+    pub socket: PathBuf,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let policy = policy::load(&opts.config)?;
+    let compiled = compile(&policy).with_context(|| format!("{}", opts.config.display()))?;
+    let cgroup_mount = host::cgroup2_mount()?;
+    let listener = control::server::bind(&opts.socket)?;
+    let mut loaded = Loaded::load()?;
+    let cookie = host::netns_cookie().context("reading this network namespace's cookie")?;
+    loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).context("writing host facts")?;
+    let events = loaded.events.take().ok_or_else(|| anyhow!("ring buffer missing"))?;
+
+    let (audit_tx, audit_rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(audit::Stats::default());
+    let mut st = State::start(loaded, policy, compiled, cgroup_mount.clone(), opts.config.clone(), audit_tx, stats.clone())?;
+    let enricher = Enricher::new(Some(cgroup_mount));
+    let (sub_tx, sub_rx) = mpsc::channel(16);
+    let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
+    st.announce_initial();
+
+    let (call_tx, mut calls) = mpsc::channel::<Call>(64);
+    let server = tokio::spawn(control::server::serve(listener, call_tx, sub_tx));
+    info!(socket = %opts.socket.display(), "control socket ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { let _ = st.reload(None); }
+            _ = tick.tick() => st.tick(),
+            Some(call) = calls.recv() => {
+                let answer = match call.request {
+                    Request::Status => protocol::ok(st.status()),
+                    Request::Reload { confirm_within_secs } => match st.reload(confirm_within_secs.map(Duration::from_secs)) {
+                        Ok(v) => protocol::ok(v),
+                        Err(e) => protocol::error(e),
+                    },
+                    Request::Confirm => match st.confirm() {
+                        Ok(v) => protocol::ok(v),
+                        Err(e) => protocol::error(e),
+                    },
+                    Request::Explain { query } => match crate::explain::explain(&st.policy.verdict, &query) {
+                        Ok(e) => protocol::ok(serde_json::json!({"explanation": e, "policy": st.generation()})),
+                        Err(e) => protocol::error(e),
+                    },
+                    // Served by the connection itself; never forwarded.
+                    Request::Subscribe { .. } => protocol::error("subscribe is not a call"),
+                };
+                let _ = call.reply.send(answer);
+            }
+        }
+    }
+    info!("stopping: detaching programs");
+    server.abort();
+    let _ = std::fs::remove_file(&opts.socket);
+    st.stop();
+    drop(st);
+    let _ = audit.await;
+    Ok(())
+}

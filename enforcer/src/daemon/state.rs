@@ -1,0 +1,375 @@
+//! What the policy owner holds, and every change it makes: apply, reload (with an optional
+//! confirmation deadline), confirm, follow the host (addresses, cgroups), report status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use enforcer_common::{
+    consts::{AF_INET, AF_INET6},
+    maps::LocalAddrKey,
+    reason::{Hook, Reason, Verdict},
+};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use super::audit::{Control, Stats};
+use crate::{
+    events::{record, Record},
+    kernel::{counters, host, programs, writer::Writer, Loaded},
+    policy::{self, compile, Compiled, Policy},
+};
+
+/// A policy applied with `--confirm-within`: the one to restore unless confirmed.
+struct Pending {
+    previous: Policy,
+    deadline: Instant,
+    deadline_wall: String,
+}
+
+pub struct State {
+    loaded: Loaded,
+    writer: Writer,
+    pub policy: Policy,
+    compiled: Compiled,
+    cgroup_ids: BTreeMap<String, u64>,
+    generation: u64,
+    applied_at: String,
+    started_at: String,
+    cgroup_mount: PathBuf,
+    config_path: PathBuf,
+    local_addrs: BTreeSet<IpAddr>,
+    kernel_lost: u64,
+    pending: Option<Pending>,
+    audit: UnboundedSender<Control>,
+    stats: Arc<Stats>,
+}
+
+impl State {
+    /// Writes the first policy and attaches everything (maps first: no packet ever meets an
+    /// empty policy).
+    pub fn start(
+        loaded: Loaded,
+        policy: Policy,
+        compiled: Compiled,
+        cgroup_mount: PathBuf,
+        config_path: PathBuf,
+        audit: UnboundedSender<Control>,
+        stats: Arc<Stats>,
+    ) -> anyhow::Result<Self> {
+        let mut st = State {
+            loaded,
+            writer: Writer::new(),
+            policy,
+            compiled,
+            cgroup_ids: BTreeMap::new(),
+            generation: 1,
+            applied_at: record::now(),
+            started_at: record::now(),
+            cgroup_mount,
+            config_path,
+            local_addrs: BTreeSet::new(),
+            kernel_lost: 0,
+            pending: None,
+            audit,
+            stats,
+        };
+        st.sync_local_addrs()?;
+        st.cgroup_ids = resolve_cgroups(&st.cgroup_mount, &st.compiled);
+        st.writer.apply(&mut st.loaded.maps, &st.compiled, &st.cgroup_ids, st.generation)?;
+        st.attach()?;
+        Ok(st)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Tells the audit stream about the first policy.
+    pub fn announce_initial(&mut self) {
+        self.tell_audit();
+        let r = self.policy_record("applied", None);
+        let _ = self.audit.send(Control::Record(r));
+        info!(generation = self.generation, hash = %self.policy.hash, file = %self.policy.path.display(), "policy applied");
+    }
+
+    fn tell_audit(&self) {
+        let names = self.policy.verdict.rules.iter().map(|r| r.name.clone()).collect();
+        let _ = self.audit.send(Control::RuleNames(self.generation, names));
+        let ids = self.cgroup_ids.iter().map(|(p, i)| (*i, p.clone())).collect();
+        let _ = self.audit.send(Control::Cgroups(ids));
+    }
+
+    fn attach(&mut self) -> anyhow::Result<()> {
+        self.loaded.attach_cgroup(&self.cgroup_mount, &self.policy.attach.cgroup)?;
+        let wanted: BTreeSet<String> = self.policy.attach.interfaces.iter().cloned().collect();
+        let attached: Vec<String> = self.loaded.xdp_attachments().map(|(k, _)| k.clone()).collect();
+        for iface in attached {
+            if !wanted.contains(&iface) {
+                self.loaded.detach_xdp(&iface);
+                info!(iface, "XDP detached");
+            }
+        }
+        for iface in &wanted {
+            if host::if_index(iface).is_none() {
+                warn!(iface, "interface in the policy does not exist; XDP not attached to it");
+                continue;
+            }
+            let a = self.loaded.attach_xdp(iface, self.policy.attach.xdp_mode)?;
+            info!(iface, mode = a.mode, "XDP attached");
+        }
+        Ok(())
+    }
+
+    fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
+        let now = host::local_addrs().context("listing this host's addresses")?;
+        for a in now.difference(&self.local_addrs) {
+            self.loaded.maps.local_addrs.insert(addr_key(*a), 1, 0).context("adding a host address")?;
+        }
+        for a in self.local_addrs.difference(&now) {
+            let _ = self.loaded.maps.local_addrs.remove(&addr_key(*a));
+        }
+        self.local_addrs = now;
+        Ok(())
+    }
+
+    /// Applies `new` as the next generation; returns the policy it replaced.
+    fn apply(&mut self, new: Policy) -> anyhow::Result<Policy> {
+        let compiled = compile(&new).with_context(|| new.path.display().to_string())?;
+        let ids = resolve_cgroups(&self.cgroup_mount, &compiled);
+        let generation = self.generation + 1;
+        self.writer.apply(&mut self.loaded.maps, &compiled, &ids, generation)?;
+        let old = std::mem::replace(&mut self.policy, new);
+        self.compiled = compiled;
+        self.cgroup_ids = ids;
+        self.generation = generation;
+        self.applied_at = record::now();
+        if let Err(e) = self.attach() {
+            warn!("attaching for the new policy: {e:#}");
+        }
+        self.tell_audit();
+        Ok(old)
+    }
+
+    /// Re-reads the policy file and applies it. A policy that cannot be used is refused
+    /// with its diagnostics and the policy in force stays.
+    pub fn reload(&mut self, confirm_within: Option<Duration>) -> Result<Value, String> {
+        let result = policy::load(&self.config_path).map_err(anyhow::Error::from).and_then(|p| self.apply(p));
+        match result {
+            Ok(old) => {
+                let action = if confirm_within.is_some() { "applied-pending-confirmation" } else { "applied" };
+                let r = self.policy_record(action, Some(&old));
+                let _ = self.audit.send(Control::Record(r));
+                info!(generation = self.generation, hash = %self.policy.hash, "policy reloaded");
+                match confirm_within {
+                    Some(d) => {
+                        // A reload during a pending one keeps the last confirmed policy.
+                        let previous = match self.pending.take() {
+                            Some(p) => p.previous,
+                            None => old,
+                        };
+                        let wall = std::time::SystemTime::now() + d;
+                        self.pending = Some(Pending {
+                            previous,
+                            deadline: Instant::now() + d,
+                            deadline_wall: humantime::format_rfc3339_seconds(wall).to_string(),
+                        });
+                    }
+                    None => self.pending = None,
+                }
+                Ok(json!({"generation": self.generation, "hash": self.policy.hash, "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone())}))
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(generation = self.generation, "reload refused; the policy in force stays:\n{msg}");
+                let mut r = self.policy_record("refused", None);
+                r.error = Some(msg.clone());
+                r.file = Some(self.config_path.display().to_string());
+                let _ = self.audit.send(Control::Record(r));
+                Err(format!("reload refused; generation {} stays in force:\n{msg}", self.generation))
+            }
+        }
+    }
+
+    /// Keeps the policy applied with a confirmation deadline.
+    pub fn confirm(&mut self) -> Result<Value, String> {
+        match self.pending.take() {
+            None => Err("no policy is waiting for confirmation".into()),
+            Some(_) => {
+                let r = self.policy_record("confirmed", None);
+                let _ = self.audit.send(Control::Record(r));
+                info!(generation = self.generation, "policy confirmed");
+                Ok(json!({"generation": self.generation, "hash": self.policy.hash}))
+            }
+        }
+    }
+
+    /// Timers: follow the host, report kernel-side event loss, enforce deadlines.
+    pub fn tick(&mut self) {
+        if let Err(e) = self.sync_local_addrs() {
+            warn!("{e:#}");
+        }
+        let ids = resolve_cgroups(&self.cgroup_mount, &self.compiled);
+        if ids != self.cgroup_ids {
+            match self.writer.apply(&mut self.loaded.maps, &self.compiled, &ids, self.generation) {
+                Ok(_) => {
+                    info!(?ids, "allowed cgroups changed on the host; entries updated");
+                    self.cgroup_ids = ids;
+                    self.tell_audit();
+                }
+                Err(e) => warn!("updating allowed cgroups: {e:#}"),
+            }
+        }
+        let lost = counters::events_lost(&self.loaded.maps);
+        if lost > self.kernel_lost {
+            let r = Record {
+                ts: record::now(),
+                event: "lost",
+                scope: Some("kernel"),
+                count: Some(lost - self.kernel_lost),
+                policy: Some(self.generation),
+                ..Record::default()
+            };
+            let _ = self.audit.send(Control::Record(r));
+            self.kernel_lost = lost;
+        }
+        if self.pending.as_ref().is_some_and(|p| Instant::now() >= p.deadline) {
+            let p = self.pending.take().expect("checked");
+            match self.apply(p.previous) {
+                Ok(old) => {
+                    warn!(generation = self.generation, "not confirmed in time: previous policy restored");
+                    let r = self.policy_record("rolled-back", Some(&old));
+                    let _ = self.audit.send(Control::Record(r));
+                }
+                Err(e) => warn!("restoring the previous policy failed: {e:#}"),
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.loaded.detach_all();
+    }
+
+    fn policy_record(&self, action: &'static str, old: Option<&Policy>) -> Record {
+        let mut r = Record {
+            ts: record::now(),
+            event: "policy",
+            action: Some(action),
+            policy: Some(self.generation),
+            hash: Some(self.policy.hash.clone()),
+            file: Some(self.policy.path.display().to_string()),
+            ..Record::default()
+        };
+        if let Some(old) = old {
+            let by_name = |p: &Policy| p.verdict.rules.iter().map(|r| (r.name.clone(), r.clone())).collect::<BTreeMap<_, _>>();
+            let (before, after) = (by_name(old), by_name(&self.policy));
+            r.rules_added = Some(after.keys().filter(|k| !before.contains_key(*k)).cloned().collect());
+            r.rules_removed = Some(before.keys().filter(|k| !after.contains_key(*k)).cloned().collect());
+            r.rules_changed = Some(after.iter().filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v)).map(|(k, _)| k.clone()).collect());
+        }
+        r
+    }
+
+    /// Everything `enforcer status` shows.
+    pub fn status(&self) -> Value {
+        let maps = &self.loaded.maps;
+        let mut reasons = serde_json::Map::new();
+        for h in Hook::ALL {
+            let mut m = serde_json::Map::new();
+            for r in Reason::ALL {
+                let n = counters::by_reason(maps, h, r);
+                if n > 0 {
+                    m.insert(r.name().into(), n.into());
+                }
+            }
+            reasons.insert(h.name().into(), Value::Object(m));
+        }
+        let rules: Vec<Value> = self
+            .policy
+            .verdict
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let i = i as u32;
+                json!({
+                    "name": r.name,
+                    "mode": match r.mode { enforcer_common::model::Mode::Enforce => "enforce", _ => "audit" },
+                    "allowed": counters::by_rule(maps, i, Verdict::Allow),
+                    "dropped": counters::by_rule(maps, i, Verdict::Drop),
+                    "would_drop": counters::by_rule(maps, i, Verdict::WouldDrop),
+                })
+            })
+            .collect();
+        let xdp: Vec<Value> = self.loaded.xdp_attachments().map(|(i, a)| json!({"iface": i, "mode": a.mode})).collect();
+        let mut warnings = Vec::new();
+        for i in &self.policy.attach.interfaces {
+            if host::if_index(i).is_none() {
+                warnings.push(format!("interface {i} in the policy does not exist (XDP not attached)"));
+            }
+        }
+        for (_, path) in self.compiled.cgroups.keys() {
+            if !self.cgroup_ids.contains_key(path) && !warnings.iter().any(|w| w.contains(&format!("cgroup {path} "))) {
+                warnings.push(format!("cgroup {path} does not exist yet (its rule applies once it is created)"));
+            }
+        }
+        json!({
+            "daemon": {"pid": std::process::id(), "started": self.started_at, "config": self.config_path.display().to_string()},
+            "policy": {
+                "generation": self.generation,
+                "hash": self.policy.hash,
+                "applied_at": self.applied_at,
+                "file": self.policy.path.display().to_string(),
+                "mode": match self.policy.verdict.mode { enforcer_common::model::Mode::Enforce => "enforce", _ => "audit" },
+                "rules": self.policy.verdict.rules.len(),
+                "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone()),
+            },
+            "programs": {
+                "xdp": {"name": programs::XDP, "attached": xdp},
+                "cgroup": {
+                    "path": self.loaded.cgroup_path(),
+                    "programs": [programs::INGRESS, programs::EGRESS, programs::SOCK_ADDR[0], programs::SOCK_ADDR[1], programs::SOCK_ADDR[2], programs::SOCK_ADDR[3]],
+                },
+            },
+            "counters": reasons,
+            "rules": rules,
+            "audit": {
+                "events": self.stats.events.load(Ordering::Relaxed),
+                "lost_kernel": counters::events_lost(maps),
+                "lost_sinks": self.stats.sink_lost.load(Ordering::Relaxed),
+                "subscribers": self.stats.subscribers.load(Ordering::Relaxed),
+            },
+            "warnings": warnings,
+        })
+    }
+}
+
+fn addr_key(a: IpAddr) -> LocalAddrKey {
+    let mut addr = [0u8; 16];
+    let family = match a {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            AF_INET6
+        }
+    };
+    LocalAddrKey { family: family as u32, addr }
+}
+
+/// Ids of the allowed cgroups that exist now.
+fn resolve_cgroups(mount: &std::path::Path, compiled: &Compiled) -> BTreeMap<String, u64> {
+    compiled
+        .cgroups
+        .keys()
+        .filter_map(|(_, path)| host::cgroup_id(mount, path).map(|id| (path.clone(), id)))
+        .collect()
+}
