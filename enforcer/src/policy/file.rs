@@ -17,6 +17,25 @@ pub struct PolicyFile {
     pub failsafe: Option<FailsafeFile>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleFile>,
+    /// Expectations the policy must meet to be applied.
+    #[serde(default, rename = "test")]
+    pub tests: Vec<TestFile>,
+}
+
+/// `[[test]]`: a packet and the verdict the policy must give it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    pub name: Spanned<String>,
+    pub proto: Spanned<String>,
+    pub src: Spanned<String>,
+    pub dport: Spanned<i64>,
+    pub dst: Option<Spanned<String>>,
+    pub sport: Option<Spanned<i64>>,
+    /// A local sender's cgroup; absent, a remote sender.
+    pub cgroup: Option<Spanned<String>>,
+    /// "allow", "drop" or "would-drop".
+    pub expect: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod diag;
 pub mod file;
+pub mod selftest;
 pub mod validate;
 
 pub use compile::{compile, Compiled};

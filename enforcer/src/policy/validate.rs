@@ -69,6 +69,8 @@ pub struct Policy {
     pub attach: Attach,
     pub report_allowed: bool,
     pub verdict: VerdictPolicy,
+    /// How many `[[test]]` expectations it carries (all of them hold).
+    pub tests: usize,
 }
 
 /// Reads and validates a policy file.
@@ -88,14 +90,20 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 /// Validates policy text (`path` names it in messages).
 pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     let loc = Locator::new(path, text);
-    let file: PolicyFile = toml::from_str(text).map_err(|e| {
+    let mut file: PolicyFile = toml::from_str(text).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         PolicyError {
             diagnostics: vec![loc.at(offset, Severity::Error, e.message().trim().to_string())],
         }
     })?;
     let mut v = Validator { loc: &loc, errors: Vec::new() };
-    let policy = v.policy(path, text, file);
+    let tests = std::mem::take(&mut file.tests);
+    let mut policy = v.policy(path, text, file);
+    policy.tests = tests.len();
+    if v.errors.is_empty() {
+        // A policy whose own tests fail cannot be applied: check and reload refuse it alike.
+        v.errors.extend(super::selftest::run(&loc, &policy, &tests));
+    }
     if v.errors.is_empty() {
         Ok(policy)
     } else {
@@ -181,6 +189,7 @@ impl Validator<'_> {
             attach: Attach { interfaces, xdp_mode, cgroup },
             report_allowed: file.audit.allowed,
             verdict: VerdictPolicy { mode, rules, failsafe },
+            tests: 0,
         }
     }
 
