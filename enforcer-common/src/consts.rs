@@ -13,6 +13,10 @@ pub const MAX_HDR_OFFSET: usize = 0x0fff;
 /// Deepest cgroup level (below the root) whose ancestors are matched against allow_cgroups.
 pub const MAX_CGROUP_LEVEL: u32 = 31;
 
+/// Version of the maps' layout and meaning. Bump it with any change to a map's key, value,
+/// size or semantics: a daemon refuses pinned state of another layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Two copies ("slots") of every policy map: the programs read the active one while the
 /// daemon writes the other, then flips `ACTIVE` in one 4-byte store.
 pub const SLOTS: u32 = 2;

@@ -40,6 +40,10 @@ pub struct HostInfo {
     /// Network namespace cookie of the daemon's namespace (the host's): sockets in other
     /// namespaces (containers) are out of scope.
     pub netns_cookie: u64,
+    /// `LAYOUT_VERSION` of the daemon that created the maps: a restarted daemon adopts
+    /// pinned maps only of its own layout.
+    pub layout: u32,
+    pub _pad: u32,
 }
 
 /// `GROUPS[slot * MAX_GROUPS + group]`: a port group is a distinct set of rules covering a

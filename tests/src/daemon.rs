@@ -64,6 +64,30 @@ pub fn place(cmd: &mut Command, netns: Option<&Path>, cgroup_procs: Option<&Path
     }
 }
 
+/// A pin directory under /sys/fs/bpf for one test; whatever is pinned there is removed
+/// on drop (that detaches the programs a daemon left attached).
+pub struct Pins(pub PathBuf);
+
+impl Pins {
+    pub fn new() -> Self {
+        Pins(PathBuf::from("/sys/fs/bpf").join(unique("enftest")))
+    }
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = enforcer::kernel::pins::remove_all(&self.0);
+        }
+    }
+}
+
 /// The daemon, running `enforcer run` in a namespace with a policy file of its own.
 pub struct Daemon {
     child: Option<Child>,
@@ -72,6 +96,8 @@ pub struct Daemon {
     pub policy_path: PathBuf,
     /// This daemon's control socket.
     pub socket: PathBuf,
+    /// Its pin directory (removed after the daemon on drop).
+    pub pins: Option<Pins>,
     pub dir: TempDir,
 }
 
@@ -83,12 +109,18 @@ impl Daemon {
 
     /// As `start`, with extra arguments to `enforcer run`.
     pub fn start_with(ns: &NetNs, policy: &str, args: &[&str]) -> Self {
+        Self::start_pinned(ns, policy, args, Pins::new())
+    }
+
+    /// As `start_with`, pinning under `pins` (which may hold an earlier daemon's state to
+    /// adopt).
+    pub fn start_pinned(ns: &NetNs, policy: &str, args: &[&str], pins: Pins) -> Self {
         let dir = TempDir::new();
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy).expect("write policy");
         let socket = dir.0.join("control.sock");
         let mut cmd = Command::new(crate::enforcer_bin());
-        cmd.arg("run").arg("--config").arg(&policy_path).arg("--socket").arg(&socket).args(args);
+        cmd.arg("run").arg("--config").arg(&policy_path).arg("--socket").arg(&socket).arg("--pin-dir").arg(&pins.0).args(args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
@@ -112,7 +144,7 @@ impl Daemon {
                 e.lock().expect("stderr").push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, socket, dir };
+        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, socket, pins: Some(pins), dir };
         d.wait_for(Duration::from_secs(20), |v| v["event"] == "policy" && v["action"] == "applied");
         d
     }
@@ -184,6 +216,16 @@ impl Daemon {
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> ExitStatus {
         self.terminate().expect("daemon was running")
+    }
+
+    /// SIGKILL: the daemon dies without cleaning up. Returns its pin directory (with
+    /// whatever it left pinned) for a successor to adopt.
+    pub fn kill9(mut self) -> Pins {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.pins.take().expect("pins")
     }
 
     fn terminate(&mut self) -> Option<ExitStatus> {

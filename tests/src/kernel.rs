@@ -56,7 +56,7 @@ impl TestKernel {
         let mut loaded = Loaded::load().expect("load programs");
         let events = loaded.events.take().expect("ring buffer");
         let cookie = host::netns_cookie().expect("netns cookie");
-        loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).expect("host info");
+        loaded.maps.host.set(0, HostInfo { netns_cookie: cookie, ..HostInfo::default() }, 0).expect("host info");
         for a in local_addrs {
             let mut addr = [0u8; 16];
             let family = match a {
@@ -92,7 +92,7 @@ impl TestKernel {
     /// Host-namespace switch for the cgroup programs: set the host cookie to something
     /// else, and test_run's socket looks like a container's.
     pub fn set_host_netns_cookie(&mut self, cookie: u64) {
-        self.loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).expect("host info");
+        self.loaded.maps.host.set(0, HostInfo { netns_cookie: cookie, ..HostInfo::default() }, 0).expect("host info");
     }
 
     /// Runs `prog` on an Ethernet frame (the cgroup programs see it from L3, with the

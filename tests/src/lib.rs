@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod kernel;
+pub mod packets;
 pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};

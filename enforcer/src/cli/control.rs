@@ -20,6 +20,16 @@ pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> any
     Ok(())
 }
 
+pub fn unload(pin_dir: &Path) -> anyhow::Result<()> {
+    if !pin_dir.exists() {
+        println!("nothing pinned at {}", pin_dir.display());
+        return Ok(());
+    }
+    let n = crate::kernel::pins::remove_all(pin_dir)?;
+    println!("removed {n} pinned objects from {}: programs detached, policy gone", pin_dir.display());
+    Ok(())
+}
+
 pub fn confirm(socket: &Path) -> anyhow::Result<()> {
     let v = client::call(socket, Request::Confirm)?;
     println!("policy generation {} confirmed", v["generation"]);
@@ -57,7 +67,8 @@ pub fn render_status(v: &Value) -> String {
     s += &format!("cgroup     {} (ingress, egress, connect4/6, sendmsg4/6)\n", v["programs"]["cgroup"]["path"].as_str().unwrap_or("not attached"));
     s += "rules      name                      allowed     dropped  would-drop\n";
     for r in v["rules"].as_array().cloned().unwrap_or_default() {
-        s += &format!("           {:<24} {:>8} {:>11} {:>11}{}\n", r["name"].as_str().unwrap_or(""), r["allowed"], r["dropped"], r["would_drop"],
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        s += &format!("           {:<24} {:>8} {:>11} {:>11}{}\n", r["name"].as_str().unwrap_or(""), n("allowed"), n("dropped"), n("would_drop"),
             if r["mode"] == "audit" { "  (audit)" } else { "" });
     }
     s += "counters\n";

@@ -33,6 +33,18 @@ pub enum Command {
         /// The control socket to serve.
         #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// bpffs directory where maps and links are pinned (mounted if needed).
+        #[arg(long, default_value = crate::kernel::pins::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// On SIGTERM/SIGINT: detach everything, or keep enforcing (pinned) so a restart
+        /// has no gap.
+        #[arg(long, value_enum, default_value = "detach")]
+        on_stop: crate::daemon::OnStop,
+    },
+    /// Remove everything a daemon pinned (stops enforcement; for after `--on-stop keep`).
+    Unload {
+        #[arg(long, default_value = crate::kernel::pins::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Validate a policy without touching the kernel (exit 1 if it cannot be used).
     Check {

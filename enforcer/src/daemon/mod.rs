@@ -8,7 +8,6 @@ mod state;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{anyhow, Context as _};
-use enforcer_common::maps::HostInfo;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -18,7 +17,7 @@ use tracing::info;
 use crate::{
     control::{self, protocol, protocol::Request, server::Call},
     events::enrich::Enricher,
-    kernel::{host, Loaded},
+    kernel::{host, pins::{self, PinDir}, Loaded},
     policy::{self, compile},
 };
 
@@ -27,6 +26,20 @@ pub use state::State;
 pub struct Options {
     pub config: PathBuf,
     pub socket: PathBuf,
+    /// bpffs directory for maps and links.
+    pub pin_dir: PathBuf,
+    pub on_stop: OnStop,
+}
+
+/// What a normal stop (SIGTERM, SIGINT) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStop {
+    /// Detach the programs and remove the pinned state: the host is unprotected until the
+    /// next start (and a restart has a gap).
+    Detach,
+    /// Leave the programs attached and the policy in force (pinned): restarts and upgrades
+    /// have no gap, and `enforcer unload` removes them.
+    Keep,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -34,9 +47,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let compiled = compile(&policy).with_context(|| format!("{}", opts.config.display()))?;
     let cgroup_mount = host::cgroup2_mount()?;
     let listener = control::server::bind(&opts.socket)?;
-    let mut loaded = Loaded::load()?;
+    let pins = PinDir::open(&opts.pin_dir)?;
+    let mut loaded = Loaded::load_pinned(pins)?;
+    if let Some((_, generation)) = loaded.adopted {
+        info!(generation, pin_dir = %opts.pin_dir.display(), "adopted the pinned programs and policy of an earlier daemon");
+    }
     let cookie = host::netns_cookie().context("reading this network namespace's cookie")?;
-    loaded.maps.host.set(0, HostInfo { netns_cookie: cookie }, 0).context("writing host facts")?;
+    let mut facts = loaded.maps.host.get(&0, 0).context("reading host facts")?;
+    facts.netns_cookie = cookie;
+    loaded.maps.host.set(0, facts, 0).context("writing host facts")?;
     let events = loaded.events.take().ok_or_else(|| anyhow!("ring buffer missing"))?;
 
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
@@ -83,11 +102,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
-    info!("stopping: detaching programs");
+    info!("stopping");
     server.abort();
     let _ = std::fs::remove_file(&opts.socket);
-    st.stop();
-    drop(st);
+    match opts.on_stop {
+        OnStop::Detach => {
+            st.stop();
+            drop(st);
+            let n = pins::remove_all(&opts.pin_dir)?;
+            info!(removed = n, "detached; pinned state removed");
+        }
+        OnStop::Keep => {
+            info!(pin_dir = %opts.pin_dir.display(), "programs stay attached with the policy in force (--on-stop keep)");
+            drop(st);
+        }
+    }
     let _ = audit.await;
     Ok(())
 }

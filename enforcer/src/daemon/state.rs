@@ -63,13 +63,18 @@ impl State {
         audit: UnboundedSender<Control>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
+        // An adopted policy stays active while the new one is written to the other slot.
+        let (writer, generation) = match loaded.adopted {
+            Some((slot, generation)) => (Writer::adopt(slot), generation + 1),
+            None => (Writer::new(), 1),
+        };
         let mut st = State {
             loaded,
-            writer: Writer::new(),
+            writer,
             policy,
             compiled,
             cgroup_ids: BTreeMap::new(),
-            generation: 1,
+            generation,
             applied_at: record::now(),
             started_at: record::now(),
             cgroup_mount,

@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod host;
+pub mod pins;
 pub mod programs;
 pub mod writer;
 

@@ -1,20 +1,24 @@
 //! Loading the embedded programs, and attaching them to interfaces and a cgroup.
 
-use std::{collections::BTreeMap, fs::File, path::Path};
+use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::Path};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbLinkId, cgroup_sock_addr::CgroupSockAddrLinkId, xdp::XdpLinkId,
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, Xdp,
-        XdpMode,
+        links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        ProgramError, Xdp, XdpMode,
     },
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
-use enforcer_common::maps::{
-    ActiveSlot, AllowKey, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo,
+use anyhow::bail;
+use enforcer_common::{
+    consts::LAYOUT_VERSION,
+    maps::{ActiveSlot, AllowKey, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo},
 };
+
+use super::pins::{self, PinDir};
+use crate::policy::XdpModeSetting;
 
 /// The BPF object built from enforcer-ebpf by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -51,19 +55,26 @@ pub struct XdpAttachment {
     pub mode: &'static str,
 }
 
-enum CgroupLink {
-    Skb(&'static str, CgroupSkbLinkId),
-    SockAddr(&'static str, CgroupSockAddrLinkId),
-}
+/// Every map in the object, pinned under `maps/` by name.
+const MAP_NAMES: [&str; 14] = [
+    "ACTIVE", "SLOT_INFO", "HOST", "PORTS", "GROUPS", "ALLOW", "CGROUPS", "LOCAL_ADDRS", "FLOWS",
+    "REASONS", "RULE_COUNTS", "EVENT_LOSS", "EVENTS", "SOCK_OWNERS",
+];
 
-/// Loaded programs, their maps, and where they are attached.
+/// Loaded programs, their maps, and where they are attached. Attachments are links pinned
+/// under the pin directory: they outlive this process, and `detach_*` removes their pins.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: Maps,
     pub events: Option<RingBuf<MapData>>,
-    xdp_links: BTreeMap<String, (XdpLinkId, XdpAttachment)>,
-    cgroup_links: Vec<CgroupLink>,
-    cgroup_path: Option<String>,
+    pins: Option<PinDir>,
+    /// Interface -> (link pin name, how it is attached).
+    xdp_links: BTreeMap<String, (String, XdpAttachment)>,
+    /// Link pin names of the cgroup programs, and the cgroup they are on.
+    cgroup_links: Vec<String>,
+    cgroup: Option<(String, u64)>,
+    /// State pinned by an earlier daemon was adopted: (active slot, its generation).
+    pub adopted: Option<(u32, u64)>,
 }
 
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
@@ -83,10 +94,37 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// A link's pin name for an XDP attachment.
+fn xdp_pin_name(iface: &str, mode: &str) -> String {
+    format!("xdp@{iface}@{mode}")
+}
+
 impl Loaded {
-    /// Loads every program into the kernel (attaching none).
+    /// Loads every program into the kernel, with maps of its own and nothing attached
+    /// (tests run the programs through BPF_PROG_TEST_RUN).
     pub fn load() -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading the BPF object")?;
+        let ebpf = Ebpf::load(OBJECT).context("loading the BPF object")?;
+        Self::finish(ebpf, None)
+    }
+
+    /// Loads the programs with their maps pinned under `pins`. Maps an earlier daemon
+    /// pinned there are reused (its policy stays in force), and its pinned links are
+    /// switched to the new programs in place.
+    pub fn load_pinned(pins: PinDir) -> anyhow::Result<Self> {
+        if pins.has_maps() {
+            check_layout(&pins)?;
+        }
+        let mut loader = EbpfLoader::new();
+        for name in MAP_NAMES {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        let ebpf = loader.load(OBJECT).context("loading the BPF object")?;
+        let mut loaded = Self::finish(ebpf, Some(pins))?;
+        loaded.adopt_links()?;
+        Ok(loaded)
+    }
+
+    fn finish(mut ebpf: Ebpf, pins: Option<PinDir>) -> anyhow::Result<Self> {
         {
             let xdp: &mut Xdp = program(&mut ebpf, XDP)?;
             xdp.load().map_err(|e| load_error(XDP, e))?;
@@ -99,7 +137,7 @@ impl Loaded {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             p.load().map_err(|e| load_error(name, e))?;
         }
-        let maps = Maps {
+        let mut maps = Maps {
             active: take(&mut ebpf, "ACTIVE")?,
             slot_info: take(&mut ebpf, "SLOT_INFO")?,
             host: take(&mut ebpf, "HOST")?,
@@ -113,34 +151,96 @@ impl Loaded {
             event_loss: take(&mut ebpf, "EVENT_LOSS")?,
         };
         let events = Some(take(&mut ebpf, "EVENTS")?);
+        let mut host = maps.host.get(&0, 0).context("reading host facts")?;
+        let adopted = if host.layout == LAYOUT_VERSION {
+            let slot = maps.active.get(&0, 0).context("reading the active slot")?.slot & 1;
+            let generation = maps.slot_info.get(&slot, 0).context("reading the policy generation")?.generation;
+            Some((slot, generation))
+        } else {
+            host.layout = LAYOUT_VERSION;
+            maps.host.set(0, host, 0).context("writing host facts")?;
+            None
+        };
         Ok(Loaded {
             ebpf,
             maps,
             events,
+            pins,
             xdp_links: BTreeMap::new(),
             cgroup_links: Vec::new(),
-            cgroup_path: None,
+            cgroup: None,
+            adopted,
         })
     }
 
+    /// Switches every link pinned by an earlier daemon to this daemon's programs.
+    fn adopt_links(&mut self) -> anyhow::Result<()> {
+        let Some(pins) = self.pins.clone() else { return Ok(()) };
+        for name in pins.links() {
+            let parts: Vec<&str> = name.split('@').collect();
+            let (prog, record): (&str, Box<dyn FnOnce(&mut Self)>) = match parts.as_slice() {
+                ["xdp", iface, mode] => {
+                    let (iface, mode) = (iface.to_string(), mode_label(mode));
+                    let n = name.clone();
+                    (XDP, Box::new(move |l: &mut Self| {
+                        l.xdp_links.insert(iface, (n, XdpAttachment { mode }));
+                    }))
+                }
+                ["cgroup", id, prog] => {
+                    let Some(prog) = [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR).find(|p| p == prog) else {
+                        bail!("unknown pinned link {name} in {}", pins.root.display());
+                    };
+                    let id: u64 = id.parse().with_context(|| format!("pinned link {name}"))?;
+                    let n = name.clone();
+                    (prog, Box::new(move |l: &mut Self| {
+                        l.cgroup_links.push(n);
+                        if l.cgroup.is_none() {
+                            l.cgroup = Some((String::new(), id));
+                        }
+                    }))
+                }
+                _ => bail!("unknown pinned link {name} in {}", pins.root.display()),
+            };
+            let path = pins.link(&name);
+            let link = pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
+            let prog_fd = self.ebpf.program(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.fd()?;
+            match pins::link_update(link.as_fd(), prog_fd.as_fd()) {
+                Ok(()) => record(self),
+                // The attach point went away (an interface was removed): forget it.
+                Err(e) => {
+                    tracing::info!("pinned link {name} is gone ({e}); removing it");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pins(&self) -> anyhow::Result<&PinDir> {
+        self.pins.as_ref().ok_or_else(|| anyhow!("programs loaded without a pin directory cannot be attached"))
+    }
+
     /// Attaches XDP to `iface`: `mode` "native", "generic", or "auto" (native, else generic).
-    pub fn attach_xdp(&mut self, iface: &str, mode: super::super::policy::XdpModeSetting) -> anyhow::Result<XdpAttachment> {
-        use crate::policy::XdpModeSetting as M;
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpModeSetting) -> anyhow::Result<XdpAttachment> {
         if let Some((_, a)) = self.xdp_links.get(iface) {
             return Ok(a.clone());
         }
+        let pins = self.pins()?.clone();
         let prog: &mut Xdp = program(&mut self.ebpf, XDP)?;
         let tries: &[(XdpMode, &'static str)] = match mode {
-            M::Native => &[(XdpMode::Driver, "native")],
-            M::Generic => &[(XdpMode::Skb, "generic")],
-            M::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            XdpModeSetting::Native => &[(XdpMode::Driver, "native")],
+            XdpModeSetting::Generic => &[(XdpMode::Skb, "generic")],
+            XdpModeSetting::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
         };
         let mut last = None;
         for (m, label) in tries {
             match prog.attach(iface, *m) {
                 Ok(id) => {
+                    let link: FdLink = prog.take_link(id)?.try_into()?;
+                    let name = xdp_pin_name(iface, label);
+                    link.pin(pins.link(&name)).with_context(|| format!("pinning the XDP link of {iface}"))?;
                     let a = XdpAttachment { mode: label };
-                    self.xdp_links.insert(iface.to_string(), (id, a.clone()));
+                    self.xdp_links.insert(iface.to_string(), (name, a.clone()));
                     return Ok(a);
                 }
                 Err(e) => last = Some(e),
@@ -151,11 +251,8 @@ impl Loaded {
 
     /// Detaches XDP from `iface` (nothing if it is not attached or already gone).
     pub fn detach_xdp(&mut self, iface: &str) {
-        if let Some((id, _)) = self.xdp_links.remove(iface) {
-            if let Ok(prog) = program::<Xdp>(&mut self.ebpf, XDP) {
-                // An interface that went away took its link with it.
-                let _ = prog.detach(id);
-            }
+        if let (Some((name, _)), Some(pins)) = (self.xdp_links.remove(iface), &self.pins) {
+            let _ = std::fs::remove_file(pins.link(&name));
         }
     }
 
@@ -163,75 +260,115 @@ impl Loaded {
         self.xdp_links.iter().map(|(k, (_, a))| (k, a))
     }
 
+    /// Forgets interfaces whose XDP link the kernel released (the interface went away).
+    pub fn forget_vanished_interfaces(&mut self) -> Vec<String> {
+        let gone: Vec<String> = self.xdp_links.keys().filter(|i| super::host::if_index(i).is_none()).cloned().collect();
+        for i in &gone {
+            self.detach_xdp(i);
+        }
+        gone
+    }
+
     /// Attaches the cgroup programs to `path` (a cgroup v2 path) under `mount`. Programs
     /// attached elsewhere before stay until the new ones are in, so there is no gap.
     pub fn attach_cgroup(&mut self, mount: &Path, path: &str) -> anyhow::Result<()> {
-        if self.cgroup_path.as_deref() == Some(path) {
-            return Ok(());
-        }
         let dir = super::host::cgroup_dir(mount, path);
+        let id = super::host::cgroup_id(mount, path).ok_or_else(|| anyhow!("cgroup {path} does not exist ({})", dir.display()))?;
+        if let Some((p, current)) = &mut self.cgroup {
+            if *current == id {
+                *p = path.to_string();
+                return Ok(());
+            }
+        }
+        let pins = self.pins()?.clone();
         let fd = File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
-        let mut links = Vec::new();
         // On this kernel aya attaches through bpf_link_create, which always coexists with
         // other programs on the cgroup (systemd's, for one) and takes no attach flags:
         // "Single" is the mode that passes none.
         let mode = CgroupAttachMode::Single;
+        let mut new_links = Vec::new();
         let attached = (|| -> anyhow::Result<()> {
             for (name, kind) in [(INGRESS, CgroupSkbAttachType::Ingress), (EGRESS, CgroupSkbAttachType::Egress)] {
                 let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-                let id = p.attach(&fd, kind, mode)
-                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                links.push(CgroupLink::Skb(name, id));
+                let lid = p.attach(&fd, kind, mode).with_context(|| format!("attaching {name} to cgroup {path}"))?;
+                let link: FdLink = p.take_link(lid)?.try_into()?;
+                let pin = format!("cgroup@{id}@{name}");
+                link.pin(pins.link(&pin)).with_context(|| format!("pinning {pin}"))?;
+                new_links.push(pin);
             }
             for name in SOCK_ADDR {
                 let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let id = p.attach(&fd, mode)
-                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                links.push(CgroupLink::SockAddr(name, id));
+                let lid = p.attach(&fd, mode).with_context(|| format!("attaching {name} to cgroup {path}"))?;
+                let link: FdLink = p.take_link(lid)?.try_into()?;
+                let pin = format!("cgroup@{id}@{name}");
+                link.pin(pins.link(&pin)).with_context(|| format!("pinning {pin}"))?;
+                new_links.push(pin);
             }
             Ok(())
         })();
         if let Err(e) = attached {
-            self.detach_links(links);
+            for pin in new_links {
+                let _ = std::fs::remove_file(pins.link(&pin));
+            }
             return Err(e);
         }
-        let old = std::mem::replace(&mut self.cgroup_links, links);
-        self.detach_links(old);
-        self.cgroup_path = Some(path.to_string());
+        for old in std::mem::replace(&mut self.cgroup_links, new_links) {
+            let _ = std::fs::remove_file(pins.link(&old));
+        }
+        self.cgroup = Some((path.to_string(), id));
         Ok(())
     }
 
     pub fn cgroup_path(&self) -> Option<&str> {
-        self.cgroup_path.as_deref()
+        self.cgroup.as_ref().map(|(p, _)| p.as_str())
     }
 
-    fn detach_links(&mut self, links: Vec<CgroupLink>) {
-        for l in links {
-            match l {
-                CgroupLink::Skb(name, id) => {
-                    if let Ok(p) = program::<CgroupSkb>(&mut self.ebpf, name) {
-                        let _ = p.detach(id);
-                    }
-                }
-                CgroupLink::SockAddr(name, id) => {
-                    if let Ok(p) = program::<CgroupSockAddr>(&mut self.ebpf, name) {
-                        let _ = p.detach(id);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Detaches everything (also done by dropping `Loaded`).
+    /// Detaches everything this daemon attached or adopted.
     pub fn detach_all(&mut self) {
         let ifaces: Vec<String> = self.xdp_links.keys().cloned().collect();
         for i in ifaces {
             self.detach_xdp(&i);
         }
-        let links = std::mem::take(&mut self.cgroup_links);
-        self.detach_links(links);
-        self.cgroup_path = None;
+        if let Some(pins) = &self.pins {
+            for l in self.cgroup_links.drain(..) {
+                let _ = std::fs::remove_file(pins.link(&l));
+            }
+        }
+        self.cgroup = None;
     }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.root.as_path())
+    }
+}
+
+fn mode_label(m: &str) -> &'static str {
+    match m {
+        "native" => "native",
+        "generic" => "generic",
+        _ => "unknown",
+    }
+}
+
+/// Refuses pinned maps of another layout: reading them with this daemon's types would
+/// misjudge packets.
+fn check_layout(pins: &PinDir) -> anyhow::Result<()> {
+    let incompatible = |why: String| {
+        anyhow!(
+            "the state pinned at {} was made by an incompatible enforcer ({why}); this daemon will not adopt it. \
+             Remove it with `enforcer unload --pin-dir {}` (enforcement stops until the next start).",
+            pins.root.display(),
+            pins.root.display()
+        )
+    };
+    let data = MapData::from_pin(pins.map("HOST")).map_err(|e| incompatible(format!("its HOST map cannot be read: {e}")))?;
+    let host: Array<MapData, HostInfo> = Array::try_from(aya::maps::Map::Array(data))
+        .map_err(|e| incompatible(format!("its HOST map has another shape: {e}")))?;
+    let layout = host.get(&0, 0).map(|h| h.layout).unwrap_or(0);
+    if layout != LAYOUT_VERSION {
+        return Err(incompatible(format!("map layout {layout}, this daemon uses {LAYOUT_VERSION}")));
+    }
+    Ok(())
 }
 
 /// A loaded program by name and type.

@@ -68,6 +68,16 @@ impl Writer {
         }
     }
 
+    /// A writer for maps an earlier daemon filled, with `active` the slot in force: both
+    /// slots' contents are unknown, so the first apply writes the idle one whole.
+    pub fn adopt(active: u32) -> Self {
+        Writer {
+            active: active & 1,
+            slots: [None, None],
+            last_flip: None,
+        }
+    }
+
     pub fn active_slot(&self) -> u32 {
         self.active
     }
