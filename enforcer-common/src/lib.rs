@@ -31,5 +31,6 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::LocalAddrKey {}
     unsafe impl aya::Pod for crate::maps::FlowKey {}
     unsafe impl aya::Pod for crate::maps::SockOwner {}
+    unsafe impl aya::Pod for crate::maps::Bucket {}
     unsafe impl aya::Pod for crate::event::PacketEvent {}
 }

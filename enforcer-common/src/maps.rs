@@ -24,8 +24,26 @@ pub struct SlotInfo {
     pub generation: u64,
     /// `SLOT_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// Events a rate-limit bucket may save up (its burst).
+    pub burst: u32,
+    /// Rate limits as the time one event costs a bucket (1e9 / events per second per
+    /// CPU); 0: unlimited. Per rule, and across all rules.
+    pub rule_cost_ns: u64,
+    pub global_cost_ns: u64,
 }
+
+/// A per-CPU token bucket for audit events, in nanoseconds of credit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
+/// `BUCKETS` / `SUPPRESSED` index for events no rule decided (malformed packets).
+pub const NO_RULE_INDEX: u32 = crate::consts::MAX_RULES;
+/// `BUCKETS` index of the global bucket; `SUPPRESSED` index of the total.
+pub const GLOBAL_BUCKET: u32 = crate::consts::MAX_RULES + 1;
 
 /// The global mode is enforce (else audit): drops with no rule to decide (malformed
 /// packets, bad fragments) follow it.

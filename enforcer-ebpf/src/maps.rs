@@ -55,6 +55,15 @@ pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENT
 pub static RULE_COUNTS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(MAX_RULES * RULE_COUNTER_KINDS, 0);
 
+/// Audit-event rate limits: a bucket per rule, one for no-rule events, one global.
+#[map]
+pub static BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(MAX_RULES + 2, 0);
+
+/// Events the rate limits held back, per rule (and `NO_RULE_INDEX`), and in total
+/// (`GLOBAL_BUCKET`), so the daemon scans the rules only when the total moved.
+#[map]
+pub static SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES + 2, 0);
+
 /// Audit stream health: index 0 counts events lost to a full ring buffer.
 #[map]
 pub static EVENT_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -4,12 +4,12 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use enforcer_common::{
     consts::{MAX_RULES, NO_RULE},
     event::PacketEvent,
-    maps::SLOT_REPORT_ALLOWED,
+    maps::{GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
     reason::{counter_index, Hook, Verdict, RULE_COUNTER_KINDS},
 };
 
 use crate::{
-    maps::{EVENTS, EVENT_LOSS, REASONS, RULE_COUNTS},
+    maps::{BUCKETS, EVENTS, EVENT_LOSS, REASONS, RULE_COUNTS, SUPPRESSED},
     parse::Parsed,
     verdict::Outcome,
 };
@@ -19,6 +19,33 @@ fn bump(counter: Option<*mut u64>) {
     if let Some(c) = counter {
         // SAFETY: a per-CPU slot: no other program touches it concurrently.
         unsafe { *c += 1 };
+    }
+}
+
+/// Takes one event's worth of credit from bucket `idx` (a per-CPU token bucket, so no
+/// locks); false when the bucket is empty. `cost` 0 means unlimited.
+#[inline(always)]
+fn take_token(idx: u32, cost: u64, burst: u32, now: u64) -> bool {
+    if cost == 0 {
+        return true;
+    }
+    let Some(b) = BUCKETS.get_ptr_mut(idx) else {
+        return true;
+    };
+    // SAFETY: a per-CPU slot: no other program touches it concurrently.
+    let b = unsafe { &mut *b };
+    let cap = cost * burst.max(1) as u64;
+    let mut credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns));
+    if credit > cap {
+        credit = cap;
+    }
+    b.last_ns = now;
+    if credit >= cost {
+        b.credit_ns = credit - cost;
+        true
+    } else {
+        b.credit_ns = credit;
+        false
     }
 }
 
@@ -32,8 +59,25 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
         bump(RULE_COUNTS.get_ptr_mut(out.rule * RULE_COUNTER_KINDS + out.verdict as u32));
     }
     if !out.reason.is_judged()
-        || (out.verdict == Verdict::Allow && out.slot_flags & SLOT_REPORT_ALLOWED == 0)
+        || (out.verdict == Verdict::Allow && out.info.flags & SLOT_REPORT_ALLOWED == 0)
     {
+        return;
+    }
+    // SAFETY: a helper with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Rate limits: every event held back is counted, so reported + suppressed + lost
+    // always adds up to the packets judged.
+    let bucket = if out.rule < MAX_RULES {
+        out.rule
+    } else {
+        NO_RULE_INDEX
+    };
+    let info = &out.info;
+    if !take_token(bucket, info.rule_cost_ns, info.burst, now)
+        || !take_token(GLOBAL_BUCKET, info.global_cost_ns, info.burst, now)
+    {
+        bump(SUPPRESSED.get_ptr_mut(bucket));
+        bump(SUPPRESSED.get_ptr_mut(GLOBAL_BUCKET));
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
@@ -41,9 +85,8 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
         return;
     };
     let mut ev = PacketEvent::EMPTY;
-    // SAFETY: a helper with no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.generation = out.generation;
+    ev.ts_ns = now;
+    ev.generation = out.info.generation;
     ev.src = p.src;
     ev.dst = p.dst;
     ev.rule = if out.rule < MAX_RULES { out.rule } else { NO_RULE };

@@ -15,8 +15,8 @@ pub struct Outcome {
     pub verdict: Verdict,
     pub reason: Reason,
     pub rule: u32,
-    pub generation: u64,
-    pub slot_flags: u32,
+    /// The policy that judged (generation, flags, event rate limits).
+    pub info: SlotInfo,
 }
 
 /// What differs between hooks: scope, and how a local sender may be recognised.
@@ -48,18 +48,17 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
         Some(a) => a.slot & 1,
         None => 0,
     };
-    let (generation, slot_flags) = match SLOT_INFO.get(slot) {
-        Some(i) => (i.generation, i.flags),
-        None => (0, 0),
+    let info = match SLOT_INFO.get(slot) {
+        Some(i) => *i,
+        None => SlotInfo::default(),
     };
+    let global_enforce = info.flags & SLOT_ENFORCE != 0;
     let mut out = Outcome {
         verdict: Verdict::Allow,
         reason: Reason::NotIp,
         rule: NO_RULE,
-        generation,
-        slot_flags,
+        info,
     };
-    let global_enforce = slot_flags & SLOT_ENFORCE != 0;
     match p.kind {
         K_PORTS => {}
         K_NOT_IP => return out,

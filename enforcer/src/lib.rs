@@ -10,5 +10,7 @@ pub mod cli;
 pub mod control;
 pub mod events;
 pub mod explain;
+pub mod grants;
 pub mod kernel;
 pub mod policy;
+pub mod scan;

@@ -14,17 +14,21 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config, format } => return cli::check::check(&config, format),
-        Command::Run { config, socket, pin_dir, on_stop } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run { config, socket, pin_dir, on_stop, state_dir } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(enforcer::daemon::run(enforcer::daemon::Options { config, socket, pin_dir, on_stop }))),
+            .and_then(|rt| rt.block_on(enforcer::daemon::run(enforcer::daemon::Options { config, socket, pin_dir, on_stop, state_dir }))),
         Command::Unload { pin_dir } => cli::control::unload(&pin_dir),
         Command::Reload { socket, confirm_within } => cli::control::reload(&socket, confirm_within),
         Command::Confirm { socket } => cli::control::confirm(&socket),
         Command::Status { socket, json } => cli::control::status(&socket, json),
+        Command::Scan { config, json } => cli::scan::scan(config.as_deref(), json),
         Command::Tail(args) => cli::tail::tail(args),
+        Command::Grant(args) => cli::control::grant(args),
+        Command::Grants { socket, json } => cli::control::grants(&socket, json),
+        Command::Revoke { id, socket } => cli::control::revoke(&socket, &id),
         Command::Explain(args) => cli::control::explain_cmd(args),
     };
     match result {

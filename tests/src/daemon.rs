@@ -121,6 +121,9 @@ impl Daemon {
         let socket = dir.0.join("control.sock");
         let mut cmd = Command::new(crate::enforcer_bin());
         cmd.arg("run").arg("--config").arg(&policy_path).arg("--socket").arg(&socket).arg("--pin-dir").arg(&pins.0).args(args);
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.0.join("state"));
+        }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");

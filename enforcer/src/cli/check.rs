@@ -1,9 +1,18 @@
 //! `enforcer check`: validate a policy without touching the kernel.
+//!
+//! Errors (the policy cannot be used) exit 1. Warnings (legal but likely wrong, judged
+//! against this host: see `policy::lint`) are printed the same way, FILE:LINE:COL, and
+//! leave the exit status 0.
 
 use std::{path::Path, process::ExitCode};
 
 use super::Format;
-use crate::policy::{self, diag::Severity, Diagnostic, PolicyError};
+use crate::policy::{
+    self,
+    diag::Severity,
+    lint::{lint, HostFacts},
+    Diagnostic, PolicyError,
+};
 
 /// Validates and compiles `config`; every problem as FILE:LINE:COL, exit 1 on errors.
 pub fn check(config: &Path, format: Format) -> ExitCode {
@@ -18,14 +27,35 @@ pub fn check(config: &Path, format: Format) -> ExitCode {
             }],
         })
     });
+    let file = config.display().to_string();
     match (result, format) {
-        (Ok(p), Format::Text) => {
-            println!("{}: ok ({} rules, sha256 {})", config.display(), p.verdict.rules.len(), p.hash);
-            ExitCode::SUCCESS
-        }
-        (Ok(p), Format::Json) => {
-            let v = serde_json::json!({"file": config.display().to_string(), "ok": true, "rules": p.verdict.rules.len(), "hash": p.hash, "diagnostics": []});
-            println!("{v}");
+        (Ok(p), format) => {
+            let facts = HostFacts::gather();
+            let warnings = lint(&p, &facts);
+            if format == Format::Json {
+                let v = serde_json::json!({
+                    "file": file,
+                    "ok": true,
+                    "rules": p.verdict.rules.len(),
+                    "hash": p.hash,
+                    "diagnostics": warnings,
+                    "notes": facts.notes,
+                });
+                println!("{v}");
+                return ExitCode::SUCCESS;
+            }
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            for n in &facts.notes {
+                eprintln!("{file}: note: {n}");
+            }
+            let tail = match warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".to_string(),
+                n => format!(", {n} warnings"),
+            };
+            println!("{file}: ok ({} rules, sha256 {}{tail})", p.verdict.rules.len(), p.hash);
             ExitCode::SUCCESS
         }
         (Err(e), Format::Text) => {
@@ -33,7 +63,7 @@ pub fn check(config: &Path, format: Format) -> ExitCode {
             ExitCode::FAILURE
         }
         (Err(e), Format::Json) => {
-            println!("{}", serde_json::json!({"file": config.display().to_string(), "ok": false, "diagnostics": e.diagnostics}));
+            println!("{}", serde_json::json!({"file": file, "ok": false, "diagnostics": e.diagnostics}));
             ExitCode::FAILURE
         }
     }

@@ -81,7 +81,10 @@ pub fn render_status(v: &Value) -> String {
         }
     }
     let a = &v["audit"];
-    s += &format!("audit      {} events, {} lost in the kernel, {} lost by slow sinks, {} subscribers\n", a["events"], a["lost_kernel"], a["lost_sinks"], a["subscribers"]);
+    s += &format!(
+        "audit      {} events, {} suppressed by rate limits, {} lost in the kernel, {} lost by slow sinks, {} subscribers\n",
+        a["events"], a["suppressed"], a["lost_kernel"], a["lost_sinks"], a["subscribers"]
+    );
     for w in v["warnings"].as_array().cloned().unwrap_or_default() {
         s += &format!("warning    {}\n", w.as_str().unwrap_or(""));
     }
@@ -142,5 +145,77 @@ pub fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
         }
         println!("  judged by the reference model against the {source}");
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// The rule the exception applies to.
+    #[arg(long)]
+    pub rule: String,
+    /// A source address or prefix to allow.
+    #[arg(long, conflicts_with = "cgroup", required_unless_present = "cgroup")]
+    pub from: Option<String>,
+    /// A cgroup (and its descendants) to allow.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// How long (e.g. 30m, 1h, 2d).
+    #[arg(long = "for", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Why: recorded in the audit stream and the grant list.
+    #[arg(long)]
+    pub reason: String,
+    #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+pub fn grant(a: GrantArgs) -> anyhow::Result<()> {
+    let v = client::call(
+        &a.socket,
+        Request::Grant { rule: a.rule, from: a.from, cgroup: a.cgroup, for_secs: a.duration.as_secs(), reason: a.reason },
+    )?;
+    let g = &v["grant"];
+    println!(
+        "grant {} applied (policy generation {}): rule {} allows {} until {}",
+        g["id"].as_str().unwrap_or(""),
+        v["generation"],
+        g["rule"].as_str().unwrap_or(""),
+        g["from"].as_str().or(g["cgroup"].as_str()).unwrap_or(""),
+        g["expires"].as_str().unwrap_or("")
+    );
+    Ok(())
+}
+
+pub fn grants(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let v = client::call(socket, Request::Grants)?;
+    let list = v["grants"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no grants in force");
+        return Ok(());
+    }
+    println!("{:<6} {:<16} {:<28} {:>10}  {:<22} reason", "id", "rule", "allows", "left", "expires");
+    for g in list {
+        let left = std::time::Duration::from_secs(g["seconds_left"].as_u64().unwrap_or(0));
+        println!(
+            "{:<6} {:<16} {:<28} {:>10}  {:<22} {}{}",
+            g["id"].as_str().unwrap_or(""),
+            g["rule"].as_str().unwrap_or(""),
+            g["from"].as_str().or(g["cgroup"].as_str()).unwrap_or(""),
+            humantime::format_duration(left).to_string(),
+            g["expires"].as_str().unwrap_or(""),
+            g["reason"].as_str().unwrap_or(""),
+            if g["active"] == false { " (inactive: rule not in the policy)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+pub fn revoke(socket: &Path, id: &str) -> anyhow::Result<()> {
+    let v = client::call(socket, Request::Revoke { id: id.to_string() })?;
+    println!("grant {id} revoked (policy generation {})", v["generation"]);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod control;
+pub mod scan;
 pub mod tail;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub enum Command {
         /// has no gap.
         #[arg(long, value_enum, default_value = "detach")]
         on_stop: crate::daemon::OnStop,
+        /// Where grants are kept across restarts.
+        #[arg(long, default_value = "/var/lib/enforcer")]
+        state_dir: PathBuf,
     },
     /// Remove everything a daemon pinned (stops enforcement; for after `--on-stop keep`).
     Unload {
@@ -74,8 +78,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Which listening sockets of this host are exposed: unprotected wildcard or non-loopback
+    /// listeners (with their processes), protected ports with nothing listening, protected
+    /// ports inside the ephemeral port range.
+    Scan {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow the audit stream of the running daemon.
     Tail(tail::TailArgs),
+    /// Allow a source or a cgroup on a rule for a limited time (just-in-time access).
+    Grant(control::GrantArgs),
+    /// List the grants in force, with the time they have left.
+    Grants {
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a grant early.
+    Revoke {
+        /// The grant's id (see `enforcer grants`).
+        id: String,
+        #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// The verdict for a packet, the rule and the allow entry that decided it.
     Explain(control::ExplainArgs),
 }

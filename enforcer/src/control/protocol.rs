@@ -30,6 +30,20 @@ pub enum Request {
     },
     /// The verdict for a described packet under the live policy.
     Explain { query: crate::explain::Query },
+    /// Allow a source prefix (`from`) or a cgroup on a rule for `for_secs` seconds.
+    Grant {
+        rule: String,
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        cgroup: Option<String>,
+        for_secs: u64,
+        reason: String,
+    },
+    /// The grants in force, with time left.
+    Grants,
+    /// End a grant early.
+    Revoke { id: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

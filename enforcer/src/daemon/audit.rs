@@ -25,6 +25,8 @@ use crate::{
 /// What the policy owner tells the audit stream.
 pub enum Control {
     Record(Record),
+    /// A record that is not a packet or policy event (grants), as JSON.
+    Json(serde_json::Value),
     RuleNames(u64, Vec<String>),
     Cgroups(Vec<(u64, String)>),
 }
@@ -176,6 +178,11 @@ pub async fn run(
             msg = control.recv() => match msg {
                 None => break,
                 Some(Control::Record(r)) => out.offer(to_line(&r)),
+                Some(Control::Json(v)) => {
+                    let mut line = v.to_string().into_bytes();
+                    line.push(b'\n');
+                    out.offer(Bytes::from(line));
+                }
                 Some(Control::RuleNames(g, names)) => enricher.rules.insert(g, names),
                 Some(Control::Cgroups(ids)) => for (id, p) in ids { enricher.know_cgroup(id, p) },
             }

@@ -18,7 +18,7 @@ use crate::{
     control::{self, protocol, protocol::Request, server::Call},
     events::enrich::Enricher,
     kernel::{host, pins::{self, PinDir}, Loaded},
-    policy::{self, compile},
+    policy,
 };
 
 pub use state::State;
@@ -29,6 +29,8 @@ pub struct Options {
     /// bpffs directory for maps and links.
     pub pin_dir: PathBuf,
     pub on_stop: OnStop,
+    /// Where grants are stored.
+    pub state_dir: PathBuf,
 }
 
 /// What a normal stop (SIGTERM, SIGINT) does.
@@ -44,7 +46,7 @@ pub enum OnStop {
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let policy = policy::load(&opts.config)?;
-    let compiled = compile(&policy).with_context(|| format!("{}", opts.config.display()))?;
+    let grants = crate::grants::Store::open(&opts.state_dir)?;
     let cgroup_mount = host::cgroup2_mount()?;
     let listener = control::server::bind(&opts.socket)?;
     let pins = PinDir::open(&opts.pin_dir)?;
@@ -60,11 +62,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(audit::Stats::default());
-    let mut st = State::start(loaded, policy, compiled, cgroup_mount.clone(), opts.config.clone(), audit_tx, stats.clone())?;
+    let mut st = State::start(loaded, policy, grants, cgroup_mount.clone(), opts.config.clone(), audit_tx, stats.clone())?;
     let enricher = Enricher::new(Some(cgroup_mount));
     let (sub_tx, sub_rx) = mpsc::channel(16);
     let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
     st.announce_initial();
+    st.expire_stale_grants();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
     let server = tokio::spawn(control::server::serve(listener, call_tx, sub_tx));
@@ -91,7 +94,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         Ok(v) => protocol::ok(v),
                         Err(e) => protocol::error(e),
                     },
-                    Request::Explain { query } => match crate::explain::explain(&st.policy.verdict, &query) {
+                    Request::Grant { rule, from, cgroup, for_secs, reason } => {
+                        match st.grant(&rule, from.as_deref(), cgroup.as_deref(), for_secs, &reason) {
+                            Ok(v) => protocol::ok(v),
+                            Err(e) => protocol::error(e),
+                        }
+                    }
+                    Request::Grants => protocol::ok(st.list_grants()),
+                    Request::Revoke { id } => match st.revoke(&id) {
+                        Ok(v) => protocol::ok(v),
+                        Err(e) => protocol::error(e),
+                    },
+                    Request::Explain { query } => match crate::explain::explain(&st.effective.verdict, &query) {
                         Ok(e) => protocol::ok(serde_json::json!({"explanation": e, "policy": st.generation()})),
                         Err(e) => protocol::error(e),
                     },

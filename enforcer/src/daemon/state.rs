@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
-    maps::LocalAddrKey,
+    maps::{LocalAddrKey, GLOBAL_BUCKET, NO_RULE_INDEX},
     reason::{Hook, Reason, Verdict},
 };
 use serde_json::{json, Value};
@@ -21,10 +21,14 @@ use tracing::{info, warn};
 
 use super::audit::{Control, Stats};
 use crate::{
+    grants::{describe, now_unix, Grant, Store},
     events::{record, Record},
     kernel::{counters, host, programs, writer::Writer, Loaded},
     policy::{self, compile, Compiled, Policy},
 };
+
+/// How often held-back events are summed up in `suppressed` events.
+const SUPPRESSED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A policy applied with `--confirm-within`: the one to restore unless confirmed.
 struct Pending {
@@ -36,7 +40,13 @@ struct Pending {
 pub struct State {
     loaded: Loaded,
     writer: Writer,
+    /// The policy file as validated.
     pub policy: Policy,
+    /// What applies now: `policy` without lapsed entries, with the grants in force.
+    pub effective: Policy,
+    grants: Store,
+    /// When the next policy entry or grant lapses (unix seconds).
+    next_expiry: Option<u64>,
     compiled: Compiled,
     cgroup_ids: BTreeMap<String, u64>,
     generation: u64,
@@ -46,6 +56,10 @@ pub struct State {
     config_path: PathBuf,
     local_addrs: BTreeSet<IpAddr>,
     kernel_lost: u64,
+    /// Suppressed-event counts already reported: the total, and per rule index.
+    suppressed_total: u64,
+    suppressed_seen: BTreeMap<u32, u64>,
+    last_suppressed_report: Instant,
     pending: Option<Pending>,
     audit: UnboundedSender<Control>,
     stats: Arc<Stats>,
@@ -54,15 +68,18 @@ pub struct State {
 impl State {
     /// Writes the first policy and attaches everything (maps first: no packet ever meets an
     /// empty policy).
+    #[expect(clippy::too_many_arguments, reason = "the daemon's parts, each owned here")]
     pub fn start(
         loaded: Loaded,
         policy: Policy,
-        compiled: Compiled,
+        grants: Store,
         cgroup_mount: PathBuf,
         config_path: PathBuf,
         audit: UnboundedSender<Control>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
+        let effective = policy.effective(now_unix(), &grants.entries(&policy));
+        let compiled = compile(&effective).with_context(|| policy.path.display().to_string())?;
         // An adopted policy stays active while the new one is written to the other slot.
         let (writer, generation) = match loaded.adopted {
             Some((slot, generation)) => (Writer::adopt(slot), generation + 1),
@@ -72,6 +89,9 @@ impl State {
             loaded,
             writer,
             policy,
+            effective,
+            grants,
+            next_expiry: None,
             compiled,
             cgroup_ids: BTreeMap::new(),
             generation,
@@ -81,6 +101,9 @@ impl State {
             config_path,
             local_addrs: BTreeSet::new(),
             kernel_lost: 0,
+            suppressed_total: 0,
+            suppressed_seen: BTreeMap::new(),
+            last_suppressed_report: Instant::now(),
             pending: None,
             audit,
             stats,
@@ -89,7 +112,13 @@ impl State {
         st.cgroup_ids = resolve_cgroups(&st.cgroup_mount, &st.compiled);
         st.writer.apply(&mut st.loaded.maps, &st.compiled, &st.cgroup_ids, st.generation)?;
         st.attach()?;
+        st.next_expiry = st.compute_next_expiry();
         Ok(st)
+    }
+
+    fn compute_next_expiry(&self) -> Option<u64> {
+        let now = now_unix();
+        [self.policy.next_expiry(now), self.grants.next_expiry()].into_iter().flatten().min()
     }
 
     pub fn generation(&self) -> u64 {
@@ -146,15 +175,18 @@ impl State {
 
     /// Applies `new` as the next generation; returns the policy it replaced.
     fn apply(&mut self, new: Policy) -> anyhow::Result<Policy> {
-        let compiled = compile(&new).with_context(|| new.path.display().to_string())?;
+        let effective = new.effective(now_unix(), &self.grants.entries(&new));
+        let compiled = compile(&effective).with_context(|| new.path.display().to_string())?;
         let ids = resolve_cgroups(&self.cgroup_mount, &compiled);
         let generation = self.generation + 1;
         self.writer.apply(&mut self.loaded.maps, &compiled, &ids, generation)?;
         let old = std::mem::replace(&mut self.policy, new);
+        self.effective = effective;
         self.compiled = compiled;
         self.cgroup_ids = ids;
         self.generation = generation;
         self.applied_at = record::now();
+        self.next_expiry = self.compute_next_expiry();
         if let Err(e) = self.attach() {
             warn!("attaching for the new policy: {e:#}");
         }
@@ -244,6 +276,13 @@ impl State {
             let _ = self.audit.send(Control::Record(r));
             self.kernel_lost = lost;
         }
+        if self.next_expiry.is_some_and(|t| t <= now_unix()) {
+            self.expire();
+        }
+        if self.last_suppressed_report.elapsed() >= SUPPRESSED_INTERVAL {
+            self.last_suppressed_report = Instant::now();
+            self.report_suppressed();
+        }
         if self.pending.as_ref().is_some_and(|p| Instant::now() >= p.deadline) {
             let p = self.pending.take().expect("checked");
             match self.apply(p.previous) {
@@ -253,6 +292,123 @@ impl State {
                     let _ = self.audit.send(Control::Record(r));
                 }
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
+            }
+        }
+    }
+
+    /// Grants and policy entries whose time is up stop applying: the policy is applied
+    /// again without them (atomically, as a new generation) and each is reported.
+    fn expire(&mut self) {
+        let now = now_unix();
+        let expired = self.grants.take_expired(now);
+        if !expired.is_empty() {
+            if let Err(e) = self.grants.save() {
+                warn!("saving grants: {e:#}");
+            }
+        }
+        let policy = self.policy.clone();
+        match self.apply(policy) {
+            Ok(_) => {
+                for g in &expired {
+                    self.grant_record("expired", g);
+                }
+                let r = self.policy_record(if expired.is_empty() { "entry-expired" } else { "grant-expired" }, None);
+                let _ = self.audit.send(Control::Record(r));
+                info!(generation = self.generation, grants = expired.len(), "expired entries removed");
+            }
+            Err(e) => warn!("applying the policy without expired entries: {e:#}"),
+        }
+    }
+
+    fn grant_record(&self, action: &'static str, g: &Grant) {
+        let mut v = describe(g, now_unix());
+        if let Some(m) = v.as_object_mut() {
+            m.insert("ts".into(), record::now().into());
+            m.insert("event".into(), "grant".into());
+            m.insert("action".into(), action.into());
+            m.insert("policy".into(), self.generation.into());
+            m.remove("seconds_left");
+        }
+        let _ = self.audit.send(Control::Json(v));
+    }
+
+    /// `enforcer grant`: allow a source or cgroup on a rule until a deadline.
+    pub fn grant(&mut self, rule: &str, from: Option<&str>, cgroup: Option<&str>, secs: u64, reason: &str) -> Result<Value, String> {
+        let g = self.grants.add(&self.policy, rule, from, cgroup, secs, reason)?;
+        let persisted = self.grants.save().map_err(|e| format!("{e:#}"));
+        let applied = persisted.and_then(|_| {
+            let p = self.policy.clone();
+            self.apply(p).map(|_| ()).map_err(|e| format!("{e:#}"))
+        });
+        if let Err(e) = applied {
+            self.grants.remove(&g.id);
+            let _ = self.grants.save();
+            return Err(format!("grant not applied: {e}"));
+        }
+        self.grant_record("granted", &g);
+        info!(id = g.id, rule, reason, "grant applied");
+        Ok(json!({"grant": describe(&g, now_unix()), "generation": self.generation}))
+    }
+
+    pub fn revoke(&mut self, id: &str) -> Result<Value, String> {
+        let g = self.grants.remove(id).ok_or_else(|| format!("no grant {id:?} (see `enforcer grants`)"))?;
+        if let Err(e) = self.grants.save() {
+            warn!("saving grants: {e:#}");
+        }
+        let p = self.policy.clone();
+        self.apply(p).map_err(|e| format!("{e:#}"))?;
+        self.grant_record("revoked", &g);
+        info!(id, "grant revoked");
+        Ok(json!({"revoked": describe(&g, now_unix()), "generation": self.generation}))
+    }
+
+    pub fn list_grants(&self) -> Value {
+        let now = now_unix();
+        let list: Vec<Value> = self
+            .grants
+            .grants
+            .iter()
+            .map(|g| {
+                let mut v = describe(g, now);
+                let active = self.policy.verdict.rules.iter().any(|r| r.name == g.rule);
+                v["active"] = active.into();
+                v
+            })
+            .collect();
+        json!({"grants": list})
+    }
+
+    /// Reports grants that expired while no daemon was running.
+    pub fn expire_stale_grants(&mut self) {
+        if self.grants.grants.iter().any(|g| g.expires_unix <= now_unix()) {
+            self.expire();
+        }
+    }
+
+    /// One `suppressed` event per rule whose events the kernel held back since the last
+    /// report, with the exact count.
+    fn report_suppressed(&mut self) {
+        let maps = &self.loaded.maps;
+        let total = counters::suppressed(maps, GLOBAL_BUCKET);
+        if total == self.suppressed_total {
+            return;
+        }
+        self.suppressed_total = total;
+        let n = self.policy.verdict.rules.len() as u32;
+        for idx in (0..n).chain([NO_RULE_INDEX]) {
+            let now = counters::suppressed(maps, idx);
+            let seen = self.suppressed_seen.entry(idx).or_default();
+            if now > *seen {
+                let r = Record {
+                    ts: record::now(),
+                    event: "suppressed",
+                    rule: self.policy.verdict.rules.get(idx as usize).map(|r| r.name.clone()),
+                    count: Some(now - *seen),
+                    policy: Some(self.generation),
+                    ..Record::default()
+                };
+                *seen = now;
+                let _ = self.audit.send(Control::Record(r));
             }
         }
     }
@@ -347,6 +503,7 @@ impl State {
             "audit": {
                 "events": self.stats.events.load(Ordering::Relaxed),
                 "lost_kernel": counters::events_lost(maps),
+                "suppressed": counters::suppressed(maps, GLOBAL_BUCKET),
                 "lost_sinks": self.stats.sink_lost.load(Ordering::Relaxed),
                 "subscribers": self.stats.subscribers.load(Ordering::Relaxed),
             },

@@ -29,3 +29,9 @@ pub fn by_rule(maps: &Maps, rule: u32, verdict: Verdict) -> u64 {
 pub fn events_lost(maps: &Maps) -> u64 {
     sum(&maps.event_loss, 0)
 }
+
+/// Events the rate limits held back for rule index `idx` (`NO_RULE_INDEX` for events no
+/// rule decided).
+pub fn suppressed(maps: &Maps, idx: u32) -> u64 {
+    sum(&maps.suppressed, idx)
+}

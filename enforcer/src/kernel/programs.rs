@@ -47,6 +47,7 @@ pub struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub rule_counts: PerCpuArray<MapData, u64>,
     pub event_loss: PerCpuArray<MapData, u64>,
+    pub suppressed: PerCpuArray<MapData, u64>,
 }
 
 /// Where XDP is attached, and how.
@@ -56,9 +57,9 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 14] = [
+const MAP_NAMES: [&str; 16] = [
     "ACTIVE", "SLOT_INFO", "HOST", "PORTS", "GROUPS", "ALLOW", "CGROUPS", "LOCAL_ADDRS", "FLOWS",
-    "REASONS", "RULE_COUNTS", "EVENT_LOSS", "EVENTS", "SOCK_OWNERS",
+    "REASONS", "RULE_COUNTS", "EVENT_LOSS", "EVENTS", "SOCK_OWNERS", "BUCKETS", "SUPPRESSED",
 ];
 
 /// Loaded programs, their maps, and where they are attached. Attachments are links pinned
@@ -149,6 +150,7 @@ impl Loaded {
             reasons: take(&mut ebpf, "REASONS")?,
             rule_counts: take(&mut ebpf, "RULE_COUNTS")?,
             event_loss: take(&mut ebpf, "EVENT_LOSS")?,
+            suppressed: take(&mut ebpf, "SUPPRESSED")?,
         };
         let events = Some(take(&mut ebpf, "EVENTS")?);
         let mut host = maps.host.get(&0, 0).context("reading host facts")?;

@@ -131,7 +131,13 @@ fn content_for(
         })
         .collect();
     SlotContent {
-        info: SlotInfo { generation, flags: compiled.slot_flags, _pad: 0 },
+        info: SlotInfo {
+            generation,
+            flags: compiled.slot_flags,
+            burst: compiled.burst,
+            rule_cost_ns: compiled.rule_cost_ns,
+            global_cost_ns: compiled.global_cost_ns,
+        },
         ports: compiled.ports.clone(),
         groups: compiled.groups.clone(),
         allow,

@@ -17,6 +17,10 @@ use super::Policy;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
     pub slot_flags: u32,
+    /// Event rate limits as bucket costs (see `SlotInfo`).
+    pub burst: u32,
+    pub rule_cost_ns: u64,
+    pub global_cost_ns: u64,
     /// Indexed by `proto_idx << 16 | port`: 0, `PORT_FAILSAFE`, or group + 1.
     pub ports: Vec<u32>,
     pub groups: Vec<GroupInfo>,
@@ -167,7 +171,17 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     if policy.report_allowed {
         slot_flags |= SLOT_REPORT_ALLOWED;
     }
-    Ok(Compiled { slot_flags, ports, groups, allow, cgroups })
+    let cost = |rate: u32| if rate == 0 { 0 } else { 1_000_000_000 / rate as u64 };
+    Ok(Compiled {
+        slot_flags,
+        burst: policy.rates.burst,
+        rule_cost_ns: cost(policy.rates.per_rule),
+        global_cost_ns: cost(policy.rates.global),
+        ports,
+        groups,
+        allow,
+        cgroups,
+    })
 }
 
 #[cfg(test)]

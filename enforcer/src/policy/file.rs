@@ -56,6 +56,13 @@ pub struct AuditFile {
     /// Report allowed packets too; default false (refusals only).
     #[serde(default)]
     pub allowed: bool,
+    /// Events per second per rule, per CPU, before the kernel holds them back (counted and
+    /// reported as `suppressed`); 0 for no limit. Default 1000.
+    pub rate_per_rule: Option<Spanned<i64>>,
+    /// Events per second across all rules, per CPU; 0 for no limit. Default 20000.
+    pub rate_global: Option<Spanned<i64>>,
+    /// Events a limit lets through at once after a quiet spell. Default: `rate_per_rule`.
+    pub burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,10 +78,12 @@ pub struct RuleFile {
     /// "tcp", "udp" or "any"; default "any" (a forgotten protocol leaves nothing open).
     pub protocol: Option<Spanned<String>>,
     pub ports: Spanned<Vec<Spanned<toml::Value>>>,
+    /// Prefixes: "10.0.0.0/8", or { from = "10.0.0.0/8", expires = "2026-12-01T00:00:00Z" }.
     #[serde(default)]
-    pub allow_from: Vec<Spanned<String>>,
+    pub allow_from: Vec<Spanned<toml::Value>>,
+    /// Cgroup paths: "/a/b", or { cgroup = "/a/b", expires = "..." }.
     #[serde(default)]
-    pub allow_cgroups: Vec<Spanned<String>>,
+    pub allow_cgroups: Vec<Spanned<toml::Value>>,
     /// Overrides the policy's mode for this rule.
     pub mode: Option<Spanned<String>>,
 }

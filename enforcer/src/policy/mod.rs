@@ -4,9 +4,10 @@
 pub mod compile;
 pub mod diag;
 pub mod file;
+pub mod lint;
 pub mod selftest;
 pub mod validate;
 
 pub use compile::{compile, Compiled};
 pub use diag::{Diagnostic, PolicyError};
-pub use validate::{load, parse_str, Attach, Loc, Locations, Policy, XdpModeSetting};
+pub use validate::{load, parse_str, Attach, Entry, Expiring, Loc, Locations, Policy, Rates, XdpModeSetting};

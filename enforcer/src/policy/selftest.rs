@@ -15,6 +15,9 @@ use crate::explain::{explain, Query};
 
 pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    // Judged as the policy applies now: lapsed entries no longer allow anything.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let policy = policy.effective(now, &[]);
     let mut err = |at: usize, msg: String| out.push(loc.at(at, Severity::Error, msg));
     for t in tests {
         let name = t.name.get_ref();

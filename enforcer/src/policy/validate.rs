@@ -59,6 +59,31 @@ pub struct Locations {
     pub failsafe: Option<Loc>,
 }
 
+/// Audit event rate limits (events per second per CPU; 0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rates {
+    pub per_rule: u32,
+    pub global: u32,
+    pub burst: u32,
+}
+
+/// An allow entry: a source prefix or a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entry {
+    From(String),
+    Cgroup(String),
+}
+
+/// An allow entry that stops applying at `expires_unix` (seconds since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expiring {
+    pub rule: usize,
+    pub entry: Entry,
+    pub expires_unix: u64,
+    pub at: Loc,
+}
+
 /// A policy that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -68,9 +93,54 @@ pub struct Policy {
     pub hash: String,
     pub attach: Attach,
     pub report_allowed: bool,
+    pub rates: Rates,
     pub verdict: VerdictPolicy,
     /// How many `[[test]]` expectations it carries (all of them hold).
     pub tests: usize,
+    /// Allow entries with an expiry (they are also in `verdict`'s rules).
+    pub expiring: Vec<Expiring>,
+}
+
+impl Policy {
+    /// The policy as it applies at `now_unix`: lapsed entries removed, `extra` entries
+    /// (temporary grants: rule index and entry) added.
+    pub fn effective(&self, now_unix: u64, extra: &[(usize, Entry)]) -> Policy {
+        let mut p = self.clone();
+        for e in self.expiring.iter().filter(|e| e.expires_unix <= now_unix) {
+            let rule = &mut p.verdict.rules[e.rule];
+            match &e.entry {
+                Entry::From(s) => {
+                    if let Ok(prefix) = parse_prefix(s) {
+                        rule.allow_from.retain(|x| *x != prefix);
+                    }
+                }
+                Entry::Cgroup(c) => rule.allow_cgroups.retain(|x| x != c),
+            }
+        }
+        for (i, entry) in extra {
+            let Some(rule) = p.verdict.rules.get_mut(*i) else { continue };
+            match entry {
+                Entry::From(s) => {
+                    if let Ok(prefix) = parse_prefix(s) {
+                        if !rule.allow_from.contains(&prefix) {
+                            rule.allow_from.push(prefix);
+                        }
+                    }
+                }
+                Entry::Cgroup(c) => {
+                    if !rule.allow_cgroups.contains(c) {
+                        rule.allow_cgroups.push(c.clone());
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// The next time an expiring entry lapses, after `now_unix`.
+    pub fn next_expiry(&self, now_unix: u64) -> Option<u64> {
+        self.expiring.iter().map(|e| e.expires_unix).filter(|t| *t > now_unix).min()
+    }
 }
 
 /// Reads and validates a policy file.
@@ -96,7 +166,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             diagnostics: vec![loc.at(offset, Severity::Error, e.message().trim().to_string())],
         }
     })?;
-    let mut v = Validator { loc: &loc, errors: Vec::new() };
+    let mut v = Validator { loc: &loc, errors: Vec::new(), expiring: Vec::new(), rule_index: 0 };
     let tests = std::mem::take(&mut file.tests);
     let mut policy = v.policy(path, text, file);
     policy.tests = tests.len();
@@ -114,6 +184,8 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
 struct Validator<'a> {
     loc: &'a Locator<'a>,
     errors: Vec<Diagnostic>,
+    expiring: Vec<Expiring>,
+    rule_index: usize,
 }
 
 impl Validator<'_> {
@@ -158,14 +230,28 @@ impl Validator<'_> {
             self.errors.push(self.loc.at(0, Severity::Error, format!(
                 "{} rules; at most {MAX_RULES} are supported", file.rules.len())));
         }
+        let rate = |v: &mut Self, r: &Option<Spanned<i64>>, default: u32| match r {
+            None => default,
+            Some(x) if (0..=10_000_000).contains(x.get_ref()) => *x.get_ref() as u32,
+            Some(x) => {
+                v.error(x, format!("{} is not a rate (0 to 10000000 events per second; 0 for no limit)", x.get_ref()));
+                default
+            }
+        };
+        let per_rule = rate(self, &file.audit.rate_per_rule, 1000);
+        let global = rate(self, &file.audit.rate_global, 20_000);
+        let burst = rate(self, &file.audit.burst, per_rule.max(1));
+        let rates = Rates { per_rule, global, burst: burst.max(1) };
         let mut names = HashSet::new();
         let rules = file
             .rules
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
                 if !names.insert(r.name.get_ref().clone()) {
                     self.error(&r.name, format!("a rule named {:?} already exists; rule names must be unique", r.name.get_ref()));
                 }
+                self.rule_index = i;
                 self.rule(r, mode)
             })
             .collect();
@@ -188,8 +274,10 @@ impl Validator<'_> {
             hash: sha256_hex(text.as_bytes()),
             attach: Attach { interfaces, xdp_mode, cgroup },
             report_allowed: file.audit.allowed,
+            rates,
             verdict: VerdictPolicy { mode, rules, failsafe },
             tests: 0,
+            expiring: std::mem::take(&mut self.expiring),
         }
     }
 
@@ -226,10 +314,22 @@ impl Validator<'_> {
             self.error(&r.ports, format!("rule {name:?} lists no ports"));
         }
         let ports = r.ports.get_ref().iter().filter_map(|p| self.port(p)).collect();
-        let allow_from = r.allow_from.iter().filter_map(|p| self.prefix(p)).collect();
+        let mut allow_from = Vec::new();
+        for p in &r.allow_from {
+            let Some((text, expires)) = self.entry(p, "from") else { continue };
+            let Some(prefix) = self.prefix(&text) else { continue };
+            if let Some(t) = expires {
+                self.expire(Entry::From(prefix.to_string()), t, p.span().start);
+            }
+            allow_from.push(prefix);
+        }
         let mut allow_cgroups: Vec<String> = Vec::new();
         for c in &r.allow_cgroups {
-            if let Some(path) = self.cgroup_path(c) {
+            let Some((text, expires)) = self.entry(c, "cgroup") else { continue };
+            if let Some(path) = self.cgroup_path(&text) {
+                if let Some(t) = expires {
+                    self.expire(Entry::Cgroup(path.clone()), t, c.span().start);
+                }
                 if !allow_cgroups.contains(&path) {
                     allow_cgroups.push(path);
                 }
@@ -237,6 +337,51 @@ impl Validator<'_> {
         }
         let mode = r.mode.as_ref().map_or(global, |m| self.mode(m));
         Rule { name: name.clone(), protocol, ports, allow_from, allow_cgroups, mode }
+    }
+
+    /// An allow entry: "TEXT", or { KEY = "TEXT", expires = "RFC 3339" }.
+    fn entry(&mut self, v: &Spanned<toml::Value>, key: &str) -> Option<(Spanned<String>, Option<u64>)> {
+        let spanned = |s: &str| Spanned::new(v.span(), s.to_string());
+        match v.get_ref() {
+            toml::Value::String(s) => Some((spanned(s), None)),
+            toml::Value::Table(t) => {
+                if let Some(k) = t.keys().find(|k| *k != key && *k != "expires") {
+                    self.error(v, format!("unknown key {k:?} in an allow entry (expected {key:?} and \"expires\")"));
+                    return None;
+                }
+                let Some(text) = t.get(key).and_then(|x| x.as_str()) else {
+                    self.error(v, format!("an allow entry table needs {key:?} = \"...\""));
+                    return None;
+                };
+                let expires = match t.get("expires") {
+                    None => None,
+                    Some(e) => {
+                        let text_time = match e {
+                            toml::Value::String(s) => s.clone(),
+                            toml::Value::Datetime(d) => d.to_string(),
+                            _ => String::new(),
+                        };
+                        match humantime::parse_rfc3339_weak(&text_time) {
+                            Ok(t) => Some(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+                            Err(_) => {
+                                self.error(v, format!("expires must be an RFC 3339 time like \"2026-12-01T00:00:00Z\", not {e}"));
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Some((spanned(text), expires))
+            }
+            other => {
+                self.error(v, format!("an allow entry is a string or a table with {key:?} and \"expires\", not {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn expire(&mut self, entry: Entry, expires_unix: u64, offset: usize) {
+        let d = self.loc.at(offset, Severity::Warning, "");
+        self.expiring.push(Expiring { rule: self.rule_index, entry, expires_unix, at: Loc { line: d.line, col: d.col } });
     }
 
     fn port(&mut self, p: &Spanned<toml::Value>) -> Option<PortRange> {

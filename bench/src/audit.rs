@@ -1,0 +1,256 @@
+//! The audit pipeline (section 5): ring buffer -> decode -> enrich -> JSON lines, on a
+//! reader thread, fed by test runs of refused packets (each run one event).
+
+use std::{
+    fs::File,
+    io::{BufWriter, Read as _},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use aya::maps::{MapData, RingBuf};
+use enforcer::events::{decode::decode, enrich::Enricher, sink::JsonLines};
+
+use crate::{
+    bpf,
+    env::{check_interrupted, ncpus, pin_to_cpu},
+    kern::Kern,
+    micro::{base_policy, local_addrs, HOST4, REFUSED4},
+    packets::tcp4,
+    stats::Samples,
+};
+
+/// Where the JSON lines go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkKind {
+    DevNull,
+    /// A pipe whose other end a thread reads and discards (as stdout into a log collector).
+    Pipe,
+}
+
+impl SinkKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            SinkKind::DevNull => "/dev/null",
+            SinkKind::Pipe => "pipe",
+        }
+    }
+}
+
+/// A running reader: drains the ring into the sink until stopped, then drains what is left.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<anyhow::Result<(RingBuf<MapData>, u64)>>,
+    pipe_reader: Option<JoinHandle<u64>>,
+}
+
+impl Reader {
+    /// Starts the reader thread (pinned to `cpu` if given) with `rules` as the names of the
+    /// policy's rules for generation 1 onwards.
+    pub fn start(mut ring: RingBuf<MapData>, sink: SinkKind, cpu: Option<usize>, rules: Vec<String>) -> anyhow::Result<Reader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (out, pipe_reader): (File, Option<JoinHandle<u64>>) = match sink {
+            SinkKind::DevNull => (File::options().write(true).open("/dev/null")?, None),
+            SinkKind::Pipe => {
+                let mut fds = [0; 2];
+                // SAFETY: pipe2 fills two descriptors we then own.
+                if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                    bail!("pipe2: {}", std::io::Error::last_os_error());
+                }
+                // SAFETY: fresh descriptors from pipe2.
+                let (mut r, w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+                let h = std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut total = 0u64;
+                    while let Ok(n) = r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    total
+                });
+                (w, Some(h))
+            }
+        };
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || -> anyhow::Result<(RingBuf<MapData>, u64)> {
+            if let Some(c) = cpu {
+                pin_to_cpu(0, c)?;
+            }
+            let mut enricher = Enricher::new(None);
+            for g in 0..16 {
+                enricher.rules.insert(g, rules.clone());
+            }
+            // As the daemon's stdout writer: a 64 KiB buffer.
+            let mut sink = JsonLines::new(BufWriter::with_capacity(1 << 16, out));
+            let fd = ring.as_raw_fd();
+            let mut written = 0u64;
+            loop {
+                let mut n = 0;
+                while let Some(item) = ring.next() {
+                    let ev = decode(&item).context("decoding an event")?;
+                    drop(item);
+                    sink.write(&enricher.record(&ev)).context("writing a record")?;
+                    n += 1;
+                }
+                written += n;
+                if n == 0 {
+                    if st.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 5) };
+                }
+            }
+            sink.flush()?;
+            Ok((ring, written))
+        });
+        Ok(Reader { stop, handle, pipe_reader })
+    }
+
+    /// Stops the reader after it has drained the ring; returns the ring and the count of
+    /// records written.
+    pub fn stop(self) -> anyhow::Result<(RingBuf<MapData>, u64)> {
+        self.stop.store(true, Ordering::Release);
+        let r = self.handle.join().map_err(|_| anyhow::anyhow!("the audit reader panicked"))??;
+        if let Some(p) = self.pipe_reader {
+            // The writer end closed with the reader thread's sink.
+            let _ = p.join();
+        }
+        Ok(r)
+    }
+}
+
+/// One step of the ladder: offered rate (None: flat out), and what happened.
+pub struct Step {
+    pub sink: SinkKind,
+    pub offered: Option<f64>,
+    /// Events produced per second, delivered (written as JSON) per second, lost.
+    pub produced_per_s: Samples,
+    pub delivered_per_s: Samples,
+    pub lost: Samples,
+}
+
+pub struct AuditResults {
+    pub steps: Vec<Step>,
+    pub notes: Vec<String>,
+}
+
+const STEP_SECS: f64 = 1.5;
+pub const RATES: [f64; 5] = [500e3, 1e6, 1.5e6, 2e6, 3e6];
+
+/// Produces refused-packet events at `rate` per second (None: as fast as test runs go) for
+/// `secs`, on the calling thread; returns how many.
+fn produce(k: &Kern, frame: &[u8], rate: Option<f64>, secs: f64) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut produced = 0u64;
+    match rate {
+        None => {
+            while Instant::now() < end {
+                bpf::test_run(k.xdp, frame, 10_000)?;
+                produced += 10_000;
+            }
+        }
+        Some(r) => {
+            // Every millisecond, the events due by then.
+            let mut tick = start;
+            while tick < end {
+                tick += Duration::from_millis(1);
+                let due = (r * (tick - start).as_secs_f64()) as u64;
+                if due > produced {
+                    let n = (due - produced) as u32;
+                    bpf::test_run(k.xdp, frame, n)?;
+                    produced += n as u64;
+                }
+                let now = Instant::now();
+                if tick > now {
+                    std::thread::sleep(tick - now);
+                }
+            }
+        }
+    }
+    Ok(produced)
+}
+
+pub fn run(rounds: usize) -> anyhow::Result<AuditResults> {
+    let mut k = Kern::new(&base_policy(true), &local_addrs())?;
+    let frame = tcp4(REFUSED4, HOST4, 40000, 5432);
+    let two_cpus = ncpus() >= 2;
+    let mut steps: Vec<Step> = Vec::new();
+    for sink in [SinkKind::DevNull, SinkKind::Pipe] {
+        for offered in RATES.iter().copied().map(Some).chain([None]) {
+            steps.push(Step { sink, offered, produced_per_s: Samples::default(), delivered_per_s: Samples::default(), lost: Samples::default() });
+        }
+    }
+    // The producer (this thread) on CPU 0, the reader on CPU 1.
+    if two_cpus {
+        pin_to_cpu(0, 0)?;
+    }
+    let result = (|| -> anyhow::Result<()> {
+        for _ in 0..rounds {
+            for s in steps.iter_mut() {
+                check_interrupted()?;
+                k.drain();
+                let ring = k.events.take().context("ring buffer")?;
+                let reader = Reader::start(ring, s.sink, two_cpus.then_some(1), vec!["postgres".into()])?;
+                let lost0 = k.events_lost();
+                let t = Instant::now();
+                let produced = produce(&k, &frame, s.offered, STEP_SECS);
+                let elapsed = t.elapsed().as_secs_f64();
+                let (ring, written) = reader.stop()?;
+                k.events = Some(ring);
+                let produced = produced?;
+                let lost = k.events_lost() - lost0;
+                if written + lost != produced {
+                    bail!("audit: {produced} events produced but {written} written and {lost} lost");
+                }
+                s.produced_per_s.push(produced as f64 / elapsed);
+                s.delivered_per_s.push(written as f64 / elapsed);
+                s.lost.push(lost as f64);
+            }
+        }
+        Ok(())
+    })();
+    crate::env::unpin();
+    result?;
+    let notes = vec![
+        format!(
+            "Producer: BPF_PROG_TEST_RUN of enforcer's XDP program on a refused TCP SYN (events unlimited), each run one event, paced in 1 ms steps, on CPU 0; {STEP_SECS} s per step. Reader: a thread on CPU 1 doing what the daemon's audit path does per event — `events::decode::decode`, `events::enrich::Enricher::record` (rule name, interface name, wall-clock time), `events::sink::JsonLines` into a 64 KiB BufWriter — polling the ring buffer's descriptor when it is empty. Delivered counts every record written, including the backlog drained after the producer stops; produced = delivered + lost is checked every step."
+        ),
+        "The 16 MiB ring buffer absorbs about 149,000 events, so a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
+    ];
+    Ok(AuditResults { steps, notes })
+}
+
+/// Going up the ladder: the highest offered rate with no loss in any round before the first
+/// rate with loss in some round, and that first rate.
+pub fn loss_edges(steps: &[Step], sink: SinkKind) -> (Option<f64>, Option<f64>) {
+    let mut best_clean = None;
+    for s in steps.iter().filter(|s| s.sink == sink) {
+        let Some(r) = s.offered else { continue };
+        if s.lost.max() > 0.0 {
+            return (best_clean, Some(r));
+        }
+        best_clean = Some(r);
+    }
+    (best_clean, None)
+}
+
+pub fn flat_out(steps: &[Step], sink: SinkKind) -> Option<&Step> {
+    steps.iter().find(|s| s.sink == sink && s.offered.is_none())
+}
+
+/// Makes sure writes of a closed pipe do not kill the process.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal to SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}

@@ -1,0 +1,197 @@
+//! The few bpf(2) commands the bench needs, called directly so every program (enforcer's,
+//! the trivial comparison programs, xdp-filter's) is timed through the very same path.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
+};
+
+use anyhow::{bail, Context as _};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+pub const PROG_TYPE_XDP: u32 = 6;
+pub const PROG_TYPE_CGROUP_SKB: u32 = 8;
+pub const ATTACH_CGROUP_INET_INGRESS: u32 = 0;
+const ATTACH_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// `bpf(cmd, attr, size)` on a zero-padded attribute block.
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
+    // SAFETY: attr is a valid, writable, zero-initialised bpf_attr-sized buffer.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn put32(a: &mut [u8; 128], off: usize, v: u32) {
+    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put64(a: &mut [u8; 128], off: usize, v: u64) {
+    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn get32(a: &[u8; 128], off: usize) -> u32 {
+    u32::from_ne_bytes(a[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// `r0 = ret; exit`: the cheapest program of a type that returns `ret`.
+pub fn load_trivial(prog_type: u32, expected_attach: u32, ret: i32, name: &str) -> anyhow::Result<OwnedFd> {
+    // mov64 r0, imm (0xb7) ; exit (0x95)
+    let insns: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
+    let license = b"GPL\0";
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, prog_type);
+    put32(&mut a, 4, insns.len() as u32);
+    put64(&mut a, 8, insns.as_ptr() as u64);
+    put64(&mut a, 16, license.as_ptr() as u64);
+    let n = name.as_bytes();
+    a[48..48 + n.len().min(15)].copy_from_slice(&n[..n.len().min(15)]);
+    put32(&mut a, 68, expected_attach);
+    let fd = bpf(BPF_PROG_LOAD, &mut a).with_context(|| format!("loading the trivial program {name}"))?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pinned object (program or map) by path.
+pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL")?;
+    let mut a = [0u8; 128];
+    put64(&mut a, 0, c.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut a).with_context(|| format!("opening pinned {}", path.display()))?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One BPF_PROG_TEST_RUN result.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub retval: u32,
+    /// Average nanoseconds per run, as the kernel measured it.
+    pub ns: u32,
+}
+
+/// Runs `prog` `repeat` times on `data` (an Ethernet frame).
+pub fn test_run(prog: RawFd, data: &[u8], repeat: u32) -> anyhow::Result<Run> {
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, prog as u32);
+    put32(&mut a, 8, data.len() as u32);
+    put64(&mut a, 16, data.as_ptr() as u64);
+    put32(&mut a, 32, repeat);
+    bpf(BPF_PROG_TEST_RUN, &mut a).context("BPF_PROG_TEST_RUN")?;
+    Ok(Run { retval: get32(&a, 4), ns: get32(&a, 36) })
+}
+
+/// A live-frames XDP test run (BPF_F_TEST_XDP_LIVE_FRAMES): `repeat` copies of `frame` are
+/// run through `prog` as if received on `ifindex` (in the caller's network namespace), and
+/// what it returns is carried out for real: XDP_TX sends the frame out of `ifindex`.
+pub fn xdp_live_frames(prog: RawFd, frame: &[u8], repeat: u32, ifindex: u32, batch: u32) -> io::Result<()> {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, prog as u32);
+    put32(&mut a, 8, frame.len() as u32);
+    put64(&mut a, 16, frame.as_ptr() as u64);
+    put32(&mut a, 32, repeat);
+    put32(&mut a, 40, std::mem::size_of_val(&ctx) as u32);
+    put64(&mut a, 48, ctx.as_ptr() as u64);
+    put32(&mut a, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
+    put32(&mut a, 72, batch);
+    bpf(BPF_PROG_TEST_RUN, &mut a).map(|_| ())
+}
+
+/// Attaches an XDP program to `ifindex` (native mode) through a BPF link: closing the
+/// returned descriptor detaches it. `ifindex` is resolved in the caller's namespace.
+pub fn xdp_link(prog: RawFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, prog as u32);
+    put32(&mut a, 4, ifindex);
+    put32(&mut a, 8, ATTACH_XDP);
+    put32(&mut a, 12, XDP_FLAGS_DRV_MODE);
+    let fd = bpf(BPF_LINK_CREATE, &mut a).with_context(|| format!("attaching XDP (native) to ifindex {ifindex}"))?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What `/proc/self/fdinfo` and BPF_OBJ_GET_INFO_BY_FD say about one map.
+#[derive(Clone, Debug)]
+pub struct MapMem {
+    pub name: String,
+    pub map_type: u32,
+    pub max_entries: u32,
+    pub memlock: u64,
+}
+
+/// Every BPF map this process holds a descriptor for, with its memory (deduplicated by id).
+pub fn process_maps() -> anyhow::Result<Vec<MapMem>> {
+    let mut seen = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc/self/fd")?.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        if target.to_string_lossy() != "anon_inode:bpf-map" {
+            continue;
+        }
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<RawFd>() else { continue };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().trim_start_matches(':').trim().to_string()))
+                .unwrap_or_default()
+        };
+        let id: u64 = field("map_id").parse().unwrap_or(0);
+        let memlock: u64 = field("memlock").parse().unwrap_or(0);
+        let map_type: u32 = field("map_type").parse().unwrap_or(0);
+        let max_entries: u32 = field("max_entries").parse().unwrap_or(0);
+        let name = map_name(fd).unwrap_or_default();
+        seen.entry(id).or_insert(MapMem { name, map_type, max_entries, memlock });
+    }
+    Ok(seen.into_values().collect())
+}
+
+fn map_name(fd: RawFd) -> io::Result<String> {
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags, name[16]...
+    let mut info = [0u8; 96];
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, fd as u32);
+    put32(&mut a, 4, info.len() as u32);
+    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let name = &info[24..40];
+    let end = name.iter().position(|&c| c == 0).unwrap_or(16);
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// A program's size: (xlated bytes, jited bytes).
+pub fn prog_size(fd: RawFd) -> io::Result<(u32, u32)> {
+    // struct bpf_prog_info: type, id, tag[8], jited_prog_len, xlated_prog_len, ...
+    let mut info = [0u8; 256];
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, fd as u32);
+    put32(&mut a, 4, info.len() as u32);
+    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let jited = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
+    let xlated = u32::from_ne_bytes(info[20..24].try_into().expect("4 bytes"));
+    Ok((xlated, jited))
+}
+
+/// The raw descriptor of an aya program (loaded).
+pub fn aya_prog_fd(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<RawFd> {
+    use std::os::fd::AsFd as _;
+    let Some(p) = ebpf.program(name) else { bail!("program {name} missing") };
+    Ok(p.fd().with_context(|| format!("program {name} not loaded"))?.as_fd().as_raw_fd())
+}

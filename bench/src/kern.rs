@@ -1,0 +1,116 @@
+//! enforcer's programs loaded in this process (nothing attached unless the bench attaches
+//! it), with host facts and a policy written the way the daemon writes them. Like the test
+//! bed's `TestKernel`, but the ring buffer stays reachable, for the audit reader thread.
+
+use std::{
+    net::IpAddr,
+    os::fd::RawFd,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::maps::{MapData, RingBuf};
+use enforcer::{
+    kernel::{
+        counters, host,
+        programs::{EGRESS, INGRESS, XDP},
+        writer::Writer,
+        Loaded,
+    },
+    policy::{compile, parse_str, Policy},
+};
+use enforcer_common::{
+    consts::{AF_INET, AF_INET6},
+    maps::LocalAddrKey,
+    reason::{Hook, Reason},
+};
+
+use crate::bpf;
+
+pub struct Kern {
+    pub loaded: Loaded,
+    pub events: Option<RingBuf<MapData>>,
+    writer: Writer,
+    generation: u64,
+    pub xdp: RawFd,
+    pub ingress: RawFd,
+    pub egress: RawFd,
+}
+
+/// Parses a policy, with a readable error.
+pub fn parse(text: &str) -> anyhow::Result<Policy> {
+    parse_str(Path::new("bench.toml"), text).map_err(|e| anyhow!("bench policy refused: {e}"))
+}
+
+impl Kern {
+    /// Loads the programs, marks `local_addrs` as the host's and this namespace as the
+    /// host's, and applies `policy`.
+    pub fn new(policy: &str, local_addrs: &[IpAddr]) -> anyhow::Result<Self> {
+        let mut loaded = Loaded::load()?;
+        let events = loaded.events.take();
+        let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
+        info.netns_cookie = host::netns_cookie().context("netns cookie")?;
+        loaded.maps.host.set(0, info, 0).context("writing host facts")?;
+        for a in local_addrs {
+            let mut addr = [0u8; 16];
+            let family = match a {
+                IpAddr::V4(v4) => {
+                    addr[..4].copy_from_slice(&v4.octets());
+                    AF_INET
+                }
+                IpAddr::V6(v6) => {
+                    addr = v6.octets();
+                    AF_INET6
+                }
+            };
+            loaded.maps.local_addrs.insert(LocalAddrKey { family: family as u32, addr }, 1, 0)?;
+        }
+        let xdp = bpf::aya_prog_fd(&loaded.ebpf, XDP)?;
+        let ingress = bpf::aya_prog_fd(&loaded.ebpf, INGRESS)?;
+        let egress = bpf::aya_prog_fd(&loaded.ebpf, EGRESS)?;
+        let mut k = Kern { loaded, events, writer: Writer::new(), generation: 0, xdp, ingress, egress };
+        k.apply(policy)?;
+        Ok(k)
+    }
+
+    /// Parses, compiles and writes `policy` as the next generation.
+    pub fn apply(&mut self, policy: &str) -> anyhow::Result<Duration> {
+        let compiled = compile(&parse(policy)?).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
+        self.generation += 1;
+        let t = Instant::now();
+        self.writer.apply(&mut self.loaded.maps, &compiled, &Default::default(), self.generation)?;
+        Ok(t.elapsed())
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        counters::events_lost(&self.loaded.maps)
+    }
+
+    pub fn reason(&self, hook: Hook, reason: Reason) -> u64 {
+        counters::by_reason(&self.loaded.maps, hook, reason)
+    }
+
+    /// Empties the ring buffer; returns how many events it held.
+    pub fn drain(&mut self) -> usize {
+        let Some(ring) = self.events.as_mut() else { return 0 };
+        let mut n = 0;
+        while ring.next().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Fills the ring buffer with events of `refused` (an XDP frame that emits one), until
+    /// reservations fail.
+    pub fn fill(&mut self, refused: &[u8]) -> anyhow::Result<()> {
+        let before = self.events_lost();
+        for _ in 0..8 {
+            bpf::test_run(self.xdp, refused, 50_000)?;
+            if self.events_lost() > before {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the ring buffer did not fill: refusals emit no events (rate-limited?)")
+    }
+}

@@ -1,0 +1,238 @@
+//! Policy application (section 4): parse, compile and write N prefixes, reload, change one
+//! rule; the maps' memory and the process's peak RSS. Each measurement runs in a child
+//! process of its own (this binary with `--policy-child N`), so its peak RSS is its own.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use enforcer::{
+    kernel::{writer::Writer, Loaded},
+    policy::compile,
+};
+
+use crate::{bpf, env::check_interrupted, kern::parse, micro::audit_table, stats::Samples};
+
+pub const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+/// Prefixes per rule; each rule protects its own port.
+const PER_RULE: usize = 1_000;
+
+/// `n` distinct /32s and /24s (alternating), clear of 192.0.2.0/24.
+fn prefixes(n: usize, seed: u32) -> Vec<(Ipv4Addr, u8)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    let mut x = seed;
+    while out.len() < n {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let len = if out.len() % 2 == 0 { 32 } else { 24 };
+        let a = ((x >> 8) % 126 + 1) << 24 | (x & 0x00ff_ffff);
+        let masked = a & (u32::MAX << (32 - len));
+        if seen.insert((masked, len)) {
+            out.push((Ipv4Addr::from(masked), len));
+        }
+    }
+    out
+}
+
+/// A policy of `rules.len()` rules, rule i on port 20000+i.
+fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
+    let mut s = format!("mode = \"enforce\"\n{}\n", audit_table(false));
+    for (i, r) in rules.iter().enumerate() {
+        s.push_str(&format!("[[rule]]\nname = \"r{i}\"\nprotocol = \"tcp\"\nports = [{}]\nallow_from = [\n", ports[i]));
+        for (a, l) in r {
+            s.push_str(&format!("\"{a}/{l}\",\n"));
+        }
+        s.push_str("]\n");
+    }
+    s
+}
+
+/// Parse + compile + write, timed per phase (ms), with the entries written and removed.
+fn apply(writer: &mut Writer, loaded: &mut Loaded, text: &str, generation: u64) -> anyhow::Result<serde_json::Value> {
+    // The writer waits out a 20 ms grace period after its last flip; keep it out of the timing.
+    std::thread::sleep(Duration::from_millis(25));
+    let t0 = Instant::now();
+    let policy = parse(text)?;
+    let t1 = Instant::now();
+    let compiled = compile(&policy).map_err(|e| anyhow!("compile: {e}"))?;
+    let t2 = Instant::now();
+    let stats = writer.apply(&mut loaded.maps, &compiled, &BTreeMap::new(), generation)?;
+    let t3 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    Ok(serde_json::json!({
+        "parse_ms": ms(t0, t1),
+        "compile_ms": ms(t1, t2),
+        "write_ms": ms(t2, t3),
+        "total_ms": ms(t0, t3),
+        "written": stats.entries_written,
+        "removed": stats.entries_removed,
+    }))
+}
+
+/// The child: one policy size, every figure, as one JSON line on stdout.
+pub fn child(n: usize) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let mut loaded = Loaded::load()?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let all = prefixes(n, 0x1234_5678);
+    let mut rules: Vec<Vec<(Ipv4Addr, u8)>> = all.chunks(PER_RULE).map(|c| c.to_vec()).collect();
+    let mut ports: Vec<u16> = (0..rules.len()).map(|i| 20000 + i as u16).collect();
+    let text = policy_text(&rules, &ports);
+    let mut w = Writer::new();
+    // 1: the first apply, into empty maps. 2: a reload of the same policy, which fills the
+    // other (still empty) slot. 3: the same again: steady state, both slots hold it.
+    let first = apply(&mut w, &mut loaded, &text, 1)?;
+    let second = apply(&mut w, &mut loaded, &text, 2)?;
+    let steady = apply(&mut w, &mut loaded, &text, 3)?;
+    let mut out = serde_json::json!({
+        "n": n,
+        "load_ms": load_ms,
+        "first": first,
+        "second_slot": second,
+        "steady": steady,
+    });
+    if n == *SIZES.last().expect("sizes") {
+        // Bring both slots to the same policy first (4 = 3's content into the other slot).
+        apply(&mut w, &mut loaded, &text, 4)?;
+        // One prefix of one rule replaced by another.
+        let mut changed = rules.clone();
+        let fresh = prefixes(PER_RULE + 1, 0x0bad_cafe);
+        let pick = fresh.iter().find(|p| !all.contains(p)).copied().context("a fresh prefix")?;
+        changed[rules.len() / 2][0] = pick;
+        let one_prefix = apply(&mut w, &mut loaded, &policy_text(&changed, &ports), 5)?;
+        apply(&mut w, &mut loaded, &policy_text(&changed, &ports), 6)?;
+        // One rule's port moved (its 1,000 prefixes change group: removed and re-added).
+        let mid = rules.len() / 2;
+        ports[mid] = 30000;
+        rules = changed;
+        let one_rule = apply(&mut w, &mut loaded, &policy_text(&rules, &ports), 7)?;
+        out["one_prefix"] = one_prefix;
+        out["one_rule_port"] = one_rule;
+    }
+    let maps = bpf::process_maps()?;
+    let total: u64 = maps.iter().map(|m| m.memlock).sum();
+    let by_name: serde_json::Map<String, serde_json::Value> =
+        maps.iter().map(|m| (m.name.clone(), serde_json::json!(m.memlock))).collect();
+    out["maps_memlock"] = serde_json::json!(total);
+    out["maps"] = serde_json::Value::Object(by_name);
+    println!("{out}");
+    Ok(())
+}
+
+pub struct SizeRow {
+    pub n: usize,
+    pub first: [Samples; 4],
+    pub second_slot: Samples,
+    pub steady: Samples,
+    pub written: u64,
+    pub load_ms: Samples,
+    pub maps_total: Samples,
+    pub allow_mem: Samples,
+    pub rss_kib: Samples,
+}
+
+pub struct ChangeRow {
+    pub label: &'static str,
+    pub total_ms: Samples,
+    pub write_ms: Samples,
+    pub written: u64,
+    pub removed: u64,
+}
+
+pub struct PolicyResults {
+    pub sizes: Vec<SizeRow>,
+    pub changes: Vec<ChangeRow>,
+    pub full_write_ms: Samples,
+    pub full_written: u64,
+}
+
+fn run_child(n: usize) -> anyhow::Result<(serde_json::Value, i64)> {
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["--policy-child", &n.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.context("child stdout")?;
+    let mut stderr = child.stderr.context("child stderr")?;
+    let mut out = String::new();
+    let mut err = String::new();
+    let e = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    use std::io::Read as _;
+    stdout.read_to_string(&mut out)?;
+    let err = e.join().unwrap_or_default();
+    let mut status = 0;
+    // SAFETY: waiting for our own child; rusage is plain data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("policy child ({n} prefixes) failed: {}", err.trim());
+    }
+    let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("child output: {out}"))?;
+    Ok((v, ru.ru_maxrss))
+}
+
+pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
+    let mut sizes: Vec<SizeRow> = SIZES
+        .iter()
+        .map(|&n| SizeRow {
+            n,
+            first: Default::default(),
+            second_slot: Samples::default(),
+            steady: Samples::default(),
+            written: 0,
+            load_ms: Samples::default(),
+            maps_total: Samples::default(),
+            allow_mem: Samples::default(),
+            rss_kib: Samples::default(),
+        })
+        .collect();
+    let mut changes = vec![
+        ChangeRow { label: "one prefix of one rule replaced", total_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 },
+        ChangeRow { label: "one rule's port changed (its 1,000 prefixes move)", total_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 },
+    ];
+    let mut full_write_ms = Samples::default();
+    let mut full_written = 0;
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for _ in 0..rounds {
+        for row in sizes.iter_mut() {
+            check_interrupted()?;
+            let (v, rss) = run_child(row.n)?;
+            let first = &v["first"];
+            row.first[0].push(f(first, "parse_ms"));
+            row.first[1].push(f(first, "compile_ms"));
+            row.first[2].push(f(first, "write_ms"));
+            row.first[3].push(f(first, "total_ms"));
+            row.written = first["written"].as_u64().unwrap_or(0);
+            row.second_slot.push(f(&v["second_slot"], "total_ms"));
+            row.steady.push(f(&v["steady"], "total_ms"));
+            row.load_ms.push(f(&v, "load_ms"));
+            row.maps_total.push(f(&v, "maps_memlock"));
+            row.allow_mem.push(v["maps"]["ALLOW"].as_f64().unwrap_or(f64::NAN));
+            row.rss_kib.push(rss as f64);
+            if v.get("one_prefix").is_some() {
+                full_write_ms.push(f(first, "write_ms"));
+                full_written = row.written;
+                for (c, key) in changes.iter_mut().zip(["one_prefix", "one_rule_port"]) {
+                    c.total_ms.push(f(&v[key], "total_ms"));
+                    c.write_ms.push(f(&v[key], "write_ms"));
+                    c.written = v[key]["written"].as_u64().unwrap_or(0);
+                    c.removed = v[key]["removed"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(PolicyResults { sizes, changes, full_write_ms, full_written })
+}

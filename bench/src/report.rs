@@ -1,0 +1,454 @@
+//! RESULTS.md and the printed summary: every table, and which targets are met.
+
+use std::{fmt::Write as _, os::fd::AsRawFd as _};
+
+use crate::{
+    audit::{self, AuditResults, SinkKind},
+    bpf,
+    e2e::{E2eResults, Variant},
+    micro::{MicroResults, ScaleSeries, Trivial},
+    policy::PolicyResults,
+    stats::Samples,
+    xdpfilter::XdpFilter,
+};
+
+type Section<T> = Option<Result<T, String>>;
+
+pub struct Report {
+    pub machine: Vec<(String, String)>,
+    pub sizes: Vec<(String, (u32, u32))>,
+    pub micro: Section<MicroResults>,
+    pub scaling: Section<(Vec<ScaleSeries>, Vec<String>)>,
+    pub e2e: Section<E2eResults>,
+    pub policy: Section<PolicyResults>,
+    pub audit: Section<AuditResults>,
+    pub elapsed_s: f64,
+}
+
+fn cmd(args: &[&str]) -> String {
+    crate::env::sh(args).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
+pub fn machine() -> Vec<(String, String)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or("?".into(), |kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_else(|| "?".into());
+    vec![
+        ("date (UTC)".into(), cmd(&["date", "-u", "+%Y-%m-%d %H:%M:%S"])),
+        ("nproc".into(), cmd(&["nproc"])),
+        ("CPU".into(), model),
+        ("memory".into(), mem),
+        ("kernel (uname -r)".into(), cmd(&["uname", "-r"])),
+        ("xdp-filter".into(), cmd(&["sh", "-c", "dpkg-query -W -f '${Version}' xdp-tools 2>/dev/null || echo ?"])),
+        ("nftables".into(), cmd(&["sh", "-c", "nft --version"])),
+        ("iptables".into(), cmd(&["sh", "-c", "iptables-legacy --version"])),
+    ]
+}
+
+pub fn program_sizes(t: &Trivial, x: &XdpFilter) -> Vec<(String, (u32, u32))> {
+    let mut v = Vec::new();
+    if let Ok(k) = crate::kern::Kern::new(&crate::micro::base_policy(false), &crate::micro::local_addrs()) {
+        for (n, fd) in [("enforcer_xdp", k.xdp), ("enforcer_ingress", k.ingress), ("enforcer_egress", k.egress)] {
+            if let Ok(s) = bpf::prog_size(fd) {
+                v.push((n.to_string(), s));
+            }
+        }
+    }
+    for (n, fd) in [
+        ("xdp-filter, deny list (xdpfilt_alw_all)", x.deny_list.as_raw_fd()),
+        ("xdp-filter, allow list (xdpfilt_dny_all)", x.allow_list.as_raw_fd()),
+        ("trivial XDP_PASS", t.xdp_pass.as_raw_fd()),
+    ] {
+        if let Ok(s) = bpf::prog_size(fd) {
+            v.push((n.to_string(), s));
+        }
+    }
+    v
+}
+
+struct Target {
+    what: String,
+    figure: String,
+    met: Option<bool>,
+}
+
+fn verdict(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "**met**",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / 1024.0 / 1024.0)
+}
+
+impl Report {
+    pub fn new(machine: Vec<(String, String)>) -> Self {
+        Report { machine, sizes: Vec::new(), micro: None, scaling: None, e2e: None, policy: None, audit: None, elapsed_s: 0.0 }
+    }
+
+    /// (markdown, summary, every section ran).
+    pub fn render(&self) -> (String, String, bool) {
+        let mut md = String::new();
+        let mut targets: Vec<Target> = Vec::new();
+        let mut ok = true;
+        let _ = writeln!(md, "# enforcer benchmark results\n");
+        let _ = writeln!(md, "Produced by `cargo xtask bench` (`cargo run --release -p enforcer-bench -- --out bench/RESULTS.md`) in {:.0} s.\n", self.elapsed_s);
+        let _ = writeln!(md, "| machine | |\n|---|---|");
+        for (k, v) in &self.machine {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        let _ = writeln!(
+            md,
+            "\nEvery figure is the median of repeated runs, with the smallest and largest in parentheses: `median (min–max)`. The contenders take turns within each round (the order rotates from round to round), and every ratio is taken within a round, then its median reported.\n"
+        );
+        let mut body = String::new();
+
+        // 1. Per-packet cost.
+        let _ = writeln!(body, "## 1. Per-packet cost through BPF_PROG_TEST_RUN\n");
+        match &self.micro {
+            None => {
+                let _ = writeln!(body, "Not run.\n");
+            }
+            Some(Err(e)) => {
+                ok = false;
+                let _ = writeln!(body, "**Failed:** {e}\n");
+            }
+            Some(Ok(m)) => {
+                let _ = writeln!(
+                    body,
+                    "Nanoseconds per packet, {}M test runs per figure ({}k where every run writes an event). Floor: a trivial XDP program (`r0 = XDP_PASS; exit`) on the same frame. xdp-filter (xdp-tools) in the variant doing the nearest job: its deny list dropping tcp/5432 (`-p allow`, `port 5432`), or, for allowed sources, its allow list passing them (`-p deny`, `ip -m src 10.1.2.3` / `fd00:1::5`). Above floor = (program − floor); the last column is enforcer's above-floor cost over xdp-filter's.\n",
+                    crate::micro::XDP_REPEAT / 1_000_000,
+                    crate::micro::EVENT_REPEAT / 1000
+                );
+                let _ = writeln!(body, "| packet (XDP) | enforcer ns | floor ns | enforcer / floor | xdp-filter | xdp-filter ns | xdp-filter / floor | enforcer above floor / xdp-filter above floor |");
+                let _ = writeln!(body, "|---|---|---|---|---|---|---|---|");
+                for r in &m.xdp {
+                    let above = r.enforcer.minus(&r.floor).ratio(&r.xdpf.minus(&r.floor));
+                    let _ = writeln!(
+                        body,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.case,
+                        r.enforcer.fmt(1),
+                        r.floor.fmt(1),
+                        r.enforcer.ratio(&r.floor).fmt(2),
+                        r.xdpf_label,
+                        r.xdpf.fmt(1),
+                        r.xdpf.ratio(&r.floor).fmt(2),
+                        above.fmt(2)
+                    );
+                }
+                let _ = writeln!(body, "\n| cgroup_skb hook | packet | enforcer ns | trivial cgroup_skb ns | enforcer / trivial |\n|---|---|---|---|---|");
+                for r in &m.skb {
+                    let _ = writeln!(
+                        body,
+                        "| {} | {} | {} | {} | {} |",
+                        r.hook,
+                        r.case,
+                        r.enforcer.fmt(1),
+                        r.trivial.fmt(1),
+                        r.enforcer.ratio(&r.trivial).fmt(2)
+                    );
+                }
+                let _ = writeln!(body);
+                for n in &m.notes {
+                    let _ = writeln!(body, "- {n}");
+                }
+                let _ = writeln!(
+                    body,
+                    "- Timing: wall clock around each BPF_PROG_TEST_RUN divided by its repeat count (the kernel's own average is an integer number of nanoseconds, too coarse beside a floor of a few; the two differ by at most {:.2} ns over every run here). The cgroup_skb figures include what test_run does per run for an skb program, which is why their floor is higher.",
+                    m.check.max_diff_ns
+                );
+                if !self.sizes.is_empty() {
+                    let _ = writeln!(body, "\n| program | xlated bytes | jited bytes |\n|---|---|---|");
+                    for (n, (x, j)) in &self.sizes {
+                        let _ = writeln!(body, "| {n} | {x} | {j} |");
+                    }
+                }
+                let _ = writeln!(body);
+
+                let find = |p: &str| m.xdp.iter().find(|r| r.case.starts_with(p));
+                for p in ["non-IP", "unprotected port"] {
+                    if let Some(r) = find(p) {
+                        let above = r.enforcer.minus(&r.floor).ratio(&r.xdpf.minus(&r.floor));
+                        targets.push(Target {
+                            what: format!("{p}: enforcer's cost above the floor ≤ xdp-filter's (ratio ≤ 1.0)"),
+                            figure: format!("{} ({:.1} ns vs {:.1} ns above a {:.1} ns floor)", above.fmt(2), r.enforcer.minus(&r.floor).median(), r.xdpf.minus(&r.floor).median(), r.floor.median()),
+                            met: Some(above.median() <= 1.0),
+                        });
+                    }
+                }
+                let no_event = find("refused source, no event (rate limit spent)").or_else(|| find("refused source, no event (ring buffer full)"));
+                if let Some(r) = no_event {
+                    let q = r.enforcer.ratio(&r.floor);
+                    targets.push(Target {
+                        what: "refused packet without its event ≤ 2× floor".into(),
+                        figure: format!("{}× ({}; {:.1} ns vs {:.1} ns)", q.fmt(2), r.case, r.enforcer.median(), r.floor.median()),
+                        met: Some(q.median() <= 2.0),
+                    });
+                }
+                if let Some(r) = find("refused source, with its event") {
+                    let q = r.enforcer.ratio(&r.floor);
+                    targets.push(Target {
+                        what: "refused packet with its event ≤ 3× floor".into(),
+                        figure: format!("{}× ({:.1} ns vs {:.1} ns)", q.fmt(2), r.enforcer.median(), r.floor.median()),
+                        met: Some(q.median() <= 3.0),
+                    });
+                }
+            }
+        }
+
+        // 2. Scaling.
+        let _ = writeln!(body, "## 2. Scaling with the policy\n");
+        match &self.scaling {
+            None => {
+                let _ = writeln!(body, "Not run.\n");
+            }
+            Some(Err(e)) => {
+                ok = false;
+                let _ = writeln!(body, "**Failed:** {e}\n");
+            }
+            Some(Ok((series, notes))) => {
+                let _ = writeln!(body, "enforcer's XDP program, ns per packet ({}M runs per figure), against the size of the policy; the last two columns are the cost over the first row's, within each round.\n", crate::micro::XDP_REPEAT / 2 / 1_000_000);
+                for (si, s) in series.iter().enumerate() {
+                    let _ = writeln!(body, "**{}**\n", s.title);
+                    let _ = writeln!(body, "| size | allowed ns | refused ns (no event) | floor ns | allowed / first row | refused / first row |\n|---|---|---|---|---|---|");
+                    let first = &s.rows[0];
+                    for r in &s.rows {
+                        let _ = writeln!(
+                            body,
+                            "| {} | {} | {} | {} | {} | {} |",
+                            r.label,
+                            r.allowed.fmt(1),
+                            r.refused.fmt(1),
+                            r.floor.fmt(1),
+                            r.allowed.ratio(&first.allowed).fmt(2),
+                            r.refused.ratio(&first.refused).fmt(2)
+                        );
+                    }
+                    let _ = writeln!(body);
+                    if si < 2 {
+                        let last = s.rows.last().expect("rows");
+                        let qa = last.allowed.ratio(&first.allowed);
+                        let qr = last.refused.ratio(&first.refused);
+                        let short = if si == 0 { "all /32" } else { "lengths /16–/32" };
+                        targets.push(Target {
+                            what: format!("65,536 prefixes ({short}) ≤ 1.5× the cost with 1"),
+                            figure: format!("allowed {}×, refused {}×", qa.fmt(2), qr.fmt(2)),
+                            met: Some(qa.median() <= 1.5 && qr.median() <= 1.5),
+                        });
+                    }
+                }
+                for n in notes {
+                    let _ = writeln!(body, "- {n}");
+                }
+                let _ = writeln!(body);
+            }
+        }
+
+        // 3. End to end.
+        let _ = writeln!(body, "## 3. End to end: a flood over veth between namespaces\n");
+        match &self.e2e {
+            None => {
+                let _ = writeln!(body, "Not run.\n");
+            }
+            Some(Err(e)) => {
+                ok = false;
+                let _ = writeln!(body, "**Failed:** {e}\n");
+            }
+            Some(Ok(e)) => {
+                let get = |v: Variant| e.rows.iter().find(|r| r.variant == v);
+                let drop = get(Variant::XdpDrop);
+                let nft = get(Variant::Nft);
+                let _ = writeln!(body, "| receiver | dropped Mpps | / XDP_DROP | / nftables | receiver ns/packet | receiver busy | capacity Mpps (1e3 / ns) | total CPU ns/packet | offered Mpps | overflow Mpps | counted / arrived | events/s written |");
+                let _ = writeln!(body, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+                for r in &e.rows {
+                    let cap = Samples(r.recv_ns.0.iter().map(|ns| 1e3 / ns).collect());
+                    let _ = writeln!(
+                        body,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.variant.label(),
+                        r.pps.fmt_m(),
+                        drop.map_or("".into(), |d| r.pps.ratio(&d.pps).fmt(2)),
+                        nft.map_or("".into(), |n| r.pps.ratio(&n.pps).fmt(2)),
+                        r.recv_ns.fmt(1),
+                        Samples(r.recv_busy.0.iter().map(|b| b * 100.0).collect()).fmt(0) + " %",
+                        cap.fmt(2),
+                        r.total_ns.fmt(1),
+                        r.offered_pps.fmt_m(),
+                        r.overflow_pps.fmt_m(),
+                        if r.counted.0.is_empty() { "–".into() } else { r.counted.fmt(3) },
+                        if r.events_per_s.0.is_empty() { "–".into() } else { r.events_per_s.fmt_m() + " M" },
+                    );
+                }
+                let _ = writeln!(body);
+                for n in &e.notes {
+                    let _ = writeln!(body, "- {n}");
+                }
+                let _ = writeln!(body);
+                if let (Some(enf), Some(d), Some(n)) = (get(Variant::Enforcer), drop, nft) {
+                    let vs_nft = enf.pps.ratio(&n.pps);
+                    let vs_drop = enf.pps.ratio(&d.pps);
+                    let cap_nft = n.recv_ns.ratio(&enf.recv_ns);
+                    let cap_drop = d.recv_ns.ratio(&enf.recv_ns);
+                    targets.push(Target {
+                        what: "end-to-end drop rate ≥ 3× nftables".into(),
+                        figure: format!("{}× measured ({:.2} vs {:.2} Mpps); per receiver CPU {}×", vs_nft.fmt(2), enf.pps.median() / 1e6, n.pps.median() / 1e6, cap_nft.fmt(2)),
+                        met: Some(vs_nft.median() >= 3.0),
+                    });
+                    targets.push(Target {
+                        what: "end-to-end drop rate within 15% of XDP_DROP".into(),
+                        figure: format!("{}× measured ({:.2} vs {:.2} Mpps); per receiver CPU {}×", vs_drop.fmt(2), enf.pps.median() / 1e6, d.pps.median() / 1e6, cap_drop.fmt(2)),
+                        met: Some(vs_drop.median() >= 0.85),
+                    });
+                }
+            }
+        }
+
+        // 4. Policy.
+        let _ = writeln!(body, "## 4. Policy: apply, reload, memory\n");
+        match &self.policy {
+            None => {
+                let _ = writeln!(body, "Not run.\n");
+            }
+            Some(Err(e)) => {
+                ok = false;
+                let _ = writeln!(body, "**Failed:** {e}\n");
+            }
+            Some(Ok(p)) => {
+                let _ = writeln!(body, "Policies of N prefixes (/32 and /24 alternating) in rules of 1,000 prefixes, each rule on its own port; milliseconds. Each size runs in a child process of its own: it loads the programs, then parses, compiles and writes the policy with `policy::parse_str`, `policy::compile` and `kernel::writer::Writer::apply`, as the daemon does (the writer's 20 ms grace wait after a flip is kept out of the timing). Memory: the `memlock` of every map in /proc/PID/fdinfo (what the kernel charges), and the child's peak RSS (wait4).\n");
+                let _ = writeln!(body, "| prefixes | parse ms | compile ms | write ms | apply total ms | entries written | reload ms (fills the other slot) | reload ms (unchanged, steady state) | program load ms | ALLOW map | all maps | peak RSS |");
+                let _ = writeln!(body, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+                for r in &p.sizes {
+                    let _ = writeln!(
+                        body,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.n,
+                        r.first[0].fmt(1),
+                        r.first[1].fmt(1),
+                        r.first[2].fmt(1),
+                        r.first[3].fmt(1),
+                        r.written,
+                        r.second_slot.fmt(1),
+                        r.steady.fmt(1),
+                        r.load_ms.fmt(0),
+                        mib(r.allow_mem.median()),
+                        mib(r.maps_total.median()),
+                        mib(r.rss_kib.median() * 1024.0)
+                    );
+                }
+                let _ = writeln!(body, "\n| change to the 100,000-prefix policy | reload total ms | of which map writes ms | entries written | entries removed |\n|---|---|---|---|---|");
+                for c in &p.changes {
+                    let _ = writeln!(body, "| {} | {} | {} | {} | {} |", c.label, c.total_ms.fmt(1), c.write_ms.fmt(2), c.written, c.removed);
+                }
+                let _ = writeln!(body, "| (for scale: the first apply's writes) | | {} | {} | |\n", p.full_write_ms.fmt(1), p.full_written);
+                if let Some(big) = p.sizes.iter().find(|r| r.n == 100_000) {
+                    targets.push(Target {
+                        what: "100,000 prefixes applied in < 1 s".into(),
+                        figure: format!("{} ms parse + compile + write (programs' load not included: {:.0} ms)", big.first[3].fmt(0), big.load_ms.median()),
+                        met: Some(big.first[3].median() < 1000.0),
+                    });
+                }
+                // In proportion: entries touched within 2× of what changed (+ a few port/group
+                // entries), and the write phase at most its share of a full write, 3× + 2 ms.
+                let ideal = [2u64, 2 * 1000];
+                let mut all = true;
+                let mut figs = Vec::new();
+                for (c, want) in p.changes.iter().zip(ideal) {
+                    let touched = c.written + c.removed;
+                    let share = p.full_write_ms.median() * touched as f64 / p.full_written.max(1) as f64;
+                    let fine = touched <= 2 * want + 10 && c.write_ms.median() <= 3.0 * share + 2.0;
+                    all &= fine;
+                    figs.push(format!("{}: {touched} entries (ideal {want}), writes {:.2} ms, whole reload {:.0} ms", c.label, c.write_ms.median(), c.total_ms.median()));
+                }
+                if !p.changes.is_empty() && !p.changes[0].total_ms.0.is_empty() {
+                    targets.push(Target { what: "a one-rule reload costs in proportion to the change (map writes)".into(), figure: figs.join("; "), met: Some(all) });
+                }
+            }
+        }
+
+        // 5. Audit.
+        let _ = writeln!(body, "## 5. Audit pipeline: kernel to JSON lines\n");
+        match &self.audit {
+            None => {
+                let _ = writeln!(body, "Not run.\n");
+            }
+            Some(Err(e)) => {
+                ok = false;
+                let _ = writeln!(body, "**Failed:** {e}\n");
+            }
+            Some(Ok(a)) => {
+                let _ = writeln!(body, "| sink | offered events/s | produced M/s | delivered (JSON lines) M/s | lost events |\n|---|---|---|---|---|");
+                for s in &a.steps {
+                    let _ = writeln!(
+                        body,
+                        "| {} | {} | {} | {} | {} |",
+                        s.sink.label(),
+                        s.offered.map_or("flat out".into(), |r| format!("{:.1} M", r / 1e6)),
+                        s.produced_per_s.fmt_m(),
+                        s.delivered_per_s.fmt_m(),
+                        s.lost.fmt(0)
+                    );
+                }
+                let _ = writeln!(body);
+                for sink in [SinkKind::DevNull, SinkKind::Pipe] {
+                    let (clean, loss) = audit::loss_edges(&a.steps, sink);
+                    let flat = audit::flat_out(&a.steps, sink);
+                    let _ = writeln!(
+                        body,
+                        "- {}: no loss up to {}; loss starts at {}; flat out the pipeline writes {} M events/s.",
+                        sink.label(),
+                        clean.map_or("none of the offered rates".into(), |r| format!("{:.1} M events/s offered", r / 1e6)),
+                        loss.map_or("none of the offered rates".into(), |r| format!("{:.1} M events/s", r / 1e6)),
+                        flat.map_or("?".into(), |f| format!("{:.2}", f.delivered_per_s.median() / 1e6))
+                    );
+                }
+                for n in &a.notes {
+                    let _ = writeln!(body, "- {n}");
+                }
+                let _ = writeln!(body);
+                let (clean, _) = audit::loss_edges(&a.steps, SinkKind::DevNull);
+                let (pclean, _) = audit::loss_edges(&a.steps, SinkKind::Pipe);
+                targets.push(Target {
+                    what: "≥ 1M audit events/s to stdout without loss".into(),
+                    figure: format!(
+                        "loss-free up to {} (/dev/null), {} (pipe)",
+                        clean.map_or("—".into(), |r| format!("{:.1} M/s", r / 1e6)),
+                        pclean.map_or("—".into(), |r| format!("{:.1} M/s", r / 1e6))
+                    ),
+                    met: Some(clean.is_some_and(|r| r >= 1e6) && pclean.is_some_and(|r| r >= 1e6)),
+                });
+            }
+        }
+
+        let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
+        let mut summary = String::from("enforcer bench: targets\n");
+        for t in &targets {
+            let _ = writeln!(md, "| {} | {} | {} |", t.what, t.figure, verdict(t.met));
+            let _ = writeln!(
+                summary,
+                "  [{}] {} — {}",
+                match t.met {
+                    Some(true) => "met",
+                    Some(false) => "NOT met",
+                    None => "n/a",
+                },
+                t.what,
+                t.figure
+            );
+        }
+        let _ = writeln!(md);
+        md.push_str(&body);
+        (md, summary, ok)
+    }
+}

@@ -1,0 +1,55 @@
+//! xdp-filter (Debian's xdp-tools) as a comparison: both of its program variants,
+//! configured for the nearest equivalent of enforcer's job, loaded by xdp-filter itself on
+//! the bench's receiving veth, then kept by descriptor and unloaded from the interface (the
+//! bench attaches what it runs itself, the same way for every program).
+
+use std::os::fd::OwnedFd;
+
+use anyhow::Context as _;
+
+use crate::{
+    bpf,
+    env::{sh, Bed, Bpffs},
+};
+
+pub struct XdpFilter {
+    /// `-p allow` (a deny list), with `port 5432 -p tcp`: drops everything to tcp/5432.
+    pub deny_list: OwnedFd,
+    /// `-p deny` (an allow list), with `ip -m src 10.1.2.3` and `fd00:1::5`: passes only
+    /// those sources.
+    pub allow_list: OwnedFd,
+}
+
+fn xf(bed: &Bed, bpffs: &Bpffs, args: &[&str]) -> anyhow::Result<String> {
+    let net = format!("--net={}", bed.receiver.path().display());
+    let bpffs_env = format!("LIBXDP_BPFFS={}", bpffs.dir.display());
+    let mut full = vec!["env", &bpffs_env, "LIBXDP_SKIP_DISPATCHER=1", "nsenter", &net, "xdp-filter"];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+fn load_variant(bed: &Bed, bpffs: &Bpffs, policy: &str, config: &[&[&str]]) -> anyhow::Result<OwnedFd> {
+    xf(bed, bpffs, &["load", &bed.vb, "-m", "skb", "-p", policy, "-f", "all"])?;
+    let kept = (|| -> anyhow::Result<OwnedFd> {
+        for c in config {
+            xf(bed, bpffs, c)?;
+        }
+        let dir = bpffs.dir.join("xdp-filter/programs").join(&bed.vb);
+        let entry = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .next()
+            .with_context(|| format!("no program pinned under {}", dir.display()))?;
+        bpf::obj_get(&entry.path())
+    })();
+    xf(bed, bpffs, &["unload", &bed.vb])?;
+    kept
+}
+
+pub fn load(bed: &Bed, bpffs: &Bpffs) -> anyhow::Result<XdpFilter> {
+    let allow_list = load_variant(bed, bpffs, "deny", &[&["ip", "-m", "src", "10.1.2.3"], &["ip", "-m", "src", "fd00:1::5"]])
+        .context("loading xdp-filter (allow list)")?;
+    let deny_list =
+        load_variant(bed, bpffs, "allow", &[&["port", "-p", "tcp", "5432"]]).context("loading xdp-filter (deny list)")?;
+    Ok(XdpFilter { deny_list, allow_list })
+}

@@ -1,0 +1,182 @@
+//! Temporary exceptions (just-in-time access): a source prefix or a cgroup allowed on one
+//! rule until a deadline. Grants are stored in the state directory, so they survive a
+//! restart, and expire on time whether or not anyone is watching.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{validate::normalize_cgroup, validate::parse_prefix, Entry, Policy};
+
+/// The longest a grant may last.
+pub const MAX_GRANT_SECS: u64 = 30 * 24 * 3600;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub rule: String,
+    pub entry: Entry,
+    pub reason: String,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+}
+
+/// Grants in force, persisted as JSON in the state directory.
+pub struct Store {
+    path: PathBuf,
+    pub grants: Vec<Grant>,
+    next: u64,
+}
+
+impl Store {
+    /// Loads `state_dir/grants.json` (none if absent).
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        let path = state_dir.join("grants.json");
+        let grants: Vec<Grant> = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading grants from {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let next = grants.iter().filter_map(|g| g.id.trim_start_matches('g').parse::<u64>().ok()).max().unwrap_or(0) + 1;
+        Ok(Store { path, grants, next })
+    }
+
+    /// Writes the grants atomically (a crash leaves the old file or the new one).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.grants)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
+    }
+
+    /// Validates and adds a grant (not yet saved).
+    pub fn add(&mut self, policy: &Policy, rule: &str, from: Option<&str>, cgroup: Option<&str>, secs: u64, reason: &str) -> Result<Grant, String> {
+        if !policy.verdict.rules.iter().any(|r| r.name == rule) {
+            return Err(format!("no rule named {rule:?} in the policy in force"));
+        }
+        let entry = match (from, cgroup) {
+            (Some(f), None) => Entry::From(parse_prefix(f)?.to_string()),
+            (None, Some(c)) => Entry::Cgroup(normalize_cgroup(c)?),
+            _ => return Err("a grant allows either a source (--from) or a cgroup (--cgroup)".into()),
+        };
+        if secs == 0 || secs > MAX_GRANT_SECS {
+            return Err(format!("a grant lasts from 1 second to {} days", MAX_GRANT_SECS / 86400));
+        }
+        if reason.trim().is_empty() {
+            return Err("a grant needs a reason (--reason)".into());
+        }
+        let now = now_unix();
+        let g = Grant {
+            id: format!("g{}", self.next),
+            rule: rule.to_string(),
+            entry,
+            reason: reason.to_string(),
+            created_unix: now,
+            expires_unix: now + secs,
+        };
+        self.next += 1;
+        self.grants.push(g.clone());
+        Ok(g)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Grant> {
+        let i = self.grants.iter().position(|g| g.id == id)?;
+        Some(self.grants.remove(i))
+    }
+
+    /// Removes and returns the grants that have expired at `now`.
+    pub fn take_expired(&mut self, now: u64) -> Vec<Grant> {
+        let (gone, keep): (Vec<Grant>, Vec<Grant>) = self.grants.drain(..).partition(|g| g.expires_unix <= now);
+        self.grants = keep;
+        gone
+    }
+
+    /// The grants in force as (rule index, entry) for `Policy::effective`.
+    pub fn entries(&self, policy: &Policy) -> Vec<(usize, Entry)> {
+        self.grants
+            .iter()
+            .filter_map(|g| policy.verdict.rules.iter().position(|r| r.name == g.rule).map(|i| (i, g.entry.clone())))
+            .collect()
+    }
+
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.grants.iter().map(|g| g.expires_unix).min()
+    }
+}
+
+/// A grant as JSON for events and listings.
+pub fn describe(g: &Grant, now: u64) -> serde_json::Value {
+    let (from, cgroup) = match &g.entry {
+        Entry::From(f) => (Some(f.clone()), None),
+        Entry::Cgroup(c) => (None, Some(c.clone())),
+    };
+    serde_json::json!({
+        "id": g.id,
+        "rule": g.rule,
+        "from": from,
+        "cgroup": cgroup,
+        "reason": g.reason,
+        "created": rfc3339(g.created_unix),
+        "expires": rfc3339(g.expires_unix),
+        "seconds_left": g.expires_unix.saturating_sub(now),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        crate::policy::parse_str(Path::new("t.toml"), "[[rule]]\nname = \"pg\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\"]\n").unwrap()
+    }
+
+    #[test]
+    fn grants_are_validated_stored_and_expire() {
+        let dir = std::env::temp_dir().join(format!("enforcer-grants-{}", std::process::id()));
+        let p = policy();
+        let mut s = Store::open(&dir).unwrap();
+        assert!(s.add(&p, "nope", Some("1.2.3.4/32"), None, 60, "x").unwrap_err().contains("no rule named"));
+        assert!(s.add(&p, "pg", Some("1.2.3.4/8"), None, 60, "x").unwrap_err().contains("host bits"));
+        assert!(s.add(&p, "pg", Some("1.2.3.4"), Some("/a"), 60, "x").unwrap_err().contains("either"));
+        assert!(s.add(&p, "pg", Some("1.2.3.4"), None, 60, " ").unwrap_err().contains("reason"));
+        assert!(s.add(&p, "pg", Some("1.2.3.4"), None, MAX_GRANT_SECS + 1, "x").unwrap_err().contains("days"));
+        let g = s.add(&p, "pg", Some("198.51.100.4/32"), None, 60, "incident 42").unwrap();
+        s.save().unwrap();
+        let mut again = Store::open(&dir).unwrap();
+        assert_eq!(again.grants, vec![g.clone()]);
+        let eff = p.effective(now_unix(), &again.entries(&p));
+        assert_eq!(eff.verdict.rules[0].allow_from.len(), 2);
+        assert_eq!(again.take_expired(g.expires_unix), vec![g]);
+        assert!(again.grants.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn policy_entries_lapse_at_their_expiry() {
+        let p = crate::policy::parse_str(
+            Path::new("t.toml"),
+            "[[rule]]\nname = \"pg\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\", { from = \"192.0.2.0/24\", expires = \"2026-01-01T00:00:00Z\" }]\nallow_cgroups = [{ cgroup = \"/x\", expires = \"2030-01-01T00:00:00Z\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(p.expiring.len(), 2);
+        let before = humantime::parse_rfc3339("2025-12-31T23:59:59Z").unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(p.effective(before, &[]).verdict.rules[0].allow_from.len(), 2);
+        let after = before + 1;
+        let eff = p.effective(after, &[]);
+        assert_eq!(eff.verdict.rules[0].allow_from.len(), 1);
+        assert_eq!(eff.verdict.rules[0].allow_cgroups, vec!["/x"]);
+        assert_eq!(p.next_expiry(before), Some(after));
+    }
+}

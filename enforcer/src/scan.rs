@@ -1,0 +1,483 @@
+//! Internal-port exposure: the host's listening sockets (procfs, this network namespace)
+//! and the processes that hold them (/proc/PID/fd), judged against a policy.
+//!
+//! [`listeners`] reads the host; [`report`] is pure.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use anyhow::Context as _;
+use enforcer_common::model::{PortRange, Protocol};
+use procfs::{
+    net::{TcpState, UdpState},
+    process::FDTarget,
+};
+use serde::Serialize;
+
+use crate::policy::{
+    lint::{concrete, ephemeral_overlap, fmt_range, judged_ports},
+    Policy,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Transport::Tcp => Protocol::Tcp,
+            Transport::Udp => Protocol::Udp,
+        }
+    }
+}
+
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Owner {
+    pub pid: i32,
+    /// The process's comm (/proc/PID/comm).
+    pub name: String,
+}
+
+/// A TCP socket in LISTEN state, or an unconnected bound UDP socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listener {
+    pub proto: Transport,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub inode: u64,
+    pub uid: u32,
+    pub owners: Vec<Owner>,
+}
+
+impl Listener {
+    /// Bound to loopback only (127.0.0.0/8, ::1, or ::ffff:127.x): only this network
+    /// namespace's own processes reach it.
+    pub fn loopback_only(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => a.is_loopback(),
+            IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+        }
+    }
+}
+
+/// The listening sockets of the caller's network namespace.
+pub struct Sockets {
+    pub listeners: Vec<Listener>,
+    /// Processes whose descriptors could not be read (not root): their sockets show no owner.
+    pub unreadable_processes: usize,
+}
+
+impl Sockets {
+    /// The TCP ports a process named "sshd" listens on.
+    pub fn sshd_tcp_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|l| l.proto == Transport::Tcp && l.owners.iter().any(|o| o.name == "sshd"))
+            .map(|l| l.port)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// Reads /proc/net/{tcp,tcp6,udp,udp6} (the caller's network namespace) and maps socket
+/// inodes to processes through /proc/PID/fd.
+pub fn listeners() -> anyhow::Result<Sockets> {
+    let mut out = Vec::new();
+    for (table, entries) in [("/proc/net/tcp", procfs::net::tcp()), ("/proc/net/tcp6", procfs::net::tcp6())] {
+        let entries = match entries {
+            Ok(e) => e,
+            // No IPv6 in this kernel or namespace.
+            Err(_) if table.ends_with('6') => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
+        };
+        out.extend(entries.into_iter().filter(|e| e.state == TcpState::Listen).map(|e| Listener {
+            proto: Transport::Tcp,
+            addr: e.local_address.ip(),
+            port: e.local_address.port(),
+            inode: e.inode,
+            uid: e.uid,
+            owners: Vec::new(),
+        }));
+    }
+    for (table, entries) in [("/proc/net/udp", procfs::net::udp()), ("/proc/net/udp6", procfs::net::udp6())] {
+        let entries = match entries {
+            Ok(e) => e,
+            Err(_) if table.ends_with('6') => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
+        };
+        // A connected UDP socket talks to one peer (a client); an unconnected bound one
+        // takes datagrams from anyone.
+        out.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.state != UdpState::Established && e.remote_address.port() == 0 && e.local_address.port() != 0)
+                .map(|e| Listener {
+                    proto: Transport::Udp,
+                    addr: e.local_address.ip(),
+                    port: e.local_address.port(),
+                    inode: e.inode,
+                    uid: e.uid,
+                    owners: Vec::new(),
+                }),
+        );
+    }
+    let (owners, unreadable_processes) = socket_owners();
+    for l in &mut out {
+        if let Some(o) = owners.get(&l.inode) {
+            l.owners = o.clone();
+        }
+    }
+    out.sort_by(|a, b| (a.proto, a.port, a.addr).cmp(&(b.proto, b.port, b.addr)));
+    Ok(Sockets { listeners: out, unreadable_processes })
+}
+
+/// socket inode -> the processes holding it; and how many processes could not be read.
+fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
+    let mut map: HashMap<u64, Vec<Owner>> = HashMap::new();
+    let mut unreadable = 0;
+    let Ok(procs) = procfs::process::all_processes() else { return (map, 0) };
+    for p in procs.flatten() {
+        let fds = match p.fd() {
+            Ok(f) => f,
+            Err(procfs::ProcError::PermissionDenied(_)) => {
+                unreadable += 1;
+                continue;
+            }
+            // Gone meanwhile, or a kernel thread.
+            Err(_) => continue,
+        };
+        let mut name = None;
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target {
+                let name = name.get_or_insert_with(|| {
+                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).map(|s| s.trim_end().to_string()).unwrap_or_default()
+                });
+                let owners = map.entry(inode).or_default();
+                if !owners.iter().any(|o| o.pid == p.pid) {
+                    owners.push(Owner { pid: p.pid, name: name.clone() });
+                }
+            }
+        }
+    }
+    for v in map.values_mut() {
+        v.sort();
+    }
+    (map, unreadable)
+}
+
+/// How a listening socket stands under the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A rule judges its port.
+    Protected,
+    /// Its port is a failsafe port: never judged, open to all by design.
+    Failsafe,
+    /// Unprotected, but bound to loopback only.
+    Loopback,
+    /// Unprotected and bound to a wildcard or non-loopback address: reachable by anyone
+    /// who can reach the host.
+    Exposed,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketFinding {
+    pub proto: Transport,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub processes: Vec<Owner>,
+    pub status: Status,
+    /// The rules protecting the port.
+    pub rules: Vec<String>,
+}
+
+/// A rule's ports of one protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortFinding {
+    pub rule: String,
+    pub proto: Transport,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortFinding {
+    pub fn ports(&self) -> String {
+        format!("{}/{}", self.proto.name(), fmt_range(PortRange { first: self.first, last: self.last }))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EphemeralRange {
+    pub first: u16,
+    pub last: u16,
+    pub reserved: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The policy file judged against, if any.
+    pub policy: Option<String>,
+    pub ephemeral_ports: Option<EphemeralRange>,
+    /// Every listening socket, with its status.
+    pub sockets: Vec<SocketFinding>,
+    /// The exposed ones (status "exposed").
+    pub exposed: Vec<SocketFinding>,
+    /// Protected ports (ranges) on which nothing listens, on any address.
+    pub idle_protected: Vec<PortFinding>,
+    /// Protected ports inside the ephemeral port range.
+    pub ephemeral: Vec<PortFinding>,
+}
+
+/// Judges `sockets` against `policy` (none: no port is protected or failsafe).
+pub fn report(policy: Option<&Policy>, sockets: &[Listener], ephemeral: Option<PortRange>, reserved: &[PortRange]) -> Report {
+    let mut found = Vec::new();
+    for l in sockets {
+        let (rules, failsafe) = match policy {
+            None => (Vec::new(), false),
+            Some(p) => {
+                let proto = l.proto.protocol();
+                let rules: Vec<String> = p
+                    .verdict
+                    .rules
+                    .iter()
+                    .filter(|r| judged_ports(p, r, proto).iter().any(|pr| pr.contains(l.port)))
+                    .map(|r| r.name.clone())
+                    .collect();
+                let failsafe = p.verdict.failsafe.iter().any(|(fp, r)| concrete(*fp).contains(&proto) && r.contains(l.port));
+                (rules, failsafe)
+            }
+        };
+        let status = if !rules.is_empty() {
+            Status::Protected
+        } else if failsafe {
+            Status::Failsafe
+        } else if l.loopback_only() {
+            Status::Loopback
+        } else {
+            Status::Exposed
+        };
+        found.push(SocketFinding { proto: l.proto, addr: l.addr, port: l.port, processes: l.owners.clone(), status, rules });
+    }
+    let mut idle = Vec::new();
+    let mut in_ephemeral = Vec::new();
+    if let Some(p) = policy {
+        for r in &p.verdict.rules {
+            for &proto in concrete(r.protocol) {
+                let t = if proto == Protocol::Tcp { Transport::Tcp } else { Transport::Udp };
+                for range in judged_ports(p, r, proto) {
+                    if !sockets.iter().any(|l| l.proto == t && range.contains(l.port)) {
+                        idle.push(PortFinding { rule: r.name.clone(), proto: t, first: range.first, last: range.last });
+                    }
+                }
+            }
+            if let Some(e) = ephemeral {
+                for (proto, ranges) in ephemeral_overlap(p, r, e, reserved) {
+                    let t = if proto == Protocol::Tcp { Transport::Tcp } else { Transport::Udp };
+                    for range in ranges {
+                        in_ephemeral.push(PortFinding { rule: r.name.clone(), proto: t, first: range.first, last: range.last });
+                    }
+                }
+            }
+        }
+    }
+    Report {
+        policy: policy.map(|p| p.path.display().to_string()),
+        ephemeral_ports: ephemeral.map(|e| EphemeralRange {
+            first: e.first,
+            last: e.last,
+            reserved: reserved.iter().map(|r| fmt_range(*r)).collect(),
+        }),
+        exposed: found.iter().filter(|f| f.status == Status::Exposed).cloned().collect(),
+        sockets: found,
+        idle_protected: idle,
+        ephemeral: in_ephemeral,
+    }
+}
+
+fn processes(v: &[Owner]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    // One process name, many pids (forked workers): name[pid,pid].
+    let mut by_name: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for o in v {
+        by_name.entry(&o.name).or_default().push(o.pid);
+    }
+    by_name
+        .iter()
+        .map(|(n, pids)| format!("{n}[{}]", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// The readable form.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    match &r.policy {
+        Some(p) => s += &format!("policy:          {p}\n"),
+        None => s += "policy:          none given (--config FILE): no port counts as protected\n",
+    }
+    if let Some(e) = &r.ephemeral_ports {
+        let reserved = if e.reserved.is_empty() { String::new() } else { format!(", reserved {}", e.reserved.join(",")) };
+        s += &format!("ephemeral ports: {}-{} (net.ipv4.ip_local_port_range{reserved})\n", e.first, e.last);
+    }
+    s += "\n";
+    let rows: Vec<[String; 6]> = r
+        .sockets
+        .iter()
+        .map(|f| {
+            let note = match f.status {
+                Status::Protected => format!("rule {}", f.rules.join(", ")),
+                Status::Failsafe => "failsafe port, never judged".into(),
+                Status::Loopback => "loopback only".into(),
+                Status::Exposed => "no rule protects this port".into(),
+            };
+            let status = match f.status {
+                Status::Exposed => "EXPOSED".to_string(),
+                st => serde_json::to_value(st).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            };
+            [f.proto.name().to_string(), f.addr.to_string(), f.port.to_string(), status, processes(&f.processes), note]
+        })
+        .collect();
+    let head = ["PROTO", "ADDRESS", "PORT", "STATUS", "PROCESS", "WHY"].map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&head).chain(&rows) {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in std::iter::once(&head).chain(&rows) {
+        let mut line = String::new();
+        for (i, (w, c)) in widths.iter().zip(row).enumerate() {
+            if i == 5 {
+                line += c;
+            } else if i == 2 {
+                line += &format!("{c:>w$}  ");
+            } else {
+                line += &format!("{c:<w$}  ");
+            }
+        }
+        s += line.trim_end();
+        s += "\n";
+    }
+    if r.sockets.is_empty() {
+        s += "(no listening sockets)\n";
+    }
+    if !r.idle_protected.is_empty() {
+        s += "\nprotected ports with nothing listening:\n";
+        for f in &r.idle_protected {
+            s += &format!("  {:<15} rule {}\n", f.ports(), f.rule);
+        }
+    }
+    if !r.ephemeral.is_empty() {
+        s += "\nprotected ports inside the ephemeral port range (replies to this host's own outgoing\nconnections from these ports are judged by the rule, and refused unless allowed):\n";
+        for f in &r.ephemeral {
+            s += &format!("  {:<15} rule {}\n", f.ports(), f.rule);
+        }
+    }
+    let count = |st: Status| r.sockets.iter().filter(|f| f.status == st).count();
+    s += &format!(
+        "\n{}: {} exposed, {} protected, {} failsafe, {} loopback only; {} with nothing listening; {} in the ephemeral range\n",
+        plural(r.sockets.len(), "listening socket"),
+        count(Status::Exposed),
+        count(Status::Protected),
+        count(Status::Failsafe),
+        count(Status::Loopback),
+        plural(r.idle_protected.len(), "protected port range"),
+        plural(r.ephemeral.len(), "protected port range"),
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn l(proto: Transport, addr: &str, port: u16, name: &str) -> Listener {
+        Listener {
+            proto,
+            addr: addr.parse().unwrap(),
+            port,
+            inode: 1,
+            uid: 0,
+            owners: vec![Owner { pid: 10, name: name.into() }],
+        }
+    }
+
+    const POLICY: &str = "[[rule]]\nname = \"db\"\nprotocol = \"tcp\"\nports = [5432, 40000]\nallow_from = [\"10.0.0.0/8\"]\n\
+                          [[rule]]\nname = \"dns\"\nports = [53]\nallow_from = [\"10.0.0.0/8\"]\n";
+
+    #[test]
+    fn sockets_are_judged_against_the_policy() {
+        let p = crate::policy::parse_str(Path::new("p.toml"), POLICY).unwrap();
+        let socks = [
+            l(Transport::Tcp, "0.0.0.0", 22, "sshd"),
+            l(Transport::Tcp, "::", 5432, "postgres"),
+            l(Transport::Tcp, "0.0.0.0", 8080, "web"),
+            l(Transport::Tcp, "10.0.0.5", 8081, "web"),
+            l(Transport::Tcp, "127.0.0.1", 9000, "local"),
+            l(Transport::Tcp, "::ffff:127.0.0.1", 9001, "local"),
+            l(Transport::Udp, "0.0.0.0", 5432, "odd"),
+        ];
+        let r = report(Some(&p), &socks, Some(PortRange { first: 32768, last: 60999 }), &[]);
+        let st: Vec<(u16, Status)> = r.sockets.iter().map(|f| (f.port, f.status)).collect();
+        assert_eq!(
+            st,
+            vec![
+                (22, Status::Failsafe),
+                (5432, Status::Protected),
+                (8080, Status::Exposed),
+                (8081, Status::Exposed),
+                (9000, Status::Loopback),
+                (9001, Status::Loopback),
+                (5432, Status::Exposed),
+            ]
+        );
+        assert_eq!(r.sockets[1].rules, vec!["db"]);
+        assert_eq!(r.exposed.len(), 3);
+        let idle: Vec<String> = r.idle_protected.iter().map(|f| format!("{} {}", f.rule, f.ports())).collect();
+        assert_eq!(idle, vec!["db tcp/40000", "dns tcp/53", "dns udp/53"]);
+        let eph: Vec<String> = r.ephemeral.iter().map(|f| format!("{} {}", f.rule, f.ports())).collect();
+        assert_eq!(eph, vec!["db tcp/40000"]);
+        let text = render(&r);
+        assert!(text.contains("EXPOSED"), "{text}");
+        assert!(text.contains("web[10]"), "{text}");
+        assert!(text.contains("3 exposed"), "{text}");
+    }
+
+    #[test]
+    fn without_a_policy_every_reachable_socket_is_exposed() {
+        let socks = [l(Transport::Tcp, "0.0.0.0", 22, "sshd"), l(Transport::Udp, "::1", 53, "dns")];
+        let r = report(None, &socks, None, &[]);
+        assert_eq!(r.exposed.len(), 1);
+        assert_eq!(r.sockets[1].status, Status::Loopback);
+        assert!(render(&r).contains("none given"));
+    }
+}
