@@ -132,8 +132,6 @@ pub fn xdp_link(prog: RawFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
 #[derive(Clone, Debug)]
 pub struct MapMem {
     pub name: String,
-    pub map_type: u32,
-    pub max_entries: u32,
     pub memlock: u64,
 }
 
@@ -154,10 +152,8 @@ pub fn process_maps() -> anyhow::Result<Vec<MapMem>> {
         };
         let id: u64 = field("map_id").parse().unwrap_or(0);
         let memlock: u64 = field("memlock").parse().unwrap_or(0);
-        let map_type: u32 = field("map_type").parse().unwrap_or(0);
-        let max_entries: u32 = field("max_entries").parse().unwrap_or(0);
         let name = map_name(fd).unwrap_or_default();
-        seen.entry(id).or_insert(MapMem { name, map_type, max_entries, memlock });
+        seen.entry(id).or_insert(MapMem { name, memlock });
     }
     Ok(seen.into_values().collect())
 }

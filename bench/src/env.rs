@@ -100,8 +100,9 @@ pub fn ncpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A bpffs mounted on a private directory (xdp-filter pins its maps there through
-/// LIBXDP_BPFFS), unmounted and removed on drop. The host's /sys/fs/bpf is not touched.
+/// A bpffs mounted on a private directory (xdp-filter, run in a mount namespace where it
+/// is bound over /sys/fs/bpf, pins there), unmounted and removed on drop. The host's
+/// /sys/fs/bpf is not touched.
 pub struct Bpffs {
     pub dir: PathBuf,
 }
@@ -123,12 +124,11 @@ impl Drop for Bpffs {
 }
 
 /// The end-to-end bed: a sender namespace and a receiver namespace, joined by a veth pair
-/// with fixed MACs. The receiver end has GRO on (so it polls with NAPI, which XDP frames
-/// redirected into it need) and threaded NAPI, whose thread the bench pins to one CPU.
+/// with fixed MACs and one queue per CPU. The receiver end has GRO on, so it polls with
+/// NAPI (which XDP frames redirected into a veth need) even with no XDP program attached.
 pub struct Bed {
     pub sender: NetNs,
     pub receiver: NetNs,
-    pub va: String,
     pub vb: String,
     pub va_ifindex: u32,
     pub vb_ifindex: u32,
@@ -147,9 +147,10 @@ impl Bed {
         let receiver = NetNs::new();
         let va = testbed::unique("bva");
         let vb = testbed::unique("bvb");
+        let q = ncpus().to_string();
         sh(&[
-            "ip", "link", "add", &va, "netns", &sender.name, "address", &mac(MAC_SENDER), "type", "veth", "peer", "name", &vb,
-            "netns", &receiver.name, "address", &mac(MAC_RECEIVER),
+            "ip", "link", "add", &va, "netns", &sender.name, "address", &mac(MAC_SENDER), "numtxqueues", &q, "numrxqueues", &q, "type",
+            "veth", "peer", "name", &vb, "netns", &receiver.name, "address", &mac(MAC_RECEIVER), "numtxqueues", &q, "numrxqueues", &q,
         ])?;
         sh(&["ip", "-n", &sender.name, "addr", "add", &format!("{SENDER_ADDR}/24"), "dev", &va])?;
         sh(&["ip", "-n", &receiver.name, "addr", "add", &format!("{RECEIVER_ADDR}/24"), "dev", &vb])?;
@@ -166,10 +167,8 @@ impl Bed {
         };
         let va_ifindex = ifindex(&sender, &va)?;
         let vb_ifindex = ifindex(&receiver, &vb)?;
-        let bed = Bed { sender, receiver, va, vb, va_ifindex, vb_ifindex };
+        let bed = Bed { sender, receiver, vb, va_ifindex, vb_ifindex };
         bed.set_gro(true)?;
-        sh(&["ip", "netns", "exec", &bed.receiver.name, "sh", "-c", &format!("echo 1 > /sys/class/net/{}/threaded", bed.vb)])
-            .context("switching the receiver's veth to threaded NAPI")?;
         Ok(bed)
     }
 
@@ -200,22 +199,6 @@ impl Bed {
         })?
     }
 
-    /// The receiver's NAPI threads (by name: "napi/DEV-ID", cut to 15 characters).
-    pub fn napi_threads(&self) -> Vec<libc::pid_t> {
-        let want: String = format!("napi/{}", self.vb).chars().take(15).collect();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<libc::pid_t>() else { continue };
-            if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-                let comm = comm.trim_end();
-                if comm.starts_with(&want) && (comm.len() == 15 || comm[want.len()..].starts_with('-')) {
-                    out.push(pid);
-                }
-            }
-        }
-        out
-    }
-
     /// (rx_packets, rx_dropped) of the receiving veth.
     pub fn rx_counters(&self) -> anyhow::Result<(u64, u64)> {
         let vb = self.vb.clone();
@@ -238,14 +221,6 @@ impl Bed {
         full.extend_from_slice(args);
         sh(&full)
     }
-}
-
-/// Nanoseconds a thread has run (from /proc/PID/schedstat).
-pub fn thread_runtime_ns(pid: libc::pid_t) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// Per-CPU time from /proc/stat, in USER_HZ ticks: (busy, softirq) for each CPU.

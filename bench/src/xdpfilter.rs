@@ -1,7 +1,9 @@
 //! xdp-filter (Debian's xdp-tools) as a comparison: both of its program variants,
 //! configured for the nearest equivalent of enforcer's job, loaded by xdp-filter itself on
 //! the bench's receiving veth, then kept by descriptor and unloaded from the interface (the
-//! bench attaches what it runs itself, the same way for every program).
+//! bench attaches what it runs itself, the same way for every program). LIBXDP_SKIP_DISPATCHER
+//! makes libxdp load it as a plain XDP program (not an extension of a dispatcher), which
+//! test runs and BPF links take like any other.
 
 use std::os::fd::OwnedFd;
 
@@ -20,12 +22,16 @@ pub struct XdpFilter {
     pub allow_list: OwnedFd,
 }
 
+/// Runs xdp-filter in the receiver's namespace, in a mount namespace of its own where
+/// /sys/fs/bpf is the bench's private bpffs: its pins land there, not on the host's.
 fn xf(bed: &Bed, bpffs: &Bpffs, args: &[&str]) -> anyhow::Result<String> {
-    let net = format!("--net={}", bed.receiver.path().display());
-    let bpffs_env = format!("LIBXDP_BPFFS={}", bpffs.dir.display());
-    let mut full = vec!["env", &bpffs_env, "LIBXDP_SKIP_DISPATCHER=1", "nsenter", &net, "xdp-filter"];
-    full.extend_from_slice(args);
-    sh(&full)
+    let script = format!(
+        "mount --bind '{}' /sys/fs/bpf && exec nsenter --net='{}' xdp-filter {}",
+        bpffs.dir.display(),
+        bed.receiver.path().display(),
+        args.join(" ")
+    );
+    sh(&["env", "LIBXDP_SKIP_DISPATCHER=1", "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
 }
 
 fn load_variant(bed: &Bed, bpffs: &Bpffs, policy: &str, config: &[&[&str]]) -> anyhow::Result<OwnedFd> {

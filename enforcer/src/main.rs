@@ -14,12 +14,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config, format } => return cli::check::check(&config, format),
-        Command::Run { config, socket, pin_dir, on_stop, state_dir } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run { config, socket, pin_dir, on_stop, state_dir, metrics } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(enforcer::daemon::run(enforcer::daemon::Options { config, socket, pin_dir, on_stop, state_dir }))),
+            .and_then(|rt| rt.block_on(enforcer::daemon::run(enforcer::daemon::Options { config, socket, pin_dir, on_stop, state_dir, metrics }))),
         Command::Unload { pin_dir } => cli::control::unload(&pin_dir),
         Command::Reload { socket, confirm_within } => cli::control::reload(&socket, confirm_within),
         Command::Confirm { socket } => cli::control::confirm(&socket),

@@ -16,7 +16,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use enforcer_common::consts::*;
+use enforcer_common::{consts::*, reason::Reason};
+
+use crate::kernel::{Prog, TestKernel};
 
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_LLDP: u16 = 0x88CC;
@@ -714,6 +716,46 @@ pub fn hex(b: &[u8]) -> String {
 /// Hex as one unbroken string (for pasting into a table case).
 pub fn hex_compact(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `prog` on `frame` through BPF_PROG_TEST_RUN like `TestKernel::run`, but returns
+/// the kernel's refusal of the input instead of panicking.
+pub fn try_run(k: &TestKernel, prog: Prog, frame: &[u8]) -> Result<u32, String> {
+    use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
+    use enforcer::kernel::programs::{EGRESS, INGRESS, XDP};
+    let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+    let name = match prog {
+        Prog::Xdp => XDP,
+        Prog::Ingress => INGRESS,
+        Prog::Egress => EGRESS,
+    };
+    let p = k.loaded.ebpf.program(name).ok_or_else(|| format!("no program {name}"))?;
+    let r = match prog {
+        Prog::Xdp => <&Xdp>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
+        _ => <&CgroupSkb>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
+    };
+    r.map(|o| o.return_value).map_err(|e| match std::error::Error::source(&e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    })
+}
+
+/// Input BPF_PROG_TEST_RUN refuses (EINVAL), and what the model must say of it instead:
+/// frames shorter than an Ethernet header (a NIC never delivers them: not-ip), and for
+/// cgroup_skb (as of kernel 6.18) IPv4/IPv6 frames whose L3 part is shorter than the
+/// fixed IP header (the stack never hands the hooks such a packet; malformed if it did).
+/// A kernel that runs such input anyway is held to the model like any other.
+pub fn test_run_refuses(prog: Prog, frame: &[u8]) -> Option<Reason> {
+    if frame.len() < ETH_HLEN {
+        return Some(Reason::NotIp);
+    }
+    let l3 = frame.len() - ETH_HLEN;
+    match (prog, u16::from_be_bytes([frame[12], frame[13]])) {
+        (Prog::Xdp, _) => None,
+        (_, ETH_P_IP) if l3 < IPV4_MIN_HLEN => Some(Reason::Malformed),
+        (_, ETH_P_IPV6) if l3 < IPV6_HLEN => Some(Reason::Malformed),
+        _ => None,
+    }
 }
 
 /// A small, fast, seeded PRNG (splitmix64): reproducible packets without a crate.

@@ -18,7 +18,7 @@ use std::{
 
 use enforcer::kernel::counters;
 use enforcer_common::{
-    consts::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_MIN_HLEN, IPV6_HLEN, NO_RULE},
+    consts::NO_RULE,
     event::PacketEvent,
     model::{self, Judgement, Parsed, L4},
     reason::{Hook, Reason, Verdict},
@@ -26,7 +26,7 @@ use enforcer_common::{
 use testbed::{
     is_root,
     kernel::{dropped, model_l3, Prog, TestKernel},
-    packets::{generate, hex, hex_compact, Rng, Universe},
+    packets::{generate, hex, hex_compact, test_run_refuses, try_run, Rng, Universe},
 };
 
 const DEFAULT_PACKETS: u64 = 3000;
@@ -225,41 +225,6 @@ fn disagreement(prog: Prog, want: &Judgement, parsed: &Parsed, got: &KernelOutco
     } else {
         Some(why.join("; "))
     }
-}
-
-/// Input BPF_PROG_TEST_RUN refuses (EINVAL), and what the model must say of it: frames
-/// shorter than an Ethernet header (a NIC never delivers them: not-ip), and for cgroup_skb
-/// (kernel 6.18) IPv4/IPv6 frames whose L3 is shorter than the fixed IP header (the stack
-/// never hands the hooks such a packet: malformed if it did).
-fn test_run_refuses(prog: Prog, frame: &[u8]) -> Option<Reason> {
-    if frame.len() < ETH_HLEN {
-        return Some(Reason::NotIp);
-    }
-    let l3 = frame.len() - ETH_HLEN;
-    match (prog, u16::from_be_bytes([frame[12], frame[13]])) {
-        (Prog::Xdp, _) => None,
-        (_, ETH_P_IP) if l3 < IPV4_MIN_HLEN => Some(Reason::Malformed),
-        (_, ETH_P_IPV6) if l3 < IPV6_HLEN => Some(Reason::Malformed),
-        _ => None,
-    }
-}
-
-/// `TestKernel::run`, but returning test_run's error instead of panicking.
-fn try_run(k: &TestKernel, prog: Prog, frame: &[u8]) -> Result<u32, String> {
-    use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
-    use enforcer::kernel::programs::{EGRESS, INGRESS, XDP};
-    let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
-    let name = match prog {
-        Prog::Xdp => XDP,
-        Prog::Ingress => INGRESS,
-        Prog::Egress => EGRESS,
-    };
-    let p = k.loaded.ebpf.program(name).ok_or("no such program")?;
-    let r = match prog {
-        Prog::Xdp => <&Xdp>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
-        _ => <&CgroupSkb>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
-    };
-    r.map(|o| o.return_value).map_err(|e| format!("{e} ({:?})", std::error::Error::source(&e)))
 }
 
 struct Runner {

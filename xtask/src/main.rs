@@ -70,7 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&["build", "-p", "enforcer"], &[])?;
             let bin = workspace_root().join("target/debug/enforcer");
             let env = [("ENFORCER_BIN", bin.to_string_lossy().into_owned())];
-            let mut test = vec!["test", "--workspace"];
+            let mut test = vec!["test"];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));

@@ -44,6 +44,10 @@ pub enum Command {
         /// Where grants are kept across restarts.
         #[arg(long, default_value = "/var/lib/enforcer")]
         state_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477); off by
+        /// default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Remove everything a daemon pinned (stops enforcement; for after `--on-stop keep`).
     Unload {

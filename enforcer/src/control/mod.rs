@@ -3,6 +3,7 @@
 //! serves them inside the daemon, `client` is what the CLI commands use.
 
 pub mod client;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 

@@ -24,7 +24,7 @@ use crate::{
 
 /// What the policy owner tells the audit stream.
 pub enum Control {
-    Record(Record),
+    Record(Box<Record>),
     /// A record that is not a packet or policy event (grants), as JSON.
     Json(serde_json::Value),
     RuleNames(u64, Vec<String>),

@@ -31,6 +31,8 @@ pub struct Options {
     pub on_stop: OnStop,
     /// Where grants are stored.
     pub state_dir: PathBuf,
+    /// Serve Prometheus metrics here (off when None).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What a normal stop (SIGTERM, SIGINT) does.
@@ -70,6 +72,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     st.expire_stale_grants();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
+    let metrics = opts.metrics.map(|addr| {
+        let calls = call_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control::metrics::serve(addr, calls).await {
+                tracing::error!("metrics on {addr}: {e:#}");
+            }
+        })
+    });
     let server = tokio::spawn(control::server::serve(listener, call_tx, sub_tx));
     info!(socket = %opts.socket.display(), "control socket ready");
 
@@ -118,6 +128,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     info!("stopping");
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&opts.socket);
     match opts.on_stop {
         OnStop::Detach => {

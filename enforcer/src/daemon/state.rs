@@ -68,7 +68,6 @@ pub struct State {
 impl State {
     /// Writes the first policy and attaches everything (maps first: no packet ever meets an
     /// empty policy).
-    #[expect(clippy::too_many_arguments, reason = "the daemon's parts, each owned here")]
     pub fn start(
         loaded: Loaded,
         policy: Policy,
@@ -129,7 +128,7 @@ impl State {
     pub fn announce_initial(&mut self) {
         self.tell_audit();
         let r = self.policy_record("applied", None);
-        let _ = self.audit.send(Control::Record(r));
+        let _ = self.audit.send(Control::Record(Box::new(r)));
         info!(generation = self.generation, hash = %self.policy.hash, file = %self.policy.path.display(), "policy applied");
     }
 
@@ -142,23 +141,37 @@ impl State {
 
     fn attach(&mut self) -> anyhow::Result<()> {
         self.loaded.attach_cgroup(&self.cgroup_mount, &self.policy.attach.cgroup)?;
-        let wanted: BTreeSet<String> = self.policy.attach.interfaces.iter().cloned().collect();
+        self.sync_interfaces()
+    }
+
+    /// XDP on exactly the interfaces that exist now and match the policy's names and
+    /// globs: ones that appear get it, ones that go away (or no longer match) are forgotten.
+    fn sync_interfaces(&mut self) -> anyhow::Result<()> {
+        let patterns = &self.policy.attach.interfaces;
+        let present = host::interfaces();
+        let wanted: BTreeSet<String> =
+            present.iter().filter(|n| patterns.iter().any(|p| host::glob_match(p, n))).cloned().collect();
         let attached: Vec<String> = self.loaded.xdp_attachments().map(|(k, _)| k.clone()).collect();
         for iface in attached {
             if !wanted.contains(&iface) {
                 self.loaded.detach_xdp(&iface);
-                info!(iface, "XDP detached");
+                info!(iface, "XDP detached (interface gone or no longer in the policy)");
             }
         }
+        let mut first_error = None;
         for iface in &wanted {
-            if host::if_index(iface).is_none() {
-                warn!(iface, "interface in the policy does not exist; XDP not attached to it");
+            if self.loaded.has_xdp(iface) {
                 continue;
             }
-            let a = self.loaded.attach_xdp(iface, self.policy.attach.xdp_mode)?;
-            info!(iface, mode = a.mode, "XDP attached");
+            match self.loaded.attach_xdp(iface, self.policy.attach.xdp_mode) {
+                Ok(a) => info!(iface, mode = a.mode, "XDP attached"),
+                Err(e) => {
+                    warn!(iface, "{e:#}");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
@@ -202,7 +215,7 @@ impl State {
             Ok(old) => {
                 let action = if confirm_within.is_some() { "applied-pending-confirmation" } else { "applied" };
                 let r = self.policy_record(action, Some(&old));
-                let _ = self.audit.send(Control::Record(r));
+                let _ = self.audit.send(Control::Record(Box::new(r)));
                 info!(generation = self.generation, hash = %self.policy.hash, "policy reloaded");
                 match confirm_within {
                     Some(d) => {
@@ -228,7 +241,7 @@ impl State {
                 let mut r = self.policy_record("refused", None);
                 r.error = Some(msg.clone());
                 r.file = Some(self.config_path.display().to_string());
-                let _ = self.audit.send(Control::Record(r));
+                let _ = self.audit.send(Control::Record(Box::new(r)));
                 Err(format!("reload refused; generation {} stays in force:\n{msg}", self.generation))
             }
         }
@@ -240,7 +253,7 @@ impl State {
             None => Err("no policy is waiting for confirmation".into()),
             Some(_) => {
                 let r = self.policy_record("confirmed", None);
-                let _ = self.audit.send(Control::Record(r));
+                let _ = self.audit.send(Control::Record(Box::new(r)));
                 info!(generation = self.generation, "policy confirmed");
                 Ok(json!({"generation": self.generation, "hash": self.policy.hash}))
             }
@@ -252,6 +265,8 @@ impl State {
         if let Err(e) = self.sync_local_addrs() {
             warn!("{e:#}");
         }
+        // Failures were logged; the next tick tries again.
+        let _ = self.sync_interfaces();
         let ids = resolve_cgroups(&self.cgroup_mount, &self.compiled);
         if ids != self.cgroup_ids {
             match self.writer.apply(&mut self.loaded.maps, &self.compiled, &ids, self.generation) {
@@ -273,7 +288,7 @@ impl State {
                 policy: Some(self.generation),
                 ..Record::default()
             };
-            let _ = self.audit.send(Control::Record(r));
+            let _ = self.audit.send(Control::Record(Box::new(r)));
             self.kernel_lost = lost;
         }
         if self.next_expiry.is_some_and(|t| t <= now_unix()) {
@@ -289,7 +304,7 @@ impl State {
                 Ok(old) => {
                     warn!(generation = self.generation, "not confirmed in time: previous policy restored");
                     let r = self.policy_record("rolled-back", Some(&old));
-                    let _ = self.audit.send(Control::Record(r));
+                    let _ = self.audit.send(Control::Record(Box::new(r)));
                 }
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
             }
@@ -313,7 +328,7 @@ impl State {
                     self.grant_record("expired", g);
                 }
                 let r = self.policy_record(if expired.is_empty() { "entry-expired" } else { "grant-expired" }, None);
-                let _ = self.audit.send(Control::Record(r));
+                let _ = self.audit.send(Control::Record(Box::new(r)));
                 info!(generation = self.generation, grants = expired.len(), "expired entries removed");
             }
             Err(e) => warn!("applying the policy without expired entries: {e:#}"),
@@ -408,7 +423,7 @@ impl State {
                     ..Record::default()
                 };
                 *seen = now;
-                let _ = self.audit.send(Control::Record(r));
+                let _ = self.audit.send(Control::Record(Box::new(r)));
             }
         }
     }
@@ -470,9 +485,14 @@ impl State {
             .collect();
         let xdp: Vec<Value> = self.loaded.xdp_attachments().map(|(i, a)| json!({"iface": i, "mode": a.mode})).collect();
         let mut warnings = Vec::new();
+        let present = host::interfaces();
         for i in &self.policy.attach.interfaces {
-            if host::if_index(i).is_none() {
-                warnings.push(format!("interface {i} in the policy does not exist (XDP not attached)"));
+            if !present.iter().any(|n| host::glob_match(i, n)) {
+                warnings.push(if i.contains(['*', '?']) {
+                    format!("no interface matches {i} (XDP attaches when one appears)")
+                } else {
+                    format!("interface {i} in the policy does not exist (XDP attaches when it appears)")
+                });
             }
         }
         for (_, path) in self.compiled.cgroups.keys() {

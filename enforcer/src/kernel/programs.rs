@@ -11,7 +11,6 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use anyhow::bail;
 use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{ActiveSlot, AllowKey, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo},
@@ -179,40 +178,32 @@ impl Loaded {
     fn adopt_links(&mut self) -> anyhow::Result<()> {
         let Some(pins) = self.pins.clone() else { return Ok(()) };
         for name in pins.links() {
+            let unknown = || anyhow!("unknown pinned link {name} in {}", pins.root.display());
             let parts: Vec<&str> = name.split('@').collect();
-            let (prog, record): (&str, Box<dyn FnOnce(&mut Self)>) = match parts.as_slice() {
-                ["xdp", iface, mode] => {
-                    let (iface, mode) = (iface.to_string(), mode_label(mode));
-                    let n = name.clone();
-                    (XDP, Box::new(move |l: &mut Self| {
-                        l.xdp_links.insert(iface, (n, XdpAttachment { mode }));
-                    }))
-                }
-                ["cgroup", id, prog] => {
-                    let Some(prog) = [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR).find(|p| p == prog) else {
-                        bail!("unknown pinned link {name} in {}", pins.root.display());
-                    };
-                    let id: u64 = id.parse().with_context(|| format!("pinned link {name}"))?;
-                    let n = name.clone();
-                    (prog, Box::new(move |l: &mut Self| {
-                        l.cgroup_links.push(n);
-                        if l.cgroup.is_none() {
-                            l.cgroup = Some((String::new(), id));
-                        }
-                    }))
-                }
-                _ => bail!("unknown pinned link {name} in {}", pins.root.display()),
+            let prog = match parts.as_slice() {
+                ["xdp", _, _] => XDP,
+                ["cgroup", _, prog] => [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR).find(|p| p == prog).ok_or_else(unknown)?,
+                _ => return Err(unknown()),
             };
             let path = pins.link(&name);
             let link = pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
             let prog_fd = self.ebpf.program(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.fd()?;
-            match pins::link_update(link.as_fd(), prog_fd.as_fd()) {
-                Ok(()) => record(self),
+            if let Err(e) = pins::link_update(link.as_fd(), prog_fd.as_fd()) {
                 // The attach point went away (an interface was removed): forget it.
-                Err(e) => {
-                    tracing::info!("pinned link {name} is gone ({e}); removing it");
-                    let _ = std::fs::remove_file(&path);
+                tracing::info!("pinned link {name} is gone ({e}); removing it");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match parts.as_slice() {
+                ["xdp", iface, mode] => {
+                    self.xdp_links.insert(iface.to_string(), (name.clone(), XdpAttachment { mode: mode_label(mode) }));
                 }
+                ["cgroup", id, _] => {
+                    let id: u64 = id.parse().with_context(|| format!("pinned link {name}"))?;
+                    self.cgroup_links.push(name.clone());
+                    self.cgroup.get_or_insert((String::new(), id));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -220,6 +211,11 @@ impl Loaded {
 
     fn pins(&self) -> anyhow::Result<&PinDir> {
         self.pins.as_ref().ok_or_else(|| anyhow!("programs loaded without a pin directory cannot be attached"))
+    }
+
+    /// Whether XDP is attached to `iface`.
+    pub fn has_xdp(&self, iface: &str) -> bool {
+        self.xdp_links.contains_key(iface)
     }
 
     /// Attaches XDP to `iface`: `mode` "native", "generic", or "auto" (native, else generic).
@@ -260,15 +256,6 @@ impl Loaded {
 
     pub fn xdp_attachments(&self) -> impl Iterator<Item = (&String, &XdpAttachment)> {
         self.xdp_links.iter().map(|(k, (_, a))| (k, a))
-    }
-
-    /// Forgets interfaces whose XDP link the kernel released (the interface went away).
-    pub fn forget_vanished_interfaces(&mut self) -> Vec<String> {
-        let gone: Vec<String> = self.xdp_links.keys().filter(|i| super::host::if_index(i).is_none()).cloned().collect();
-        for i in &gone {
-            self.detach_xdp(i);
-        }
-        gone
     }
 
     /// Attaches the cgroup programs to `path` (a cgroup v2 path) under `mount`. Programs

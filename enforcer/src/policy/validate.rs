@@ -211,7 +211,7 @@ impl Validator<'_> {
         for i in &file.attach.interfaces {
             let name = i.get_ref();
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) || name == "." || name == ".." {
-                self.error(i, format!("{name:?} is not a valid interface name (1 to 15 characters, no '/', ':' or spaces)"));
+                self.error(i, format!("{name:?} is not a valid interface name or pattern (1 to 15 characters, no '/', ':' or spaces; '*' and '?' match)"));
             } else if interfaces.contains(name) {
                 self.error(i, format!("interface {name:?} is listed twice"));
             } else {

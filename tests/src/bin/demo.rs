@@ -40,7 +40,11 @@ const WORKER_ENV: &str = "ENFORCER_DEMO_WORKER";
 /// The supervisor's handler: raise the flag and pass the signal on to the worker (kill()
 /// is async-signal-safe). Repeated Ctrl-C are passed on too; the worker ignores them.
 extern "C" fn forward_signal(_sig: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+        let msg = b"\nStopping: the demo finishes its current step, then removes what it made...\n";
+        // SAFETY: write() is async-signal-safe; the buffer is a static byte string.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    }
     let pid = WORKER.load(Ordering::SeqCst);
     if pid > 0 {
         // SAFETY: kill on our own child's pid.
@@ -151,6 +155,11 @@ fn supervise() -> ExitCode {
     match child.wait() {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+            // Interrupted before the worker installed its handler: it had made nothing.
+            (None, Some(libc::SIGTERM)) if INTERRUPTED.load(Ordering::SeqCst) => {
+                eprintln!("Interrupted before the demo made anything.");
+                ExitCode::from(130)
+            }
             (None, Some(sig)) => {
                 eprintln!("demo: the worker was killed by signal {sig}");
                 ExitCode::from((128 + sig).clamp(0, 255) as u8)
@@ -166,6 +175,7 @@ fn supervise() -> ExitCode {
 
 /// The demo itself (see `run`), its guards removing everything also when interrupted.
 fn worker() -> ExitCode {
+    install_signal_handlers(on_signal);
     if !is_root() {
         eprintln!(
             "demo: needs root (it creates network namespaces and cgroups and loads BPF programs)"
@@ -207,7 +217,6 @@ fn worker() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    install_signal_handlers(on_signal);
     // A panic unwinds through the guards; once interrupted, say nothing about it.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
