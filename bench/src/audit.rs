@@ -26,6 +26,14 @@ use crate::{
     stats::Samples,
 };
 
+/// Nanoseconds the calling thread has run (/proc/thread-self/schedstat).
+pub fn thread_runtime_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Where the JSON lines go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SinkKind {
@@ -46,7 +54,7 @@ impl SinkKind {
 /// A running reader: drains the ring into the sink until stopped, then drains what is left.
 pub struct Reader {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<anyhow::Result<(RingBuf<MapData>, u64)>>,
+    handle: JoinHandle<anyhow::Result<(RingBuf<MapData>, u64, u64)>>,
     pipe_reader: Option<JoinHandle<u64>>,
 }
 
@@ -80,10 +88,11 @@ impl Reader {
             }
         };
         let st = stop.clone();
-        let handle = std::thread::spawn(move || -> anyhow::Result<(RingBuf<MapData>, u64)> {
+        let handle = std::thread::spawn(move || -> anyhow::Result<(RingBuf<MapData>, u64, u64)> {
             if let Some(c) = cpu {
                 pin_to_cpu(0, c)?;
             }
+            let t0 = thread_runtime_ns();
             let mut enricher = Enricher::new(None);
             for g in 0..16 {
                 enricher.rules.insert(g, rules.clone());
@@ -111,7 +120,7 @@ impl Reader {
                 }
             }
             sink.flush()?;
-            Ok((ring, written))
+            Ok((ring, written, thread_runtime_ns() - t0))
         });
         Ok(Reader { stop, handle, pipe_reader })
     }
@@ -119,6 +128,12 @@ impl Reader {
     /// Stops the reader after it has drained the ring; returns the ring and the count of
     /// records written.
     pub fn stop(self) -> anyhow::Result<(RingBuf<MapData>, u64)> {
+        let (ring, n, _) = self.stop_timed()?;
+        Ok((ring, n))
+    }
+
+    /// As `stop`, with the reader thread's CPU time (ns).
+    pub fn stop_timed(self) -> anyhow::Result<(RingBuf<MapData>, u64, u64)> {
         self.stop.store(true, Ordering::Release);
         let r = self.handle.join().map_err(|_| anyhow::anyhow!("the audit reader panicked"))??;
         if let Some(p) = self.pipe_reader {

@@ -3,7 +3,7 @@
 //! bed's `TestKernel`, but the ring buffer stays reachable, for the audit reader thread.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::RawFd,
     path::Path,
     time::{Duration, Instant},
@@ -23,6 +23,7 @@ use enforcer::{
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
     maps::LocalAddrKey,
+    model::policy::{PortRange, Prefix},
     reason::{Hook, Reason},
 };
 
@@ -43,10 +44,34 @@ pub fn parse(text: &str) -> anyhow::Result<Policy> {
     parse_str(Path::new("bench.toml"), text).map_err(|e| anyhow!("bench policy refused: {e}"))
 }
 
+/// A big policy built without its text: a one-rule file is parsed (so every default and
+/// every field is the parser's), then the rule is copied once per `(port, prefixes)`, named
+/// r0, r1, .... Parsing a file of 65,536 prefixes takes minutes (section 4 measures it),
+/// which the data-path measurements have no need to wait for.
+pub fn build_policy(header: &str, rules: &[(u16, Vec<(Ipv4Addr, u8)>)]) -> anyhow::Result<Policy> {
+    let mut policy = parse(&format!(
+        "{header}\n[[rule]]\nname = \"template\"\nprotocol = \"tcp\"\nports = [1]\nallow_from = [\"192.0.2.1/32\"]\n"
+    ))?;
+    let template = policy.verdict.rules.pop().context("the template rule")?;
+    for (i, (port, prefixes)) in rules.iter().enumerate() {
+        let mut r = template.clone();
+        r.name = format!("r{i}");
+        r.ports = vec![PortRange { first: *port, last: *port }];
+        r.allow_from = prefixes.iter().map(|&(a, len)| Prefix { addr: IpAddr::V4(a), len }).collect();
+        policy.verdict.rules.push(r);
+    }
+    Ok(policy)
+}
+
 impl Kern {
     /// Loads the programs, marks `local_addrs` as the host's and this namespace as the
     /// host's, and applies `policy`.
     pub fn new(policy: &str, local_addrs: &[IpAddr]) -> anyhow::Result<Self> {
+        Self::with_policy(&parse(policy)?, local_addrs)
+    }
+
+    /// As `new`, with a policy already parsed or built.
+    pub fn with_policy(policy: &Policy, local_addrs: &[IpAddr]) -> anyhow::Result<Self> {
         let mut loaded = Loaded::load()?;
         let events = loaded.events.take();
         let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
@@ -74,9 +99,9 @@ impl Kern {
         Ok(k)
     }
 
-    /// Parses, compiles and writes `policy` as the next generation.
-    pub fn apply(&mut self, policy: &str) -> anyhow::Result<Duration> {
-        let compiled = compile(&parse(policy)?).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
+    /// Compiles and writes `policy` as the next generation; returns how long the write took.
+    pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<Duration> {
+        let compiled = compile(policy).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
         self.generation += 1;
         let t = Instant::now();
         self.writer.apply(&mut self.loaded.maps, &compiled, &Default::default(), self.generation)?;

@@ -1,6 +1,7 @@
 //! Policy application (section 4): parse, compile and write N prefixes, reload, change one
 //! rule; the maps' memory and the process's peak RSS. Each measurement runs in a child
-//! process of its own (this binary with `--policy-child N`), so its peak RSS is its own.
+//! process of its own (this binary with `--policy-child N` or `--parse-child N`), so its
+//! peak RSS is its own, and a parse that runs too long can be stopped.
 
 use std::{
     collections::BTreeMap,
@@ -12,10 +13,16 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use enforcer::{
     kernel::{writer::Writer, Loaded},
-    policy::compile,
+    policy::{compile, Policy},
 };
 
-use crate::{bpf, env::check_interrupted, kern::parse, micro::audit_table, stats::Samples};
+use crate::{
+    bpf,
+    env::check_interrupted,
+    kern::{build_policy, parse},
+    micro::audit_table,
+    stats::Samples,
+};
 
 pub const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 /// Prefixes per rule; each rule protects its own port.
@@ -38,7 +45,7 @@ fn prefixes(n: usize, seed: u32) -> Vec<(Ipv4Addr, u8)> {
     out
 }
 
-/// A policy of `rules.len()` rules, rule i on port 20000+i.
+/// The policy file: `rules.len()` rules, rule i on port `ports[i]`.
 fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
     let mut s = format!("mode = \"enforce\"\n{}\n", audit_table(false));
     for (i, r) in rules.iter().enumerate() {
@@ -51,43 +58,65 @@ fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
     s
 }
 
-/// Parse + compile + write, timed per phase (ms), with the entries written and removed.
-fn apply(writer: &mut Writer, loaded: &mut Loaded, text: &str, generation: u64) -> anyhow::Result<serde_json::Value> {
+/// The same policy, built (see `kern::build_policy`).
+fn policy_built(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> anyhow::Result<Policy> {
+    let spec: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = rules.iter().zip(ports).map(|(r, p)| (*p, r.clone())).collect();
+    build_policy(&format!("mode = \"enforce\"\n{}", audit_table(false)), &spec)
+}
+
+fn policy_of(n: usize) -> (Vec<Vec<(Ipv4Addr, u8)>>, Vec<u16>) {
+    let all = prefixes(n, 0x1234_5678);
+    let rules: Vec<Vec<(Ipv4Addr, u8)>> = all.chunks(PER_RULE).map(|c| c.to_vec()).collect();
+    let ports = (0..rules.len()).map(|i| 20000 + i as u16).collect();
+    (rules, ports)
+}
+
+/// Compile + write, timed per phase (ms), with the entries written and removed.
+fn apply(writer: &mut Writer, loaded: &mut Loaded, policy: &Policy, generation: u64) -> anyhow::Result<serde_json::Value> {
     // The writer waits out a 20 ms grace period after its last flip; keep it out of the timing.
     std::thread::sleep(Duration::from_millis(25));
-    let t0 = Instant::now();
-    let policy = parse(text)?;
     let t1 = Instant::now();
-    let compiled = compile(&policy).map_err(|e| anyhow!("compile: {e}"))?;
+    let compiled = compile(policy).map_err(|e| anyhow!("compile: {e}"))?;
     let t2 = Instant::now();
     let stats = writer.apply(&mut loaded.maps, &compiled, &BTreeMap::new(), generation)?;
     let t3 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(serde_json::json!({
-        "parse_ms": ms(t0, t1),
         "compile_ms": ms(t1, t2),
         "write_ms": ms(t2, t3),
-        "total_ms": ms(t0, t3),
         "written": stats.entries_written,
         "removed": stats.entries_removed,
     }))
 }
 
-/// The child: one policy size, every figure, as one JSON line on stdout.
+/// The parsing child: parses the policy file of `n` prefixes once; prints the time.
+pub fn parse_child(n: usize) -> anyhow::Result<()> {
+    let (rules, ports) = policy_of(n);
+    let text = policy_text(&rules, &ports);
+    let t = Instant::now();
+    let p = parse(&text)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let got: usize = p.verdict.rules.iter().map(|r| r.allow_from.len()).sum();
+    if got != n {
+        bail!("parsed {got} prefixes of {n}");
+    }
+    println!("{}", serde_json::json!({ "parse_ms": ms, "bytes": text.len() }));
+    Ok(())
+}
+
+/// The applying child: one policy size, compile and write figures, as one JSON line.
 pub fn child(n: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut loaded = Loaded::load()?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let all = prefixes(n, 0x1234_5678);
-    let mut rules: Vec<Vec<(Ipv4Addr, u8)>> = all.chunks(PER_RULE).map(|c| c.to_vec()).collect();
-    let mut ports: Vec<u16> = (0..rules.len()).map(|i| 20000 + i as u16).collect();
-    let text = policy_text(&rules, &ports);
+    let (rules, mut ports) = policy_of(n);
+    let policy = policy_built(&rules, &ports)?;
     let mut w = Writer::new();
     // 1: the first apply, into empty maps. 2: a reload of the same policy, which fills the
     // other (still empty) slot. 3: the same again: steady state, both slots hold it.
-    let first = apply(&mut w, &mut loaded, &text, 1)?;
-    let second = apply(&mut w, &mut loaded, &text, 2)?;
-    let steady = apply(&mut w, &mut loaded, &text, 3)?;
+    let first = apply(&mut w, &mut loaded, &policy, 1)?;
+    let second = apply(&mut w, &mut loaded, &policy, 2)?;
+    let steady = apply(&mut w, &mut loaded, &policy, 3)?;
     let mut out = serde_json::json!({
         "n": n,
         "load_ms": load_ms,
@@ -96,20 +125,17 @@ pub fn child(n: usize) -> anyhow::Result<()> {
         "steady": steady,
     });
     if n == *SIZES.last().expect("sizes") {
-        // Bring both slots to the same policy first (4 = 3's content into the other slot).
-        apply(&mut w, &mut loaded, &text, 4)?;
-        // One prefix of one rule replaced by another.
-        let mut changed = rules.clone();
-        let fresh = prefixes(PER_RULE + 1, 0x0bad_cafe);
-        let pick = fresh.iter().find(|p| !all.contains(p)).copied().context("a fresh prefix")?;
-        changed[rules.len() / 2][0] = pick;
-        let one_prefix = apply(&mut w, &mut loaded, &policy_text(&changed, &ports), 5)?;
-        apply(&mut w, &mut loaded, &policy_text(&changed, &ports), 6)?;
-        // One rule's port moved (its 1,000 prefixes change group: removed and re-added).
+        // Both slots hold the policy (3 and 2). One prefix of one rule replaced by another:
         let mid = rules.len() / 2;
+        let mut changed = rules.clone();
+        let taken: std::collections::HashSet<(Ipv4Addr, u8)> = rules.iter().flatten().copied().collect();
+        let pick = prefixes(PER_RULE, 0x0bad_cafe).into_iter().find(|p| !taken.contains(p)).context("a fresh prefix")?;
+        changed[mid][0] = pick;
+        let one_prefix = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 4)?;
+        apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 5)?;
+        // One rule's port moved (its 1,000 prefixes belong to another port group now).
         ports[mid] = 30000;
-        rules = changed;
-        let one_rule = apply(&mut w, &mut loaded, &policy_text(&rules, &ports), 7)?;
+        let one_rule = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 6)?;
         out["one_prefix"] = one_prefix;
         out["one_rule_port"] = one_rule;
     }

@@ -217,12 +217,14 @@ pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
 /// connect()/sendmsg() of a host-namespace socket: refused with EPERM at once instead of
 /// a silent timeout. Sockets in other namespaces (containers) are left to the egress
 /// program: their source address is not known yet.
-struct SockAddrEnv;
+struct SockAddrEnv {
+    host_socket: bool,
+}
 
 impl HookEnv for SockAddrEnv {
     #[inline(always)]
     fn in_scope(&self, p: &Parsed) -> bool {
-        sender_scope(true, p)
+        sender_scope(self.host_socket, p)
     }
 
     #[inline(always)]
@@ -240,9 +242,7 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // every cgroup sock_addr program.
     let sa = unsafe { &*ctx.sock_addr };
     // SAFETY: the helper takes the program's context.
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != host_netns() {
-        return 1;
-    }
+    let host_socket = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == host_netns();
     let proto = match sa.type_ {
         1 => IPPROTO_TCP, // SOCK_STREAM
         2 => IPPROTO_UDP, // SOCK_DGRAM
@@ -276,7 +276,9 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
     // A host-namespace connection to one of the host's own addresses leaves from that
     // address (local routes pick it as source).
     p.src = p.dst;
-    let out = judge(&SockAddrEnv, &p);
+    let out = judge(&SockAddrEnv { host_socket }, &p);
+    // The sender, remembered for the egress program's events (which may run where the
+    // current task is not the sender), also for containers.
     if out.reason.is_judged() {
         // SAFETY: helpers reading the current task, valid in this process context.
         let owner = SockOwner {
@@ -287,7 +289,9 @@ fn sock_addr(ctx: &SockAddrContext, hook: Hook, v6: bool) -> i32 {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         let _ = SOCK_OWNERS.insert(&cookie, &owner, BPF_ANY as u64);
     }
-    if out.verdict != Verdict::Drop {
+    // A container's source address is not known before routing: its egress program
+    // decides.
+    if !host_socket || out.verdict != Verdict::Drop {
         return 1;
     }
     report::finish(hook, &out, &p, |e| {

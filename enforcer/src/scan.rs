@@ -100,23 +100,34 @@ impl Sockets {
 /// inodes to processes through /proc/PID/fd.
 pub fn listeners() -> anyhow::Result<Sockets> {
     let mut out = Vec::new();
-    for (table, entries) in [("/proc/net/tcp", procfs::net::tcp()), ("/proc/net/tcp6", procfs::net::tcp6())] {
+    for (table, entries) in [
+        ("/proc/net/tcp", procfs::net::tcp()),
+        ("/proc/net/tcp6", procfs::net::tcp6()),
+    ] {
         let entries = match entries {
             Ok(e) => e,
             // No IPv6 in this kernel or namespace.
             Err(_) if table.ends_with('6') => continue,
             Err(e) => return Err(e).with_context(|| format!("reading {table}")),
         };
-        out.extend(entries.into_iter().filter(|e| e.state == TcpState::Listen).map(|e| Listener {
-            proto: Transport::Tcp,
-            addr: e.local_address.ip(),
-            port: e.local_address.port(),
-            inode: e.inode,
-            uid: e.uid,
-            owners: Vec::new(),
-        }));
+        out.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.state == TcpState::Listen)
+                .map(|e| Listener {
+                    proto: Transport::Tcp,
+                    addr: e.local_address.ip(),
+                    port: e.local_address.port(),
+                    inode: e.inode,
+                    uid: e.uid,
+                    owners: Vec::new(),
+                }),
+        );
     }
-    for (table, entries) in [("/proc/net/udp", procfs::net::udp()), ("/proc/net/udp6", procfs::net::udp6())] {
+    for (table, entries) in [
+        ("/proc/net/udp", procfs::net::udp()),
+        ("/proc/net/udp6", procfs::net::udp6()),
+    ] {
         let entries = match entries {
             Ok(e) => e,
             Err(_) if table.ends_with('6') => continue,
@@ -127,7 +138,11 @@ pub fn listeners() -> anyhow::Result<Sockets> {
         out.extend(
             entries
                 .into_iter()
-                .filter(|e| e.state != UdpState::Established && e.remote_address.port() == 0 && e.local_address.port() != 0)
+                .filter(|e| {
+                    e.state != UdpState::Established
+                        && e.remote_address.port() == 0
+                        && e.local_address.port() != 0
+                })
                 .map(|e| Listener {
                     proto: Transport::Udp,
                     addr: e.local_address.ip(),
@@ -144,15 +159,20 @@ pub fn listeners() -> anyhow::Result<Sockets> {
             l.owners = o.clone();
         }
     }
-    out.sort_by(|a, b| (a.proto, a.port, a.addr).cmp(&(b.proto, b.port, b.addr)));
-    Ok(Sockets { listeners: out, unreadable_processes })
+    out.sort_by_key(|l| (l.proto, l.port, l.addr));
+    Ok(Sockets {
+        listeners: out,
+        unreadable_processes,
+    })
 }
 
 /// socket inode -> the processes holding it; and how many processes could not be read.
 fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
     let mut map: HashMap<u64, Vec<Owner>> = HashMap::new();
     let mut unreadable = 0;
-    let Ok(procs) = procfs::process::all_processes() else { return (map, 0) };
+    let Ok(procs) = procfs::process::all_processes() else {
+        return (map, 0);
+    };
     for p in procs.flatten() {
         let fds = match p.fd() {
             Ok(f) => f,
@@ -167,11 +187,16 @@ fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
         for fd in fds.flatten() {
             if let FDTarget::Socket(inode) = fd.target {
                 let name = name.get_or_insert_with(|| {
-                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).map(|s| s.trim_end().to_string()).unwrap_or_default()
+                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                        .map(|s| s.trim_end().to_string())
+                        .unwrap_or_default()
                 });
                 let owners = map.entry(inode).or_default();
                 if !owners.iter().any(|o| o.pid == p.pid) {
-                    owners.push(Owner { pid: p.pid, name: name.clone() });
+                    owners.push(Owner {
+                        pid: p.pid,
+                        name: name.clone(),
+                    });
                 }
             }
         }
@@ -219,7 +244,14 @@ pub struct PortFinding {
 
 impl PortFinding {
     pub fn ports(&self) -> String {
-        format!("{}/{}", self.proto.name(), fmt_range(PortRange { first: self.first, last: self.last }))
+        format!(
+            "{}/{}",
+            self.proto.name(),
+            fmt_range(PortRange {
+                first: self.first,
+                last: self.last
+            })
+        )
     }
 }
 
@@ -246,7 +278,12 @@ pub struct Report {
 }
 
 /// Judges `sockets` against `policy` (none: no port is protected or failsafe).
-pub fn report(policy: Option<&Policy>, sockets: &[Listener], ephemeral: Option<PortRange>, reserved: &[PortRange]) -> Report {
+pub fn report(
+    policy: Option<&Policy>,
+    sockets: &[Listener],
+    ephemeral: Option<PortRange>,
+    reserved: &[PortRange],
+) -> Report {
     let mut found = Vec::new();
     for l in sockets {
         let (rules, failsafe) = match policy {
@@ -257,10 +294,18 @@ pub fn report(policy: Option<&Policy>, sockets: &[Listener], ephemeral: Option<P
                     .verdict
                     .rules
                     .iter()
-                    .filter(|r| judged_ports(p, r, proto).iter().any(|pr| pr.contains(l.port)))
+                    .filter(|r| {
+                        judged_ports(p, r, proto)
+                            .iter()
+                            .any(|pr| pr.contains(l.port))
+                    })
                     .map(|r| r.name.clone())
                     .collect();
-                let failsafe = p.verdict.failsafe.iter().any(|(fp, r)| concrete(*fp).contains(&proto) && r.contains(l.port));
+                let failsafe = p
+                    .verdict
+                    .failsafe
+                    .iter()
+                    .any(|(fp, r)| concrete(*fp).contains(&proto) && r.contains(l.port));
                 (rules, failsafe)
             }
         };
@@ -273,25 +318,53 @@ pub fn report(policy: Option<&Policy>, sockets: &[Listener], ephemeral: Option<P
         } else {
             Status::Exposed
         };
-        found.push(SocketFinding { proto: l.proto, addr: l.addr, port: l.port, processes: l.owners.clone(), status, rules });
+        found.push(SocketFinding {
+            proto: l.proto,
+            addr: l.addr,
+            port: l.port,
+            processes: l.owners.clone(),
+            status,
+            rules,
+        });
     }
     let mut idle = Vec::new();
     let mut in_ephemeral = Vec::new();
     if let Some(p) = policy {
         for r in &p.verdict.rules {
             for &proto in concrete(r.protocol) {
-                let t = if proto == Protocol::Tcp { Transport::Tcp } else { Transport::Udp };
+                let t = if proto == Protocol::Tcp {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                };
                 for range in judged_ports(p, r, proto) {
-                    if !sockets.iter().any(|l| l.proto == t && range.contains(l.port)) {
-                        idle.push(PortFinding { rule: r.name.clone(), proto: t, first: range.first, last: range.last });
+                    if !sockets
+                        .iter()
+                        .any(|l| l.proto == t && range.contains(l.port))
+                    {
+                        idle.push(PortFinding {
+                            rule: r.name.clone(),
+                            proto: t,
+                            first: range.first,
+                            last: range.last,
+                        });
                     }
                 }
             }
             if let Some(e) = ephemeral {
                 for (proto, ranges) in ephemeral_overlap(p, r, e, reserved) {
-                    let t = if proto == Protocol::Tcp { Transport::Tcp } else { Transport::Udp };
+                    let t = if proto == Protocol::Tcp {
+                        Transport::Tcp
+                    } else {
+                        Transport::Udp
+                    };
                     for range in ranges {
-                        in_ephemeral.push(PortFinding { rule: r.name.clone(), proto: t, first: range.first, last: range.last });
+                        in_ephemeral.push(PortFinding {
+                            rule: r.name.clone(),
+                            proto: t,
+                            first: range.first,
+                            last: range.last,
+                        });
                     }
                 }
             }
@@ -304,7 +377,11 @@ pub fn report(policy: Option<&Policy>, sockets: &[Listener], ephemeral: Option<P
             last: e.last,
             reserved: reserved.iter().map(|r| fmt_range(*r)).collect(),
         }),
-        exposed: found.iter().filter(|f| f.status == Status::Exposed).cloned().collect(),
+        exposed: found
+            .iter()
+            .filter(|f| f.status == Status::Exposed)
+            .cloned()
+            .collect(),
         sockets: found,
         idle_protected: idle,
         ephemeral: in_ephemeral,
@@ -322,7 +399,15 @@ fn processes(v: &[Owner]) -> String {
     }
     by_name
         .iter()
-        .map(|(n, pids)| format!("{n}[{}]", pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")))
+        .map(|(n, pids)| {
+            format!(
+                "{n}[{}]",
+                pids.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -343,8 +428,15 @@ pub fn render(r: &Report) -> String {
         None => s += "policy:          none given (--config FILE): no port counts as protected\n",
     }
     if let Some(e) = &r.ephemeral_ports {
-        let reserved = if e.reserved.is_empty() { String::new() } else { format!(", reserved {}", e.reserved.join(",")) };
-        s += &format!("ephemeral ports: {}-{} (net.ipv4.ip_local_port_range{reserved})\n", e.first, e.last);
+        let reserved = if e.reserved.is_empty() {
+            String::new()
+        } else {
+            format!(", reserved {}", e.reserved.join(","))
+        };
+        s += &format!(
+            "ephemeral ports: {}-{} (net.ipv4.ip_local_port_range{reserved})\n",
+            e.first, e.last
+        );
     }
     s += "\n";
     let rows: Vec<[String; 6]> = r
@@ -359,9 +451,19 @@ pub fn render(r: &Report) -> String {
             };
             let status = match f.status {
                 Status::Exposed => "EXPOSED".to_string(),
-                st => serde_json::to_value(st).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                st => serde_json::to_value(st)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
             };
-            [f.proto.name().to_string(), f.addr.to_string(), f.port.to_string(), status, processes(&f.processes), note]
+            [
+                f.proto.name().to_string(),
+                f.addr.to_string(),
+                f.port.to_string(),
+                status,
+                processes(&f.processes),
+                note,
+            ]
         })
         .collect();
     let head = ["PROTO", "ADDRESS", "PORT", "STATUS", "PROCESS", "WHY"].map(String::from);
@@ -427,7 +529,10 @@ mod tests {
             port,
             inode: 1,
             uid: 0,
-            owners: vec![Owner { pid: 10, name: name.into() }],
+            owners: vec![Owner {
+                pid: 10,
+                name: name.into(),
+            }],
         }
     }
 
@@ -446,7 +551,15 @@ mod tests {
             l(Transport::Tcp, "::ffff:127.0.0.1", 9001, "local"),
             l(Transport::Udp, "0.0.0.0", 5432, "odd"),
         ];
-        let r = report(Some(&p), &socks, Some(PortRange { first: 32768, last: 60999 }), &[]);
+        let r = report(
+            Some(&p),
+            &socks,
+            Some(PortRange {
+                first: 32768,
+                last: 60999,
+            }),
+            &[],
+        );
         let st: Vec<(u16, Status)> = r.sockets.iter().map(|f| (f.port, f.status)).collect();
         assert_eq!(
             st,
@@ -462,9 +575,17 @@ mod tests {
         );
         assert_eq!(r.sockets[1].rules, vec!["db"]);
         assert_eq!(r.exposed.len(), 3);
-        let idle: Vec<String> = r.idle_protected.iter().map(|f| format!("{} {}", f.rule, f.ports())).collect();
+        let idle: Vec<String> = r
+            .idle_protected
+            .iter()
+            .map(|f| format!("{} {}", f.rule, f.ports()))
+            .collect();
         assert_eq!(idle, vec!["db tcp/40000", "dns tcp/53", "dns udp/53"]);
-        let eph: Vec<String> = r.ephemeral.iter().map(|f| format!("{} {}", f.rule, f.ports())).collect();
+        let eph: Vec<String> = r
+            .ephemeral
+            .iter()
+            .map(|f| format!("{} {}", f.rule, f.ports()))
+            .collect();
         assert_eq!(eph, vec!["db tcp/40000"]);
         let text = render(&r);
         assert!(text.contains("EXPOSED"), "{text}");
@@ -474,7 +595,10 @@ mod tests {
 
     #[test]
     fn without_a_policy_every_reachable_socket_is_exposed() {
-        let socks = [l(Transport::Tcp, "0.0.0.0", 22, "sshd"), l(Transport::Udp, "::1", 53, "dns")];
+        let socks = [
+            l(Transport::Tcp, "0.0.0.0", 22, "sshd"),
+            l(Transport::Udp, "::1", 53, "dns"),
+        ];
         let r = report(None, &socks, None, &[]);
         assert_eq!(r.exposed.len(), 1);
         assert_eq!(r.sockets[1].status, Status::Loopback);

@@ -3,10 +3,13 @@
 //! tests run in parallel. Only what a test creates is touched: never the host's
 //! interfaces, never the root cgroup.
 
+pub mod bed;
 pub mod daemon;
+pub mod flood;
 pub mod kernel;
 pub mod packets;
 pub mod net;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -51,9 +51,15 @@ pub enum Ext {
     /// Authentication header; the field is Payload Len ((len + 2) * 4 bytes).
     Ah(u8),
     /// Fragment header: offset in 8-octet units and the M flag.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
     /// Any header kind with these bytes; the first byte is replaced by the next header.
-    Raw { kind: u8, bytes: Vec<u8> },
+    Raw {
+        kind: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Ext {
@@ -63,7 +69,10 @@ impl Ext {
             Ext::HopByHop(0),
             Ext::Routing(1),
             Ext::DstOpts(0),
-            Ext::Fragment { offset: 0, more: false },
+            Ext::Fragment {
+                offset: 0,
+                more: false,
+            },
             Ext::Ah(4),
             Ext::Mobility(0),
             Ext::Hip(1),
@@ -237,7 +246,13 @@ impl Transport {
     /// Header bytes; `payload_len` is what follows (for the UDP length).
     fn encode(&self, payload_len: usize) -> Vec<u8> {
         match self {
-            Transport::Tcp { sport, dport, doff, flags, options } => {
+            Transport::Tcp {
+                sport,
+                dport,
+                doff,
+                flags,
+                options,
+            } => {
                 let mut opts = options.clone();
                 while opts.len() % 4 != 0 {
                     opts.push(1); // NOP
@@ -320,7 +335,15 @@ impl Layout {
         v.extend(&self.l2_ends);
         v.push(self.l3);
         v.extend(&self.exts);
-        v.extend([self.l4, self.l4 + 4, self.payload, self.ip_end]);
+        // Transport: ports, UDP header end, TCP data offset byte, header end.
+        v.extend([
+            self.l4,
+            self.l4 + 4,
+            self.l4 + 8,
+            self.l4 + 13,
+            self.payload,
+            self.ip_end,
+        ]);
         v.sort_unstable();
         v.dedup();
         v
@@ -389,12 +412,27 @@ impl Packet {
         Packet::ip(
             src,
             dst,
-            Transport::Tcp { sport, dport, doff: None, flags: TCP_SYN, options: Vec::new() },
+            Transport::Tcp {
+                sport,
+                dport,
+                doff: None,
+                flags: TCP_SYN,
+                options: Vec::new(),
+            },
         )
     }
 
     pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Packet {
-        Packet::ip(src, dst, Transport::Udp { sport, dport, len: None }).payload(8)
+        Packet::ip(
+            src,
+            dst,
+            Transport::Udp {
+                sport,
+                dport,
+                len: None,
+            },
+        )
+        .payload(8)
     }
 
     /// TCP or UDP by protocol number.
@@ -410,7 +448,11 @@ impl Packet {
     pub fn ping(src: IpAddr, dst: IpAddr) -> Packet {
         let l4 = match src {
             IpAddr::V4(_) => Transport::Icmp { ty: 8, code: 0 },
-            IpAddr::V6(_) => Transport::Icmpv6 { ty: 128, code: 0, body: vec![0, 1, 0, 1] },
+            IpAddr::V6(_) => Transport::Icmpv6 {
+                ty: 128,
+                code: 0,
+                body: vec![0, 1, 0, 1],
+            },
         };
         Packet::ip(src, dst, l4).payload(16)
     }
@@ -428,7 +470,11 @@ impl Packet {
         let mut p = Packet::ip(
             IpAddr::V6(src),
             IpAddr::V6(dst),
-            Transport::Icmpv6 { ty: 135, code: 0, body },
+            Transport::Icmpv6 {
+                ty: 135,
+                code: 0,
+                body,
+            },
         );
         if let L3::V6(h) = &mut p.l3 {
             h.hop_limit = 255;
@@ -438,7 +484,14 @@ impl Packet {
 
     /// An IP packet of another protocol.
     pub fn proto(src: IpAddr, dst: IpAddr, proto: u8, bytes: usize) -> Packet {
-        Packet::ip(src, dst, Transport::Raw { proto, bytes: pattern(bytes) })
+        Packet::ip(
+            src,
+            dst,
+            Transport::Raw {
+                proto,
+                bytes: pattern(bytes),
+            },
+        )
     }
 
     /// An ARP request.
@@ -447,7 +500,10 @@ impl Packet {
             vlans: Vec::new(),
             ethertype: None,
             l3: L3::Arp(sender, target),
-            l4: Transport::Raw { proto: 0, bytes: Vec::new() },
+            l4: Transport::Raw {
+                proto: 0,
+                bytes: Vec::new(),
+            },
             payload: Vec::new(),
             l4_cut: None,
             trailer: 0,
@@ -645,8 +701,9 @@ impl Packet {
                     e.encode(next, &mut chain);
                 }
                 let first = h.exts.first().map_or(self.l4.proto(), Ext::kind);
-                let payload_len =
-                    h.payload_len.unwrap_or((chain.len() + l4.len()).min(0xffff) as u16);
+                let payload_len = h
+                    .payload_len
+                    .unwrap_or((chain.len() + l4.len()).min(0xffff) as u16);
                 f.push((h.version << 4) & 0xf0);
                 f.extend_from_slice(&[0, 0, 0]);
                 f.extend_from_slice(&payload_len.to_be_bytes());
@@ -723,21 +780,34 @@ pub fn hex_compact(b: &[u8]) -> String {
 pub fn try_run(k: &TestKernel, prog: Prog, frame: &[u8]) -> Result<u32, String> {
     use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
     use enforcer::kernel::programs::{EGRESS, INGRESS, XDP};
-    let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat: 1,
+        ..Default::default()
+    };
     let name = match prog {
         Prog::Xdp => XDP,
         Prog::Ingress => INGRESS,
         Prog::Egress => EGRESS,
     };
-    let p = k.loaded.ebpf.program(name).ok_or_else(|| format!("no program {name}"))?;
+    let p = k
+        .loaded
+        .ebpf
+        .program(name)
+        .ok_or_else(|| format!("no program {name}"))?;
     let r = match prog {
-        Prog::Xdp => <&Xdp>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
-        _ => <&CgroupSkb>::try_from(p).map_err(|e| e.to_string())?.test_run(opts),
+        Prog::Xdp => <&Xdp>::try_from(p)
+            .map_err(|e| e.to_string())?
+            .test_run(opts),
+        _ => <&CgroupSkb>::try_from(p)
+            .map_err(|e| e.to_string())?
+            .test_run(opts),
     };
-    r.map(|o| o.return_value).map_err(|e| match std::error::Error::source(&e) {
-        Some(s) => format!("{e}: {s}"),
-        None => e.to_string(),
-    })
+    r.map(|o| o.return_value)
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        })
 }
 
 /// Input BPF_PROG_TEST_RUN refuses (EINVAL), and what the model must say of it instead:
@@ -877,7 +947,11 @@ impl Universe {
 
 fn random_ext(rng: &mut Rng) -> Ext {
     // Mostly short headers; sometimes long ones.
-    let len = if rng.chance(85) { rng.below(3) as u8 } else { rng.u8() / 4 };
+    let len = if rng.chance(85) {
+        rng.below(3) as u8
+    } else {
+        rng.u8() / 4
+    };
     match rng.below(8) {
         0 => Ext::HopByHop(len),
         1 => Ext::Routing(len),
@@ -897,16 +971,33 @@ fn random_fragment(rng: &mut Rng) -> Ext {
         2 => rng.range(2, 200) as u16,
         _ => rng.u16() & 0x1fff,
     };
-    Ext::Fragment { offset, more: rng.chance(60) }
+    Ext::Fragment {
+        offset,
+        more: rng.chance(60),
+    }
 }
 
 /// A well-formed TCP/UDP packet to a random address and port, with random decoration
 /// (VLAN tags, IPv4 options, IPv6 extension headers, TCP options, payload, padding).
 pub fn random_packet(rng: &mut Rng, u: &Universe) -> Packet {
     let v6 = rng.chance(50);
-    let proto = if rng.chance(60) { IPPROTO_TCP } else { IPPROTO_UDP };
-    let mut p = Packet::l4(proto, u.src(rng, v6), u.dst(rng, v6), rng.u16(), u.port(rng));
-    p = p.payload(if rng.chance(90) { rng.range(0, 64) } else { rng.range(64, 1400) });
+    let proto = if rng.chance(60) {
+        IPPROTO_TCP
+    } else {
+        IPPROTO_UDP
+    };
+    let mut p = Packet::l4(
+        proto,
+        u.src(rng, v6),
+        u.dst(rng, v6),
+        rng.u16(),
+        u.port(rng),
+    );
+    p = p.payload(if rng.chance(90) {
+        rng.range(0, 64)
+    } else {
+        rng.range(64, 1400)
+    });
     if rng.chance(12) {
         for _ in 0..rng.range(1, 3) {
             p = random_vlan(rng, p);
@@ -918,7 +1009,10 @@ pub fn random_packet(rng: &mut Rng, u: &Universe) -> Packet {
                 let e = random_ext(rng);
                 // Fragment headers belong to the fragment template; here only atomic ones.
                 let e = match e {
-                    Ext::Fragment { .. } => Ext::Fragment { offset: 0, more: false },
+                    Ext::Fragment { .. } => Ext::Fragment {
+                        offset: 0,
+                        more: false,
+                    },
                     e => e,
                 };
                 p = p.ext(e);
@@ -937,8 +1031,16 @@ pub fn random_packet(rng: &mut Rng, u: &Universe) -> Packet {
 }
 
 fn random_vlan(rng: &mut Rng, p: Packet) -> Packet {
-    let tpid = if rng.chance(50) { ETH_P_8021Q } else { ETH_P_8021AD };
-    let vid = if rng.chance(30) { 0 } else { rng.u16() & 0x0fff };
+    let tpid = if rng.chance(50) {
+        ETH_P_8021Q
+    } else {
+        ETH_P_8021AD
+    };
+    let vid = if rng.chance(30) {
+        0
+    } else {
+        rng.u16() & 0x0fff
+    };
     p.vlan(tpid, vid)
 }
 
@@ -948,22 +1050,49 @@ pub fn flip_bits(rng: &mut Rng, frame: &mut [u8], n: usize) {
         return;
     }
     for _ in 0..n {
-        let span = if rng.chance(85) { frame.len().min(96) } else { frame.len() };
+        let span = if rng.chance(85) {
+            frame.len().min(96)
+        } else {
+            frame.len()
+        };
         let i = rng.below(span as u64) as usize;
         frame[i] ^= 1 << rng.below(8);
     }
 }
 
-/// Cuts `frame` at or near a layer boundary; with `fix_len`, rewrites the IP length to
-/// end there too (a consistent short packet rather than one whose lengths overrun).
-pub fn cut_near_boundary(rng: &mut Rng, frame: &mut Vec<u8>, layout: &Layout, fix_len: bool) {
+/// How [`cut_near_boundary`] cuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The frame ends early; the IP lengths still describe the whole packet (they overrun).
+    Frame,
+    /// The frame ends early and the IP length says so (a consistent short packet).
+    Consistent,
+    /// Only the IP length ends early; the bytes after it stay in the buffer (a parser
+    /// that reads past the IP length reads them).
+    LengthOnly,
+}
+
+/// Cuts `frame` at or near a layer boundary, the way `how` says.
+pub fn cut_near_boundary(rng: &mut Rng, frame: &mut Vec<u8>, layout: &Layout, how: Cut) {
     let b = layout.boundaries();
     let at = *rng.pick(&b) as i64 + rng.range(0, 6) as i64 - 3;
     let at = (at.max(0) as usize).min(frame.len());
-    frame.truncate(at);
-    if fix_len {
+    if how != Cut::LengthOnly {
+        frame.truncate(at);
+    }
+    if how != Cut::Frame {
         set_ip_end(frame, layout, at);
     }
+}
+
+fn random_cut(rng: &mut Rng) -> Cut {
+    *rng.pick(&[
+        Cut::Frame,
+        Cut::Consistent,
+        Cut::Consistent,
+        Cut::LengthOnly,
+        Cut::LengthOnly,
+    ])
 }
 
 /// Random damage to a frame: bit flips, byte overwrites, cuts, inserted or removed bytes.
@@ -1009,9 +1138,14 @@ pub fn generate(rng: &mut Rng, u: &Universe) -> Generated {
         0..=24 => (random_packet(rng, u).build(), "valid"),
         25..=36 => {
             let (mut f, l) = random_packet(rng, u).build_with_layout();
-            let fix = rng.chance(60);
-            cut_near_boundary(rng, &mut f, &l, fix);
-            (f, if fix { "truncated-consistent" } else { "truncated-raw" })
+            let how = random_cut(rng);
+            cut_near_boundary(rng, &mut f, &l, how);
+            let kind = match how {
+                Cut::Frame => "truncated-frame",
+                Cut::Consistent => "truncated-consistent",
+                Cut::LengthOnly => "truncated-length-only",
+            };
+            (f, kind)
         }
         37..=46 => {
             let mut f = random_packet(rng, u).build();
@@ -1029,7 +1163,8 @@ pub fn generate(rng: &mut Rng, u: &Universe) -> Generated {
             }
             if rng.chance(15) {
                 // A tag with an unknown TPID is not walked.
-                p.vlans.push((*rng.pick(&[0x9100, 0x9200, 0x8100, 0x88a8]), rng.u16()));
+                p.vlans
+                    .push((*rng.pick(&[0x9100, 0x9200, 0x8100, 0x88a8]), rng.u16()));
             }
             (p.build(), "vlan")
         }
@@ -1056,7 +1191,13 @@ pub fn generate(rng: &mut Rng, u: &Universe) -> Generated {
 /// IPv6 with a random extension header chain: long ones (past `MAX_EXT_HDRS`), fragment
 /// headers anywhere (and twice), random lengths, sometimes cut off.
 fn ext_chain(rng: &mut Rng, u: &Universe) -> Vec<u8> {
-    let proto = *rng.pick(&[IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6, IPPROTO_NONE]);
+    let proto = *rng.pick(&[
+        IPPROTO_TCP,
+        IPPROTO_TCP,
+        IPPROTO_UDP,
+        IPPROTO_ICMPV6,
+        IPPROTO_NONE,
+    ]);
     let (src, dst) = (u.src(rng, true), u.dst(rng, true));
     let mut p = match proto {
         IPPROTO_TCP | IPPROTO_UDP => Packet::l4(proto, src, dst, rng.u16(), u.port(rng)),
@@ -1073,15 +1214,19 @@ fn ext_chain(rng: &mut Rng, u: &Universe) -> Vec<u8> {
             let e = random_ext(rng);
             match e {
                 // Mostly first fragments and atomic ones, so the chain goes on.
-                Ext::Fragment { .. } if rng.chance(60) => {
-                    Ext::Fragment { offset: 0, more: rng.chance(50) }
-                }
+                Ext::Fragment { .. } if rng.chance(60) => Ext::Fragment {
+                    offset: 0,
+                    more: rng.chance(50),
+                },
                 e => e,
             }
         } else {
             let kind = *rng.pick(&EXT_KINDS);
             let len = rng.range(2, 24);
-            Ext::Raw { kind, bytes: rng.bytes(len) }
+            Ext::Raw {
+                kind,
+                bytes: rng.bytes(len),
+            }
         };
         p = p.ext(e);
     }
@@ -1091,9 +1236,9 @@ fn ext_chain(rng: &mut Rng, u: &Universe) -> Vec<u8> {
     }
     p = p.payload(rng.range(0, 40));
     let (mut f, l) = p.build_with_layout();
-    if rng.chance(25) {
-        let fix = rng.chance(70);
-        cut_near_boundary(rng, &mut f, &l, fix);
+    if rng.chance(30) {
+        let how = random_cut(rng);
+        cut_near_boundary(rng, &mut f, &l, how);
     }
     f
 }
@@ -1141,7 +1286,12 @@ fn fragment(rng: &mut Rng, u: &Universe) -> Vec<u8> {
     if rng.chance(10) {
         p = p.trailer(rng.range(1, 40));
     }
-    p.build()
+    let (mut f, l) = p.build_with_layout();
+    if rng.chance(20) {
+        let how = random_cut(rng);
+        cut_near_boundary(rng, &mut f, &l, how);
+    }
+    f
 }
 
 /// IP header fields set to edge and random values: version, IHL, total/payload length,
@@ -1160,7 +1310,17 @@ fn ip_fields(rng: &mut Rng, u: &Universe) -> Vec<u8> {
                 let real = (l.ip_end - l3) as i64;
                 let ihl = ((f[l3] & 0x0f) as i64) * 4;
                 let r = rng.u16() as i64;
-                let v = *rng.pick(&[0, ihl - 1, ihl, ihl + 3, real - 1, real, real + 1, 0xffff, r]);
+                let v = *rng.pick(&[
+                    0,
+                    ihl - 1,
+                    ihl,
+                    ihl + 3,
+                    real - 1,
+                    real,
+                    real + 1,
+                    0xffff,
+                    r,
+                ]);
                 let v = v.clamp(0, 0xffff) as u16;
                 f[l3 + 2..l3 + 4].copy_from_slice(&v.to_be_bytes());
             }
@@ -1182,7 +1342,13 @@ fn ip_fields(rng: &mut Rng, u: &Universe) -> Vec<u8> {
             1 => f[l3] = (rng.below(16) as u8) << 4 | (f[l3] & 0x0f),
             2 => {
                 let r = rng.u8();
-                f[l3 + 6] = *rng.pick(&[r, IPPROTO_HOPOPTS, IPPROTO_FRAGMENT, IPPROTO_AH, IPPROTO_NONE]);
+                f[l3 + 6] = *rng.pick(&[
+                    r,
+                    IPPROTO_HOPOPTS,
+                    IPPROTO_FRAGMENT,
+                    IPPROTO_AH,
+                    IPPROTO_NONE,
+                ]);
             }
             _ => {
                 let n = rng.range(l3, f.len());
@@ -1201,7 +1367,11 @@ fn not_ip(rng: &mut Rng) -> Vec<u8> {
             let n = rng.range(0, 20);
             rng.bytes(n)
         }
-        1 => Packet::arp(Ipv4Addr::new(192, 0, 2, rng.u8()), Ipv4Addr::new(192, 0, 2, 1)).build(),
+        1 => Packet::arp(
+            Ipv4Addr::new(192, 0, 2, rng.u8()),
+            Ipv4Addr::new(192, 0, 2, 1),
+        )
+        .build(),
         2 => {
             let r = rng.u16();
             let et = *rng.pick(&[ETH_P_LLDP, 0x0100, 0x05dc, 0x88B5, 0x0000, 0xffff, r]);
@@ -1281,7 +1451,10 @@ mod tests {
 
     #[test]
     fn vlans_options_and_cuts() {
-        let p = Packet::udp(A, B, 1, 53).vlan(ETH_P_8021AD, 5).vlan(ETH_P_8021Q, 7).v4_options(5);
+        let p = Packet::udp(A, B, 1, 53)
+            .vlan(ETH_P_8021AD, 5)
+            .vlan(ETH_P_8021Q, 7)
+            .v4_options(5);
         let (f, l) = p.build_with_layout();
         assert_eq!(&f[12..14], &[0x88, 0xa8]);
         assert_eq!(&f[16..18], &[0x81, 0x00]);
@@ -1303,7 +1476,10 @@ mod tests {
         let d: IpAddr = "2001:db8::1".parse().unwrap();
         let p = Packet::tcp(s, d, 1, 2)
             .ext(Ext::HopByHop(0))
-            .ext(Ext::Fragment { offset: 3, more: true })
+            .ext(Ext::Fragment {
+                offset: 3,
+                more: true,
+            })
             .ext(Ext::Ah(4));
         let (f, l) = p.build_with_layout();
         assert_eq!(f[14 + 6], IPPROTO_HOPOPTS);
@@ -1325,11 +1501,16 @@ mod tests {
             v6_dests: vec!["2001:db8::1".parse().unwrap()],
             ports: vec![22, 5432],
         };
-        let a: Vec<_> = (0..200).map(|i| generate(&mut Rng::for_index(7, i), &u).frame).collect();
-        let b: Vec<_> = (0..200).map(|i| generate(&mut Rng::for_index(7, i), &u).frame).collect();
+        let a: Vec<_> = (0..200)
+            .map(|i| generate(&mut Rng::for_index(7, i), &u).frame)
+            .collect();
+        let b: Vec<_> = (0..200)
+            .map(|i| generate(&mut Rng::for_index(7, i), &u).frame)
+            .collect();
         assert_eq!(a, b);
-        let kinds: std::collections::HashSet<_> =
-            (0..500).map(|i| generate(&mut Rng::for_index(1, i), &u).kind).collect();
+        let kinds: std::collections::HashSet<_> = (0..500)
+            .map(|i| generate(&mut Rng::for_index(1, i), &u).kind)
+            .collect();
         assert!(kinds.len() >= 9, "{kinds:?}");
         assert!(a.iter().all(|f| f.len() <= MAX_GEN_FRAME));
     }

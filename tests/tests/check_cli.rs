@@ -36,12 +36,16 @@ struct Out {
 
 impl Out {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 
     /// The stderr lines that are warnings.
     fn warnings(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| l.contains(": warning: ")).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.contains(": warning: "))
+            .collect()
     }
 }
 
@@ -91,7 +95,10 @@ fn a_good_policy_is_ok_with_no_warnings() {
     let (p, out) = check(&dir, GOOD);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let line = out.stdout.trim();
-    assert!(line.starts_with(&format!("{}: ok (1 rules, sha256 ", p.display())), "{line}");
+    assert!(
+        line.starts_with(&format!("{}: ok (1 rules, sha256 ", p.display())),
+        "{line}"
+    );
     assert!(line.ends_with(')') && !line.contains("warning"), "{line}");
     assert!(out.warnings().is_empty(), "{}", out.stderr);
 
@@ -112,7 +119,11 @@ fn a_syntax_error_is_located_and_exits_1() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     let first = out.stderr.lines().next().unwrap_or("");
-    assert!(first.starts_with(&format!("{}:2:", p.display())) && first.contains(": error: "), "{}", out.stderr);
+    assert!(
+        first.starts_with(&format!("{}:2:", p.display())) && first.contains(": error: "),
+        "{}",
+        out.stderr
+    );
 
     let out = check_in(None, &p, true);
     assert_eq!(out.code, 1);
@@ -146,7 +157,11 @@ fn bad_values_are_each_located_and_exit_1() {
     // A file that is not there.
     let out = check_in(None, &dir.0.join("missing.toml"), false);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("cannot read the policy"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read the policy"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -174,7 +189,11 @@ allow_from = ["192.168.0.0/16"]
     let (p, out) = check(&dir, text);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let f = p.display().to_string();
-    assert!(out.stdout.trim().ends_with(", 4 warnings)"), "{}", out.stdout);
+    assert!(
+        out.stdout.trim().ends_with(", 4 warnings)"),
+        "{}",
+        out.stdout
+    );
     let w = out.warnings();
     assert_eq!(w.len(), 4, "{}", out.stderr);
     assert!(w[0].starts_with(&format!("{f}:8:29: warning: rule \"web\" allows 0.0.0.0/0, every IPv4 address: tcp/8443 is open to any IPv4 sender")), "{}", w[0]);
@@ -189,15 +208,32 @@ allow_from = ["192.168.0.0/16"]
     assert_eq!(v["rules"], 3);
     let d = v["diagnostics"].as_array().expect("diagnostics");
     assert_eq!(d.len(), 4);
-    assert_eq!((&d[0]["file"], &d[0]["line"], &d[0]["col"], &d[0]["severity"]), (&Value::from(f), &Value::from(8), &Value::from(29), &Value::from("warning")));
-    assert!(d[1]["message"].as_str().unwrap_or("").starts_with("rule \"closed\" has neither"));
+    assert_eq!(
+        (
+            &d[0]["file"],
+            &d[0]["line"],
+            &d[0]["col"],
+            &d[0]["severity"]
+        ),
+        (
+            &Value::from(f),
+            &Value::from(8),
+            &Value::from(29),
+            &Value::from("warning")
+        )
+    );
+    assert!(d[1]["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("rule \"closed\" has neither"));
 }
 
 #[test]
 fn ephemeral_range_of_the_namespace_is_read() {
     need_root!();
     let ns = NetNs::new();
-    ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "45000 45999\n")).expect("set the range");
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "45000 45999\n"))
+        .expect("set the range");
     let dir = TempDir::new();
     let text = "[[rule]]\nname = \"hi\"\nprotocol = \"tcp\"\nports = [\"45990-46010\", 5432]\nallow_from = [\"10.0.0.0/8\"]\n";
     let p = write(&dir, "eph.toml", text);
@@ -214,7 +250,13 @@ fn ephemeral_range_of_the_namespace_is_read() {
         w[0]
     );
     // Reserving the ports takes them out of the range the kernel hands out.
-    ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "45990-45999\n")).expect("reserve");
+    ns.run(|| {
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_local_reserved_ports",
+            "45990-45999\n",
+        )
+    })
+    .expect("reserve");
     let out = check_in(Some(&ns), &p, false);
     assert!(out.warnings().is_empty(), "{}", out.stderr);
 }
@@ -236,18 +278,32 @@ fn cgroups_that_do_not_exist_are_named() {
     assert_eq!(w.len(), 1, "{}", out.stderr);
     let col = "allow_cgroups = [\"\", ".len() + api.path.len() + 1;
     assert!(
-        w[0].starts_with(&format!("{}:8:{col}: warning: cgroup \"{gone}\" (allowed by rule \"db\") does not exist under ", p.display())),
+        w[0].starts_with(&format!(
+            "{}:8:{col}: warning: cgroup \"{gone}\" (allowed by rule \"db\") does not exist under ",
+            p.display()
+        )),
         "{}",
         w[0]
     );
-    assert!(w[0].contains("allows nothing until it is created"), "{}", w[0]);
+    assert!(
+        w[0].contains("allows nothing until it is created"),
+        "{}",
+        w[0]
+    );
 
     // The attach cgroup itself missing.
     let text = format!("[attach]\ncgroup = \"{gone}\"\n[[rule]]\nname = \"db\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\"]\n");
     let (p, out) = check(&dir, &text);
     let w = out.warnings();
     assert_eq!(w.len(), 1, "{}", out.stderr);
-    assert!(w[0].starts_with(&format!("{}:2:10: warning: the attach cgroup \"{gone}\" does not exist under ", p.display())), "{}", w[0]);
+    assert!(
+        w[0].starts_with(&format!(
+            "{}:2:10: warning: the attach cgroup \"{gone}\" does not exist under ",
+            p.display()
+        )),
+        "{}",
+        w[0]
+    );
 }
 
 /// A listener whose process is named `sshd` (a copy of the probe binary), in `ns`.
@@ -262,11 +318,17 @@ impl FakeSshd {
         let exe = dir.0.join("sshd");
         std::fs::copy(testbed::probe_bin(), &exe).expect("copy probe");
         let mut cmd = Command::new(&exe);
-        cmd.args(["tcp-listen", "0.0.0.0", &port.to_string()]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(["tcp-listen", "0.0.0.0", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn fake sshd");
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("read");
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("read");
         assert_eq!(line.trim(), "listening");
         FakeSshd { child, _dir: dir }
     }
@@ -297,7 +359,11 @@ fn sshd_on_a_protected_port_and_an_emptied_failsafe() {
     assert!(w[1].starts_with(&format!("{f}:7:9: warning: rule \"admin\" protects tcp/2222, where this host's sshd listens, and tcp/2222 is not a failsafe port")), "{}", w[1]);
 
     // Keeping sshd's port failsafe removes both.
-    let p = write(&dir, "ssh-ok.toml", &text.replace("ports = []", "ports = [\"tcp/2222\"]"));
+    let p = write(
+        &dir,
+        "ssh-ok.toml",
+        &text.replace("ports = []", "ports = [\"tcp/2222\"]"),
+    );
     let out = check_in(Some(&ns), &p, false);
     let w = out.warnings();
     assert_eq!(w.len(), 1, "{}", out.stderr);

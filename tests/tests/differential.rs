@@ -18,7 +18,7 @@ use std::{
 
 use enforcer::kernel::counters;
 use enforcer_common::{
-    consts::NO_RULE,
+    consts::{AF_INET, AF_INET6, ETH_HLEN, NO_RULE},
     event::PacketEvent,
     model::{self, Judgement, Parsed, L4},
     reason::{Hook, Reason, Verdict},
@@ -76,7 +76,10 @@ allow_from = ["0.0.0.0/0", "::/0"]
 "#;
 
 fn local_addrs() -> Vec<IpAddr> {
-    ["192.0.2.1", "198.51.100.7", "2001:db8::1"].iter().map(|a| a.parse().unwrap()).collect()
+    ["192.0.2.1", "198.51.100.7", "2001:db8::1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect()
 }
 
 fn universe() -> Universe {
@@ -166,59 +169,133 @@ struct KernelOutcome {
     events: Vec<PacketEvent>,
 }
 
-/// The event fields the model's parse determines: (family, proto, src, dst, sport, dport).
-type Flow = (u8, u8, [u8; 16], [u8; 16], u16, u16);
+/// The event fields the model's parse determines: family, addresses, the protocol (or the
+/// extension header the parser stopped at) and the ports, where the model knows them.
+#[derive(Debug, PartialEq, Eq)]
+struct Fields {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    proto: Option<u8>,
+    ports: Option<(u16, u16)>,
+}
 
-fn model_flow(parsed: &Parsed) -> Option<Flow> {
-    let Parsed::Ip { src, dst, l4: L4::Ports { proto, sport, dport, .. } } = *parsed else {
-        return None;
-    };
+fn model_fields(parsed: &Parsed) -> Option<Fields> {
     let bytes = |a: IpAddr| match a {
         IpAddr::V4(v4) => {
             let mut b = [0u8; 16];
             b[..4].copy_from_slice(&v4.octets());
-            (enforcer_common::consts::AF_INET, b)
+            (AF_INET, b)
         }
-        IpAddr::V6(v6) => (enforcer_common::consts::AF_INET6, v6.octets()),
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
     };
-    let (family, s) = bytes(src);
-    let (_, d) = bytes(dst);
-    Some((family, proto, s, d, sport, dport))
+    match *parsed {
+        Parsed::NotIp => None,
+        // The IP header was refused before anything else was read.
+        Parsed::BadIp { family } => Some(Fields {
+            family,
+            src: [0; 16],
+            dst: [0; 16],
+            proto: Some(0),
+            ports: Some((0, 0)),
+        }),
+        Parsed::Ip { src, dst, l4 } => {
+            let (family, src) = bytes(src);
+            let (_, dst) = bytes(dst);
+            let (proto, ports) = match l4 {
+                L4::Ports {
+                    proto,
+                    sport,
+                    dport,
+                    ..
+                } => (Some(proto), Some((sport, dport))),
+                // Stopped before the ports.
+                L4::Truncated(p) => (Some(p), Some((0, 0))),
+                // Ports in the event when the fragment held them.
+                L4::BadFragment(p) => (Some(p), None),
+                L4::Other(p) => (Some(p), Some((0, 0))),
+                L4::LaterFragment | L4::ChainTooLong => (None, Some((0, 0))),
+            };
+            Some(Fields {
+                family,
+                src,
+                dst,
+                proto,
+                ports,
+            })
+        }
+    }
 }
 
 /// Compares the kernel's outcome with the model's; `None` when they agree.
-fn disagreement(prog: Prog, want: &Judgement, parsed: &Parsed, got: &KernelOutcome) -> Option<String> {
+fn disagreement(
+    prog: Prog,
+    want: &Judgement,
+    parsed: &Parsed,
+    got: &KernelOutcome,
+    frame_len: usize,
+    generation: u64,
+) -> Option<String> {
     let mut why = Vec::new();
     if dropped(prog, got.ret) != (want.verdict == Verdict::Drop) {
-        why.push(format!("return value {} but the model says {}", got.ret, want.verdict.name()));
+        why.push(format!(
+            "return value {} but the model says {}",
+            got.ret,
+            want.verdict.name()
+        ));
     }
     if got.moved != [(want.reason, 1)] {
-        why.push(format!("counters moved {:?}, the model says {}", got.moved, want.reason.name()));
+        why.push(format!(
+            "counters moved {:?}, the model says {}",
+            got.moved,
+            want.reason.name()
+        ));
     }
     if want.reason.is_judged() {
         match got.events.as_slice() {
             [ev] => {
                 let want_rule = want.rule.map_or(NO_RULE, |r| r as u32);
-                if ev.verdict != want.verdict as u8 || ev.reason != want.reason as u8 || ev.rule != want_rule {
+                if ev.verdict != want.verdict as u8
+                    || ev.reason != want.reason as u8
+                    || ev.rule != want_rule
+                {
                     why.push(format!(
                         "event verdict {} reason {} rule {}, the model says {} {} {:?}",
-                        ev.verdict, ev.reason, ev.rule, want.verdict.name(), want.reason.name(), want.rule
+                        ev.verdict,
+                        ev.reason,
+                        ev.rule,
+                        want.verdict.name(),
+                        want.reason.name(),
+                        want.rule
                     ));
                 }
                 if ev.hook != prog.hook() as u8 {
                     why.push(format!("event hook {}", ev.hook));
                 }
-                if let Some(flow) = model_flow(parsed) {
-                    let got_flow = (ev.family, ev.proto, ev.src, ev.dst, ev.sport, ev.dport);
-                    if got_flow != flow {
-                        why.push(format!("event flow {got_flow:?}, the model decoded {flow:?}"));
+                if let Some(want) = model_fields(parsed) {
+                    let got = Fields {
+                        family: ev.family,
+                        src: ev.src,
+                        dst: ev.dst,
+                        proto: want.proto.map(|_| ev.proto),
+                        ports: want.ports.map(|_| (ev.sport, ev.dport)),
+                    };
+                    if got != want {
+                        why.push(format!("event fields {got:?}, the model decoded {want:?}"));
                     }
+                }
+                let l3_off = if prog == Prog::Xdp { 0 } else { ETH_HLEN };
+                if ev.pkt_len as usize + l3_off != frame_len || ev.generation != generation {
+                    why.push(format!("event pkt_len {} generation {} (frame of {frame_len} bytes, generation {generation})", ev.pkt_len, ev.generation));
                 }
             }
             evs => why.push(format!("{} events for a judged packet (want 1)", evs.len())),
         }
     } else if !got.events.is_empty() {
-        why.push(format!("{} events for a packet not judged", got.events.len()));
+        why.push(format!(
+            "{} events for a packet not judged",
+            got.events.len()
+        ));
     }
     if why.is_empty() {
         None
@@ -292,20 +369,24 @@ fn kernel_and_model_agree_on_generated_packets() {
             let problem = match r.run(prog, &g.frame, want.reason) {
                 Ok(got) => {
                     compared += 1;
-                    *per_reason.entry((prog.hook().name(), want.reason.name())).or_default() += 1;
-                    disagreement(prog, &want, &parsed, &got)
+                    *per_reason
+                        .entry((prog.hook().name(), want.reason.name()))
+                        .or_default() += 1;
+                    disagreement(prog, &want, &parsed, &got, g.frame.len(), r.k.generation())
                         .map(|why| format!("{why}\n  kernel: {got:?}"))
                 }
-                Err(e) => match test_run_refuses(prog, &g.frame) {
-                    // Input test_run cannot take: the model alone is checked.
-                    Some(model_must_say) => {
-                        refused += 1;
-                        (want.reason != model_must_say).then(|| {
+                Err(e) => {
+                    match test_run_refuses(prog, &g.frame) {
+                        // Input test_run cannot take: the model alone is checked.
+                        Some(model_must_say) => {
+                            refused += 1;
+                            (want.reason != model_must_say).then(|| {
                             format!("test_run refuses this frame; the model must say {}, says {want:?}", model_must_say.name())
                         })
+                        }
+                        None => Some(format!("test_run refused the frame unexpectedly: {e}")),
                     }
-                    None => Some(format!("test_run refused the frame unexpectedly: {e}")),
-                },
+                }
             };
             if let Some(why) = problem {
                 failures += 1;
@@ -337,4 +418,91 @@ fn kernel_and_model_agree_on_generated_packets() {
         println!("  {kind:<22} {n}");
     }
     assert_eq!(failures, 0, "{failures} disagreements between the kernel and the model (seed {seed:#x}); the first {MAX_PRINTED} are printed above");
+}
+
+/// The comparison can fail: a wrong verdict, reason, rule, event field or event count is
+/// each reported (no kernel needed).
+#[test]
+fn the_comparison_catches_disagreements() {
+    let parsed = Parsed::Ip {
+        src: "203.0.113.5".parse().unwrap(),
+        dst: "192.0.2.1".parse().unwrap(),
+        l4: L4::Ports {
+            proto: 6,
+            sport: 40000,
+            dport: 5432,
+            complete: true,
+        },
+    };
+    let want = Judgement {
+        verdict: Verdict::Drop,
+        reason: Reason::Denied,
+        rule: Some(0),
+    };
+    let mut ev = PacketEvent::EMPTY;
+    ev.generation = 1;
+    ev.pkt_len = 54;
+    ev.src[..4].copy_from_slice(&[203, 0, 113, 5]);
+    ev.dst[..4].copy_from_slice(&[192, 0, 2, 1]);
+    ev.sport = 40000;
+    ev.dport = 5432;
+    ev.proto = 6;
+    ev.family = AF_INET;
+    ev.verdict = Verdict::Drop as u8;
+    ev.reason = Reason::Denied as u8;
+    ev.rule = 0;
+    let good = KernelOutcome {
+        ret: 1,
+        moved: vec![(Reason::Denied, 1)],
+        events: vec![ev],
+    };
+    assert_eq!(disagreement(Prog::Xdp, &want, &parsed, &good, 54, 1), None);
+    let with = |f: &dyn Fn(&mut KernelOutcome)| {
+        let mut o = KernelOutcome {
+            ret: good.ret,
+            moved: good.moved.clone(),
+            events: good.events.clone(),
+        };
+        f(&mut o);
+        o
+    };
+    let bad = [
+        with(&|o| o.ret = 2),
+        with(&|o| o.moved = vec![(Reason::Malformed, 1)]),
+        with(&|o| o.moved = vec![(Reason::Denied, 2)]),
+        with(&|o| o.moved.push((Reason::NotIp, 1))),
+        with(&|o| o.events.clear()),
+        with(&|o| o.events.push(ev)),
+        with(&|o| o.events[0].rule = 1),
+        with(&|o| o.events[0].verdict = Verdict::WouldDrop as u8),
+        with(&|o| o.events[0].dport = 5433),
+        with(&|o| o.events[0].proto = 17),
+        with(&|o| o.events[0].src[3] = 6),
+        with(&|o| o.events[0].generation = 2),
+        with(&|o| o.events[0].pkt_len = 40),
+        with(&|o| o.events[0].hook = Hook::CgroupIngress as u8),
+    ];
+    for (i, b) in bad.iter().enumerate() {
+        assert!(
+            disagreement(Prog::Xdp, &want, &parsed, b, 54, 1).is_some(),
+            "case {i} passed: {b:?}"
+        );
+    }
+    // Not judged: no event may appear.
+    let pass = Judgement {
+        verdict: Verdict::Allow,
+        reason: Reason::NotProtected,
+        rule: None,
+    };
+    let quiet = KernelOutcome {
+        ret: 2,
+        moved: vec![(Reason::NotProtected, 1)],
+        events: vec![],
+    };
+    assert_eq!(disagreement(Prog::Xdp, &pass, &parsed, &quiet, 54, 1), None);
+    let noisy = KernelOutcome {
+        events: vec![ev],
+        ..quiet
+    };
+    assert!(disagreement(Prog::Xdp, &pass, &parsed, &noisy, 54, 1).is_some());
 }

@@ -35,7 +35,8 @@ const OPEN_N: u64 = 7100;
 /// How long a probe waits before calling a connection "timeout" (ms).
 const PROBE_MS: &str = "1500";
 /// How long a refused connect()/sendmsg() may take to fail: "at once".
-const AT_ONCE: Duration = Duration::from_millis(500);
+/// (The probe's own start is included; a dropped SYN would give "timeout" after PROBE_MS.)
+const AT_ONCE: Duration = Duration::from_millis(1000);
 /// How long an event may take to reach the audit stream.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
@@ -469,7 +470,7 @@ fn local_process_is_judged_by_cgroup_over_loopback() {
     need_root!();
     let bed = Bed::new();
     let _l = bed.listeners();
-    let mut d = bed.start();
+    let mut d = bed.start_reporting_allowed();
 
     // Loopback, a v4-mapped loopback through an IPv6 socket, and one of the host's own
     // addresses (outside the allowed subnets, so only the cgroup can allow it).
@@ -493,6 +494,30 @@ fn local_process_is_judged_by_cgroup_over_loopback() {
     expect_no_event(&d, "refusal of an allowed cgroup", |v| {
         v["verdict"] != "allow"
     });
+    // Allowed by cgroup as it leaves the sender's socket (which is named), let in as a
+    // remembered flow at the listener's cgroup ingress.
+    for (proto, dst) in [("tcp", "127.0.0.1"), ("udp", "::1")] {
+        let ev = expect_event(
+            &mut d,
+            &[
+                ("hook", "cgroup_egress".into()),
+                ("proto", proto.into()),
+                ("dst", dst.into()),
+            ],
+        );
+        assert_eq!(ev["reason"], "allowed-by-cgroup", "{ev}");
+        assert_eq!(ev["comm"], "probe", "{ev}");
+        let ev = expect_event(
+            &mut d,
+            &[
+                ("hook", "cgroup_ingress".into()),
+                ("proto", proto.into()),
+                ("dst", dst.into()),
+            ],
+        );
+        assert_eq!(ev["verdict"], "allow", "{ev}");
+        assert_eq!(ev["reason"], "allowed-by-flow", "{ev}");
+    }
 
     for addr in addrs {
         let (out, took) = timed(|| tcp(&bed.host, Some(&bed.refused), addr, PORT));
@@ -528,7 +553,10 @@ fn local_process_is_judged_by_cgroup_over_loopback() {
     expect_no_event(
         &d,
         "a refused local packet judged after its socket refused it",
-        |v| v["hook"] == "cgroup_egress" || v["hook"] == "cgroup_ingress",
+        |v| {
+            v["verdict"] != "allow"
+                && (v["hook"] == "cgroup_egress" || v["hook"] == "cgroup_ingress")
+        },
     );
 }
 
@@ -802,4 +830,47 @@ fn sigterm_exits_zero_and_detaches() {
     );
     let status = d.stop();
     assert!(status.success(), "enforcer exited with {status}");
+}
+
+#[test]
+fn without_xdp_remote_senders_are_judged_at_cgroup_ingress() {
+    need_root!();
+    let bed = Bed::new();
+    let l = bed.listeners();
+    let policy = bed.policy("enforce", false);
+    let interfaces = format!(
+        "interfaces = [\"{}\", \"{}\", \"{}\"]",
+        bed.v_ok.a, bed.v_bad.a, bed.v_ctr.a
+    );
+    assert!(policy.contains(&interfaces), "{policy}");
+    let mut d = Daemon::start(&bed.host, &policy.replace(&interfaces, "interfaces = []"));
+    assert!(
+        !xdp_attached(&bed.host, &bed.v_bad.a),
+        "XDP attached with no interfaces listed"
+    );
+
+    assert_eq!(tcp(&bed.ok, None, "10.1.0.1", PORT), "connected");
+    assert_eq!(udp(&bed.ok, None, "fd01::1", PORT), "reply");
+    assert_eq!(tcp(&bed.bad, None, "10.2.0.1", PORT), "timeout");
+    assert_eq!(udp(&bed.bad, None, "fd02::1", PORT), "sent");
+    for (proto, src, rule) in [
+        ("tcp", "10.2.0.2", "tcp-svc"),
+        ("udp", "fd02::2", "udp-svc"),
+    ] {
+        let ev = expect_event(
+            &mut d,
+            &[
+                ("hook", "cgroup_ingress".into()),
+                ("proto", proto.into()),
+                ("src", src.into()),
+            ],
+        );
+        assert_eq!(ev["verdict"], "drop", "{ev}");
+        assert_eq!(ev["rule"], rule, "{ev}");
+        assert_eq!(ev["dport"], PORT_N, "{ev}");
+    }
+    assert!(!accepted_from(&l.tcp, "10.2.0.2"), "{:?}", l.tcp.lines());
+    expect_no_event(&d, "an XDP verdict with no XDP attached", |v| {
+        v["hook"] == "xdp"
+    });
 }

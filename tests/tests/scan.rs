@@ -23,10 +23,17 @@ macro_rules! need_root {
 
 fn scan(ns: &NetNs, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(enforcer_bin());
-    cmd.arg("scan").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("scan")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     place(&mut cmd, Some(&ns.path()), None);
     let out = cmd.output().expect("run enforcer scan");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const POLICY: &str = r#"[failsafe]
@@ -64,7 +71,8 @@ fn socket<'a>(v: &'a Value, proto: &str, port: u64, addr: &str) -> &'a Value {
 fn listeners_are_judged_against_the_policy() {
     need_root!();
     let ns = NetNs::new();
-    ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "45000 45999\n")).expect("set the range");
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "45000 45999\n"))
+        .expect("set the range");
     let exposed = Probe::spawn(Some(&ns), None, &["tcp-listen", "0.0.0.0", "8080"]);
     let exposed6 = Probe::spawn(Some(&ns), None, &["udp-listen", "::", "5353"]);
     let local = Probe::spawn(Some(&ns), None, &["tcp-listen", "127.0.0.1", "8081"]);
@@ -86,7 +94,10 @@ fn listeners_are_judged_against_the_policy() {
 
     let s = socket(&v, "tcp", 8080, "0.0.0.0");
     assert_eq!(s["status"], "exposed");
-    assert_eq!(s["processes"], serde_json::json!([{"pid": exposed.pid(), "name": "probe"}]));
+    assert_eq!(
+        s["processes"],
+        serde_json::json!([{"pid": exposed.pid(), "name": "probe"}])
+    );
     let s = socket(&v, "udp", 5353, "::");
     assert_eq!(s["status"], "exposed");
     assert_eq!(s["processes"][0]["pid"], exposed6.pid());
@@ -101,17 +112,40 @@ fn listeners_are_judged_against_the_policy() {
     assert_eq!(s["status"], "failsafe");
     assert_eq!(s["processes"][0]["pid"], failsafe.pid());
 
-    let exposed_ports: Vec<u64> = v["exposed"].as_array().expect("exposed").iter().filter_map(|s| s["port"].as_u64()).collect();
+    let exposed_ports: Vec<u64> = v["exposed"]
+        .as_array()
+        .expect("exposed")
+        .iter()
+        .filter_map(|s| s["port"].as_u64())
+        .collect();
     assert_eq!(exposed_ports, vec![8080, 5353]);
     let idle: Vec<String> = v["idle_protected"]
         .as_array()
         .expect("idle")
         .iter()
-        .map(|f| format!("{} {}/{}-{}", f["rule"].as_str().unwrap_or(""), f["proto"].as_str().unwrap_or(""), f["first"], f["last"]))
+        .map(|f| {
+            format!(
+                "{} {}/{}-{}",
+                f["rule"].as_str().unwrap_or(""),
+                f["proto"].as_str().unwrap_or(""),
+                f["first"],
+                f["last"]
+            )
+        })
         .collect();
-    assert_eq!(idle, vec!["idle tcp/7100-7110", "idle udp/7100-7110", "high udp/45050-45050"]);
+    assert_eq!(
+        idle,
+        vec![
+            "idle tcp/7100-7110",
+            "idle udp/7100-7110",
+            "high udp/45050-45050"
+        ]
+    );
     let eph = &v["ephemeral"];
-    assert_eq!(eph, &serde_json::json!([{"rule": "high", "proto": "udp", "first": 45050, "last": 45050}]));
+    assert_eq!(
+        eph,
+        &serde_json::json!([{"rule": "high", "proto": "udp", "first": 45050, "last": 45050}])
+    );
 
     // The readable table says the same.
     let (code, out, err) = scan(&ns, &["--config", &policy_s]);
@@ -123,13 +157,45 @@ fn listeners_are_judged_against_the_policy() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(row("8080")[..5], ["tcp", "0.0.0.0", "8080", "EXPOSED", &format!("probe[{}]", exposed.pid())], "{out}");
-    assert_eq!(row("8081")[..4], ["tcp", "127.0.0.1", "8081", "loopback"], "{out}");
-    assert_eq!(row("7000")[..7], ["tcp", "0.0.0.0", "7000", "protected", &format!("probe[{}]", protected.pid()), "rule", "svc"], "{out}");
+    assert_eq!(
+        row("8080")[..5],
+        [
+            "tcp",
+            "0.0.0.0",
+            "8080",
+            "EXPOSED",
+            &format!("probe[{}]", exposed.pid())
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        row("8081")[..4],
+        ["tcp", "127.0.0.1", "8081", "loopback"],
+        "{out}"
+    );
+    assert_eq!(
+        row("7000")[..7],
+        [
+            "tcp",
+            "0.0.0.0",
+            "7000",
+            "protected",
+            &format!("probe[{}]", protected.pid()),
+            "rule",
+            "svc"
+        ],
+        "{out}"
+    );
     assert_eq!(row("2222")[..4], ["tcp", "::", "2222", "failsafe"], "{out}");
     assert!(out.contains("protected ports with nothing listening:\n  tcp/7100-7110   rule idle\n  udp/7100-7110   rule idle\n  udp/45050       rule high\n"), "{out}");
-    assert!(out.contains("protected ports inside the ephemeral port range"), "{out}");
-    assert!(out.contains("5 listening sockets: 2 exposed, 1 protected, 1 failsafe, 1 loopback only"), "{out}");
+    assert!(
+        out.contains("protected ports inside the ephemeral port range"),
+        "{out}"
+    );
+    assert!(
+        out.contains("5 listening sockets: 2 exposed, 1 protected, 1 failsafe, 1 loopback only"),
+        "{out}"
+    );
 
     // Without a policy every reachable socket counts as exposed.
     let (code, out, err) = scan(&ns, &["--json"]);
@@ -143,7 +209,13 @@ fn listeners_are_judged_against_the_policy() {
     std::fs::write(&bad, "[[rule]]\nname = \"x\"\nports = [0]\n").expect("write");
     let (code, _, err) = scan(&ns, &["--config", &bad.display().to_string()]);
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("{}:3:10: error: port 0 is out of range", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:3:10: error: port 0 is out of range",
+            bad.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -67,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::setup()?;
             require_root("cargo xtask test")?;
             setup::mount_bpffs()?;
+            setup::test_tools()?;
             cargo(&["build", "-p", "enforcer"], &[])?;
             let bin = workspace_root().join("target/debug/enforcer");
             let env = [("ENFORCER_BIN", bin.to_string_lossy().into_owned())];
@@ -82,6 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             require_root("cargo xtask demo")?;
             cargo(&["build", "-p", "enforcer", "-p", "integration-tests", "--bins"], &[])?;
             let root = workspace_root();
+            // Ctrl-C is the demo's to handle (it cleans up, then exits): xtask waits for it.
+            // SAFETY: setting a signal disposition; the demo installs its own handler.
+            unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
             let status = Command::new(root.join("target/debug/demo"))
                 .env("ENFORCER_BIN", root.join("target/debug/enforcer"))
                 .env("ENFORCER_DEMO_POLICY", root.join("examples/demo-policy.toml"))

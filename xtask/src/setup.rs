@@ -100,3 +100,21 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
     std::fs::create_dir_all("/sys/fs/bpf").ok();
     run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])
 }
+
+/// Tools some tests use to check what they produce (they skip that part without them):
+/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI.
+pub fn test_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("bpftool", "bpftool"), ("tcpdump", "tcpdump"), ("systemd-analyze", "systemd")]
+        .iter()
+        .filter(|(bin, _)| !ok("which", &[bin]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if ok("python3", &["--version"]) && !ok("python3", &["-c", "import kubernetes_validate, yaml"]) {
+        step("pip install kubernetes-validate pyyaml (the Kubernetes manifests' schema check)");
+        run("python3", &["-m", "pip", "install", "--quiet", "kubernetes-validate", "pyyaml"], &[])?;
+    }
+    Ok(())
+}

@@ -55,7 +55,11 @@ pub fn check(config: &Path, format: Format) -> ExitCode {
                 1 => ", 1 warning".to_string(),
                 n => format!(", {n} warnings"),
             };
-            println!("{file}: ok ({} rules, sha256 {}{tail})", p.verdict.rules.len(), p.hash);
+            println!(
+                "{file}: ok ({} rules, sha256 {}{tail})",
+                p.verdict.rules.len(),
+                p.hash
+            );
             ExitCode::SUCCESS
         }
         (Err(e), Format::Text) => {
@@ -63,7 +67,10 @@ pub fn check(config: &Path, format: Format) -> ExitCode {
             ExitCode::FAILURE
         }
         (Err(e), Format::Json) => {
-            println!("{}", serde_json::json!({"file": file, "ok": false, "diagnostics": e.diagnostics}));
+            println!(
+                "{}",
+                serde_json::json!({"file": file, "ok": false, "diagnostics": e.diagnostics})
+            );
             ExitCode::FAILURE
         }
     }

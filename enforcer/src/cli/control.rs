@@ -120,7 +120,8 @@ pub fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
     let query = Query { proto: a.proto, src: a.src, dport: a.dport, dst: a.dst, sport: a.sport, cgroup: a.cgroup };
     let (e, source): (Explanation, String) = match &a.config {
         Some(path) => {
-            let p = crate::policy::load(path)?;
+            // As the policy applies now: allow entries past their `expires` allow nothing.
+            let p = crate::policy::load(path)?.effective(crate::grants::now_unix(), &[]);
             (explain(&p.verdict, &query).map_err(anyhow::Error::msg)?, format!("policy file {}", path.display()))
         }
         None => {

@@ -13,7 +13,9 @@ use crate::{
 pub fn scan(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let policy = match config {
         None => None,
-        Some(c) => Some(policy::load(c).map_err(|e| anyhow::anyhow!("the policy cannot be used:\n{e}"))?),
+        Some(c) => {
+            Some(policy::load(c).map_err(|e| anyhow::anyhow!("the policy cannot be used:\n{e}"))?)
+        }
     };
     let sockets = scan::listeners().context("reading the listening sockets")?;
     let ephemeral = lint::read_ephemeral_range().ok();

@@ -119,6 +119,8 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
 /// One readable line per event.
 pub fn human(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    // An IPv6 address before ":port" in brackets: "fd00::2:5432" would read as one address.
+    let host = |k: &str| if s(k).contains(':') { format!("[{}]", s(k)) } else { s(k) };
     let ts = s("ts");
     match v["event"].as_str() {
         Some("packet") => {
@@ -127,9 +129,9 @@ pub fn human(v: &Value) -> String {
                 s("verdict").to_uppercase(),
                 s("hook"),
                 s("proto"),
-                s("src"),
+                host("src"),
                 v["sport"].as_u64().map(|p| format!(":{p}")).unwrap_or_default(),
-                s("dst"),
+                host("dst"),
                 v["dport"]
             );
             for k in ["rule", "reason", "iface", "cgroup", "comm"] {

@@ -25,7 +25,7 @@ pub enum Request {
     /// Follow the audit stream on this connection, starting with the recent lines the
     /// daemon still holds from `since_unix_ns` on (if given).
     Subscribe {
-        #[serde(default)]
+        #[serde(default, deserialize_with = "since_ns")]
         since_unix_ns: Option<u128>,
     },
     /// The verdict for a described packet under the live policy.
@@ -53,6 +53,12 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
+/// Reads `since_unix_ns` as a u64 (nanoseconds since the epoch fit one until 2554): serde
+/// buffers a flattened, tagged request in a form that cannot hold a u128.
+fn since_ns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u128>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.map(u128::from))
+}
+
 /// Parses one request line, checking the version.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
@@ -61,8 +67,21 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
         Some(other) => return Err(format!("unsupported protocol version {other}; this daemon speaks {VERSION}")),
         None => return Err("the request has no \"version\" (this daemon speaks version 1)".into()),
     }
-    let env: RequestEnvelope = serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))?;
-    Ok(env.request)
+    // The version is checked; the rest is the request itself.
+    let mut v = v;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("version");
+    }
+    let request = serde_json::from_value::<Request>(v.clone()).map_err(|e| format!("bad request: {e}"))?;
+    // serde ignores unknown fields of tagged unit variants: compare with what the request
+    // holds, so a misspelt option is an error rather than silently dropped.
+    let known = serde_json::to_value(&request).map_err(|e| format!("bad request: {e}"))?;
+    if let (Some(given), Some(known)) = (v.as_object(), known.as_object()) {
+        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+            return Err(format!("bad request: unknown field `{k}` for command {}", known["command"]));
+        }
+    }
+    Ok(request)
 }
 
 /// A success response carrying `body`'s fields.
@@ -89,9 +108,15 @@ mod tests {
             parse_request(r#"{"version":1,"command":"reload","confirm_within_secs":60}"#),
             Ok(Request::Reload { confirm_within_secs: Some(60) })
         );
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"subscribe","since_unix_ns":1763900000000000000}"#),
+            Ok(Request::Subscribe { since_unix_ns: Some(1_763_900_000_000_000_000) })
+        );
         assert!(parse_request(r#"{"version":2,"command":"status"}"#).unwrap_err().contains("unsupported protocol version 2"));
         assert!(parse_request(r#"{"command":"status"}"#).unwrap_err().contains("no \"version\""));
         assert!(parse_request("status").unwrap_err().contains("not a JSON request"));
         assert!(parse_request(r#"{"version":1,"command":"format-disk"}"#).unwrap_err().contains("bad request"));
+        assert!(parse_request(r#"{"version":1,"command":"status","force":true}"#).unwrap_err().contains("unknown field"));
+        assert!(parse_request(r#"{"version":1,"command":"reload","confirm_within":60}"#).unwrap_err().contains("unknown field"));
     }
 }

@@ -62,11 +62,14 @@ const MAX_LINE: usize = 64 * 1024;
 
 async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::Sender<Subscribe>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(MAX_LINE as u64 * 64));
-    let mut line = String::new();
+    let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match lines.read_line(&mut line).await {
+        // The bound is per line (one byte more than allowed shows a line is too long);
+        // a connection may carry any number of requests. Bytes, not a String: a line that
+        // is not UTF-8 gets an answer too.
+        match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -74,7 +77,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
             let _ = write_json(&mut write, &protocol::error(format!("request longer than {MAX_LINE} bytes"))).await;
             return;
         }
-        let request = match protocol::parse_request(line.trim()) {
+        let request = match protocol::parse_request(String::from_utf8_lossy(&line).trim()) {
             Ok(r) => r,
             Err(e) => {
                 if write_json(&mut write, &protocol::error(e)).await.is_err() {

@@ -51,6 +51,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let grants = crate::grants::Store::open(&opts.state_dir)?;
     let cgroup_mount = host::cgroup2_mount()?;
     let listener = control::server::bind(&opts.socket)?;
+    // Removed however this function ends (a refused start leaves no stale socket).
+    let _socket = SocketFile(opts.socket.clone());
     let pins = PinDir::open(&opts.pin_dir)?;
     let mut loaded = Loaded::load_pinned(pins)?;
     if let Some((_, generation)) = loaded.adopted {
@@ -127,11 +129,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     info!("stopping");
+    st.flush_reports();
     server.abort();
     if let Some(m) = metrics {
         m.abort();
     }
-    let _ = std::fs::remove_file(&opts.socket);
     match opts.on_stop {
         OnStop::Detach => {
             st.stop();
@@ -146,4 +148,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let _ = audit.await;
     Ok(())
+}
+
+/// The control socket's file, removed on drop.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

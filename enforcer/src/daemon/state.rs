@@ -107,6 +107,15 @@ impl State {
             audit,
             stats,
         };
+        if st.loaded.adopted.is_some() {
+            // Adopted counters: what they hold was the earlier daemon's to report (it
+            // reports its last figures when it stops); only what comes after is ours.
+            let maps = &st.loaded.maps;
+            st.kernel_lost = counters::events_lost(maps);
+            st.suppressed_total = counters::suppressed(maps, GLOBAL_BUCKET);
+            let n = st.policy.verdict.rules.len() as u32;
+            st.suppressed_seen = (0..n).chain([NO_RULE_INDEX]).map(|i| (i, counters::suppressed(maps, i))).collect();
+        }
         st.sync_local_addrs()?;
         st.cgroup_ids = resolve_cgroups(&st.cgroup_mount, &st.compiled);
         st.writer.apply(&mut st.loaded.maps, &st.compiled, &st.cgroup_ids, st.generation)?;
@@ -278,19 +287,7 @@ impl State {
                 Err(e) => warn!("updating allowed cgroups: {e:#}"),
             }
         }
-        let lost = counters::events_lost(&self.loaded.maps);
-        if lost > self.kernel_lost {
-            let r = Record {
-                ts: record::now(),
-                event: "lost",
-                scope: Some("kernel"),
-                count: Some(lost - self.kernel_lost),
-                policy: Some(self.generation),
-                ..Record::default()
-            };
-            let _ = self.audit.send(Control::Record(Box::new(r)));
-            self.kernel_lost = lost;
-        }
+        self.report_lost();
         if self.next_expiry.is_some_and(|t| t <= now_unix()) {
             self.expire();
         }
@@ -398,6 +395,29 @@ impl State {
         if self.grants.grants.iter().any(|g| g.expires_unix <= now_unix()) {
             self.expire();
         }
+    }
+
+    /// A `lost` event for events the kernel could not queue since the last report.
+    fn report_lost(&mut self) {
+        let lost = counters::events_lost(&self.loaded.maps);
+        if lost > self.kernel_lost {
+            let r = Record {
+                ts: record::now(),
+                event: "lost",
+                scope: Some("kernel"),
+                count: Some(lost - self.kernel_lost),
+                policy: Some(self.generation),
+                ..Record::default()
+            };
+            let _ = self.audit.send(Control::Record(Box::new(r)));
+            self.kernel_lost = lost;
+        }
+    }
+
+    /// Reports what is still unreported (lost and suppressed counts): on stopping.
+    pub fn flush_reports(&mut self) {
+        self.report_lost();
+        self.report_suppressed();
     }
 
     /// One `suppressed` event per rule whose events the kernel held back since the last

@@ -5,6 +5,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use enforcer_common::{
@@ -34,10 +35,15 @@ impl RuleNames {
     }
 }
 
+/// How long a looked-up interface name is used: interfaces get renamed (udev renames
+/// them as they appear), and a deleted one's index may come back with another name.
+const IFNAME_TTL: Duration = Duration::from_secs(1);
+
 pub struct Enricher {
     pub rules: RuleNames,
     clock_offset_ns: i128,
-    ifnames: HashMap<u32, String>,
+    /// Interface names by index, with when they were looked up.
+    ifnames: HashMap<u32, (String, Instant)>,
     cgroup_paths: HashMap<u64, Option<String>>,
     cgroup_mount: Option<PathBuf>,
 }
@@ -71,10 +77,15 @@ impl Enricher {
             n => n.to_string(),
         };
         let iface = (ev.ifindex != 0).then(|| {
-            self.ifnames
-                .entry(ev.ifindex)
-                .or_insert_with(|| host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex)))
-                .clone()
+            let now = Instant::now();
+            match self.ifnames.get(&ev.ifindex) {
+                Some((name, at)) if now.duration_since(*at) < IFNAME_TTL => name.clone(),
+                _ => {
+                    let name = host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
+                    self.ifnames.insert(ev.ifindex, (name.clone(), now));
+                    name
+                }
+            }
         });
         let cgroup = (ev.cgroup_id != 0).then(|| self.cgroup_path(ev.cgroup_id)).flatten();
         let pid = (ev.pid_tgid != 0).then_some((ev.pid_tgid >> 32) as u32);

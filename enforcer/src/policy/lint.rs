@@ -7,9 +7,7 @@
 
 use std::path::PathBuf;
 
-use enforcer_common::model::{
-    policy::cgroup_within, Mode, PortRange, Protocol, Rule,
-};
+use enforcer_common::model::{policy::cgroup_within, Mode, PortRange, Protocol, Rule};
 
 use super::{
     diag::{Diagnostic, Severity},
@@ -45,7 +43,9 @@ impl HostFacts {
         let mut facts = HostFacts::default();
         match read_ephemeral_range() {
             Ok(r) => facts.ephemeral = Some(r),
-            Err(e) => facts.notes.push(format!("ephemeral port range not checked: {e:#}")),
+            Err(e) => facts
+                .notes
+                .push(format!("ephemeral port range not checked: {e:#}")),
         }
         facts.reserved = read_reserved_ports().unwrap_or_default();
         match crate::kernel::host::cgroup2_mount() {
@@ -78,7 +78,8 @@ impl HostFacts {
 pub fn read_ephemeral_range() -> anyhow::Result<PortRange> {
     let path = "/proc/sys/net/ipv4/ip_local_port_range";
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
-    parse_ephemeral_range(&text).ok_or_else(|| anyhow::anyhow!("{path}: cannot parse {:?}", text.trim()))
+    parse_ephemeral_range(&text)
+        .ok_or_else(|| anyhow::anyhow!("{path}: cannot parse {:?}", text.trim()))
 }
 
 pub fn parse_ephemeral_range(text: &str) -> Option<PortRange> {
@@ -94,11 +95,15 @@ pub fn read_reserved_ports() -> anyhow::Result<Vec<PortRange>> {
 }
 
 pub fn parse_reserved_ports(text: &str) -> Vec<PortRange> {
-    let ranges = text.trim().split(',').filter(|s| !s.is_empty()).filter_map(|s| {
-        let (a, b) = s.split_once('-').unwrap_or((s, s));
-        let (first, last) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-        (first <= last).then_some(PortRange { first, last })
-    });
+    let ranges = text
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let (a, b) = s.split_once('-').unwrap_or((s, s));
+            let (first, last) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (first <= last).then_some(PortRange { first, last })
+        });
     normalize(ranges.collect())
 }
 
@@ -110,7 +115,9 @@ pub fn normalize(mut v: Vec<PortRange>) -> Vec<PortRange> {
     let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
     for r in v {
         match out.last_mut() {
-            Some(last) if r.first as u32 <= last.last as u32 + 1 => last.last = last.last.max(r.last),
+            Some(last) if r.first as u32 <= last.last as u32 + 1 => {
+                last.last = last.last.max(r.last)
+            }
             _ => out.push(r),
         }
     }
@@ -142,10 +149,16 @@ pub fn subtract(a: &[PortRange], b: &[PortRange]) -> Vec<PortRange> {
                 continue;
             }
             if y.first > x.first {
-                next.push(PortRange { first: x.first, last: y.first - 1 });
+                next.push(PortRange {
+                    first: x.first,
+                    last: y.first - 1,
+                });
             }
             if y.last < x.last {
-                next.push(PortRange { first: y.last + 1, last: x.last });
+                next.push(PortRange {
+                    first: y.last + 1,
+                    last: x.last,
+                });
             }
         }
         cur = next;
@@ -163,7 +176,11 @@ pub fn fmt_range(r: PortRange) -> String {
 
 /// "tcp/22, tcp/8000-8010".
 pub fn fmt_ports(proto: &str, ranges: &[PortRange]) -> String {
-    ranges.iter().map(|r| format!("{proto}/{}", fmt_range(*r))).collect::<Vec<_>>().join(", ")
+    ranges
+        .iter()
+        .map(|r| format!("{proto}/{}", fmt_range(*r)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The protocols a rule's protocol stands for, one by one.
@@ -178,7 +195,13 @@ pub fn concrete(p: Protocol) -> &'static [Protocol] {
 /// The failsafe ports of `proto` (a concrete protocol).
 pub fn failsafe_ports(policy: &Policy, proto: Protocol) -> Vec<PortRange> {
     normalize(
-        policy.verdict.failsafe.iter().filter(|(p, _)| *p == proto || *p == Protocol::Any).map(|(_, r)| *r).collect(),
+        policy
+            .verdict
+            .failsafe
+            .iter()
+            .filter(|(p, _)| *p == proto || *p == Protocol::Any)
+            .map(|(_, r)| *r)
+            .collect(),
     )
 }
 
@@ -196,13 +219,22 @@ fn fmt_sets(sets: &[(Protocol, Vec<PortRange>)]) -> String {
     let sets: Vec<_> = sets.iter().filter(|(_, r)| !r.is_empty()).collect();
     match sets.as_slice() {
         [(_, a), (_, b)] if a == b => fmt_ports("tcp+udp", a),
-        _ => sets.iter().map(|(p, r)| fmt_ports(p.name(), r)).collect::<Vec<_>>().join(", "),
+        _ => sets
+            .iter()
+            .map(|(p, r)| fmt_ports(p.name(), r))
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
 /// The ports of `rule` inside the usable ephemeral range (ip_local_port_range less the
 /// reserved ports), per protocol; only judged ports count.
-pub fn ephemeral_overlap(policy: &Policy, rule: &Rule, ephemeral: PortRange, reserved: &[PortRange]) -> Vec<(Protocol, Vec<PortRange>)> {
+pub fn ephemeral_overlap(
+    policy: &Policy,
+    rule: &Rule,
+    ephemeral: PortRange,
+    reserved: &[PortRange],
+) -> Vec<(Protocol, Vec<PortRange>)> {
     let usable = subtract(&[ephemeral], reserved);
     concrete(rule.protocol)
         .iter()
@@ -242,20 +274,46 @@ struct Linter<'a> {
 
 impl Linter<'_> {
     fn warn(&mut self, at: Loc, message: String) {
-        let at = if at.line == 0 { Loc { line: 1, col: 1 } } else { at };
-        self.out.push(Diagnostic { file: self.file.clone(), line: at.line, col: at.col, severity: Severity::Warning, message });
+        let at = if at.line == 0 {
+            Loc { line: 1, col: 1 }
+        } else {
+            at
+        };
+        self.out.push(Diagnostic {
+            file: self.file.clone(),
+            line: at.line,
+            col: at.col,
+            severity: Severity::Warning,
+            message,
+        });
     }
 
     fn rule_loc(&self, i: usize) -> Loc {
-        self.policy.locations.rules.get(i).copied().unwrap_or_default()
+        self.policy
+            .locations
+            .rules
+            .get(i)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn ports_loc(&self, i: usize) -> Loc {
-        self.policy.locations.ports.get(i).copied().unwrap_or_else(|| self.rule_loc(i))
+        self.policy
+            .locations
+            .ports
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| self.rule_loc(i))
     }
 
     fn allow_from_loc(&self, i: usize, j: usize) -> Loc {
-        self.policy.locations.allow_from.get(i).and_then(|v| v.get(j)).copied().unwrap_or_else(|| self.rule_loc(i))
+        self.policy
+            .locations
+            .allow_from
+            .get(i)
+            .and_then(|v| v.get(j))
+            .copied()
+            .unwrap_or_else(|| self.rule_loc(i))
     }
 
     /// Duplicates are dropped in validation, so an entry's place is known only when none were.
@@ -277,14 +335,25 @@ impl Linter<'_> {
             let v4 = r.allow_from.iter().any(|p| p.len == 0 && p.addr.is_ipv4());
             let v6 = r.allow_from.iter().any(|p| p.len == 0 && p.addr.is_ipv6());
             for (j, p) in r.allow_from.iter().enumerate().filter(|(_, p)| p.len == 0) {
-                let (family, other) = if p.addr.is_ipv4() { ("IPv4", v6) } else { ("IPv6", v4) };
+                let (family, other) = if p.addr.is_ipv4() {
+                    ("IPv4", v6)
+                } else {
+                    ("IPv6", v4)
+                };
                 let tail = if other {
                     " With both 0.0.0.0/0 and ::/0 the rule refuses no remote sender at all: if the port is meant to be public, remove the rule".to_string()
                 } else {
-                    format!(" The rule still refuses {} senders it does not list", if p.addr.is_ipv4() { "IPv6" } else { "IPv4" })
+                    format!(
+                        " The rule still refuses {} senders it does not list",
+                        if p.addr.is_ipv4() { "IPv6" } else { "IPv4" }
+                    )
                 };
                 let at = self.allow_from_loc(i, j);
-                let verb = if r.ports.len() == 1 && r.protocol != Protocol::Any { "is" } else { "are" };
+                let verb = if r.ports.len() == 1 && r.protocol != Protocol::Any {
+                    "is"
+                } else {
+                    "are"
+                };
                 self.warn(at, format!(
                     "rule {:?} allows {p}, every {family} address: {} {verb} open to any {family} sender.{tail}",
                     r.name, self.rule_ports(r)
@@ -297,9 +366,16 @@ impl Linter<'_> {
         for (i, r) in self.policy.verdict.rules.iter().enumerate() {
             if r.allow_from.is_empty() && r.allow_cgroups.is_empty() {
                 let overlaps = self.policy.verdict.rules.iter().enumerate().any(|(k, o)| {
-                    k != i && common_protocol(r.protocol, o.protocol).is_some() && !intersect(&normalize(r.ports.clone()), &normalize(o.ports.clone())).is_empty()
+                    k != i
+                        && common_protocol(r.protocol, o.protocol).is_some()
+                        && !intersect(&normalize(r.ports.clone()), &normalize(o.ports.clone()))
+                            .is_empty()
                 });
-                let except = if overlaps { " (except where another rule covers the same ports: its allow list then applies)" } else { "" };
+                let except = if overlaps {
+                    " (except where another rule covers the same ports: its allow list then applies)"
+                } else {
+                    ""
+                };
                 let at = self.rule_loc(i);
                 self.warn(at, format!(
                     "rule {:?} has neither allow_from nor allow_cgroups: every packet to {} is {}, from other hosts and from this host's own processes alike{except}; add an allow list, or remove the rule if the port should stay open",
@@ -314,7 +390,9 @@ impl Linter<'_> {
         for j in 0..rules.len() {
             for i in 0..j {
                 let (a, b) = (&rules[i], &rules[j]);
-                let Some(proto) = common_protocol(a.protocol, b.protocol) else { continue };
+                let Some(proto) = common_protocol(a.protocol, b.protocol) else {
+                    continue;
+                };
                 let common = intersect(&normalize(a.ports.clone()), &normalize(b.ports.clone()));
                 if common.is_empty() {
                     continue;
@@ -382,7 +460,10 @@ impl Linter<'_> {
     fn sshd(&mut self, facts: &HostFacts) {
         let failsafe = failsafe_ports(self.policy, Protocol::Tcp);
         for &port in &facts.sshd_ports {
-            let one = [PortRange { first: port, last: port }];
+            let one = [PortRange {
+                first: port,
+                last: port,
+            }];
             if !intersect(&one, &failsafe).is_empty() {
                 continue;
             }
@@ -392,7 +473,10 @@ impl Linter<'_> {
                 .rules
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| concrete(r.protocol).contains(&Protocol::Tcp) && r.ports.iter().any(|p| p.contains(port)))
+                .filter(|(_, r)| {
+                    concrete(r.protocol).contains(&Protocol::Tcp)
+                        && r.ports.iter().any(|p| p.contains(port))
+                })
                 .map(|(i, _)| i)
                 .collect();
             for &i in &covering {
@@ -425,14 +509,28 @@ impl Linter<'_> {
         for (i, r) in self.policy.verdict.rules.iter().enumerate() {
             let shadowed: Vec<(Protocol, Vec<PortRange>)> = concrete(r.protocol)
                 .iter()
-                .map(|p| (*p, intersect(&normalize(r.ports.clone()), &failsafe_ports(self.policy, *p))))
+                .map(|p| {
+                    (
+                        *p,
+                        intersect(
+                            &normalize(r.ports.clone()),
+                            &failsafe_ports(self.policy, *p),
+                        ),
+                    )
+                })
                 .filter(|(_, s)| !s.is_empty())
                 .collect();
             if shadowed.is_empty() {
                 continue;
             }
-            let none_left = concrete(r.protocol).iter().all(|p| judged_ports(self.policy, r, *p).is_empty());
-            let tail = if none_left { ": the rule has no effect at all" } else { "" };
+            let none_left = concrete(r.protocol)
+                .iter()
+                .all(|p| judged_ports(self.policy, r, *p).is_empty());
+            let tail = if none_left {
+                ": the rule has no effect at all"
+            } else {
+                ""
+            };
             let at = self.ports_loc(i);
             self.warn(at, format!(
                 "rule {:?}: {} failsafe ({where_}), never judged, so the rule does not apply there{tail}",
@@ -448,7 +546,11 @@ impl Linter<'_> {
 
 /// Every warning for `policy` on a host with `facts`, in file order.
 pub fn lint(policy: &Policy, facts: &HostFacts) -> Vec<Diagnostic> {
-    let mut l = Linter { policy, file: policy.path.display().to_string(), out: Vec::new() };
+    let mut l = Linter {
+        policy,
+        file: policy.path.display().to_string(),
+        out: Vec::new(),
+    };
     l.open_to_everyone();
     l.no_allow_list();
     l.overlapping_rules();
@@ -478,13 +580,19 @@ mod tests {
     fn with_cgroups(existing: &[&str]) -> HostFacts {
         let set: HashSet<String> = existing.iter().map(|s| s.to_string()).collect();
         HostFacts {
-            cgroups: Some(CgroupFacts { mount: "/sys/fs/cgroup".into(), exists: Box::new(move |p| set.contains(p)) }),
+            cgroups: Some(CgroupFacts {
+                mount: "/sys/fs/cgroup".into(),
+                exists: Box::new(move |p| set.contains(p)),
+            }),
             ..HostFacts::default()
         }
     }
 
     fn warnings(text: &str, facts: &HostFacts) -> Vec<String> {
-        lint(&policy(text), facts).iter().map(|d| d.to_string()).collect()
+        lint(&policy(text), facts)
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     fn r(first: u16, last: u16) -> PortRange {
@@ -493,16 +601,37 @@ mod tests {
 
     #[test]
     fn port_sets() {
-        assert_eq!(normalize(vec![r(5, 9), r(1, 3), r(4, 4), r(20, 30), r(25, 26)]), vec![r(1, 9), r(20, 30)]);
-        assert_eq!(intersect(&[r(1, 10), r(20, 30)], &[r(5, 25)]), vec![r(5, 10), r(20, 25)]);
-        assert_eq!(subtract(&[r(1, 10)], &[r(3, 4), r(10, 10)]), vec![r(1, 2), r(5, 9)]);
+        assert_eq!(
+            normalize(vec![r(5, 9), r(1, 3), r(4, 4), r(20, 30), r(25, 26)]),
+            vec![r(1, 9), r(20, 30)]
+        );
+        assert_eq!(
+            intersect(&[r(1, 10), r(20, 30)], &[r(5, 25)]),
+            vec![r(5, 10), r(20, 25)]
+        );
+        assert_eq!(
+            subtract(&[r(1, 10)], &[r(3, 4), r(10, 10)]),
+            vec![r(1, 2), r(5, 9)]
+        );
         assert_eq!(subtract(&[r(1, 65535)], &[r(1, 65535)]), vec![]);
-        assert_eq!(subtract(&[r(65535, 65535)], &[r(1, 1)]), vec![r(65535, 65535)]);
-        assert_eq!(normalize(vec![r(65535, 65535), r(1, 65534)]), vec![r(1, 65535)]);
-        assert_eq!(parse_ephemeral_range("32768\t60999\n"), Some(r(32768, 60999)));
+        assert_eq!(
+            subtract(&[r(65535, 65535)], &[r(1, 1)]),
+            vec![r(65535, 65535)]
+        );
+        assert_eq!(
+            normalize(vec![r(65535, 65535), r(1, 65534)]),
+            vec![r(1, 65535)]
+        );
+        assert_eq!(
+            parse_ephemeral_range("32768\t60999\n"),
+            Some(r(32768, 60999))
+        );
         assert_eq!(parse_ephemeral_range("9 1"), None);
         assert_eq!(parse_reserved_ports("\n"), vec![]);
-        assert_eq!(parse_reserved_ports("8080,9000-9010,8081\n"), vec![r(8080, 8081), r(9000, 9010)]);
+        assert_eq!(
+            parse_reserved_ports("8080,9000-9010,8081\n"),
+            vec![r(8080, 8081), r(9000, 9010)]
+        );
     }
 
     #[test]
@@ -520,19 +649,34 @@ mod tests {
         let w = warnings(text, &facts());
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("p.toml:5:29: warning: rule \"web\" allows 0.0.0.0/0, every IPv4 address: tcp/8080 is open to any IPv4 sender. The rule still refuses IPv6"), "{}", w[0]);
-        let text = "[[rule]]\nname = \"web\"\nports = [8080]\nallow_from = [\"0.0.0.0/0\", \"::/0\"]\n";
+        let text =
+            "[[rule]]\nname = \"web\"\nports = [8080]\nallow_from = [\"0.0.0.0/0\", \"::/0\"]\n";
         let w = warnings(text, &facts());
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[1].starts_with("p.toml:4:28: warning: rule \"web\" allows ::/0"), "{}", w[1]);
-        assert!(w[1].contains("tcp+udp/8080") && w[1].contains("refuses no remote sender"), "{}", w[1]);
+        assert!(
+            w[1].starts_with("p.toml:4:28: warning: rule \"web\" allows ::/0"),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[1].contains("tcp+udp/8080") && w[1].contains("refuses no remote sender"),
+            "{}",
+            w[1]
+        );
     }
 
     #[test]
     fn a_rule_without_allow_list_refuses_everyone() {
-        let w = warnings("[[rule]]\nname = \"closed\"\nprotocol = \"udp\"\nports = [\"5000-5010\"]\n", &facts());
+        let w = warnings(
+            "[[rule]]\nname = \"closed\"\nprotocol = \"udp\"\nports = [\"5000-5010\"]\n",
+            &facts(),
+        );
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("p.toml:2:8: warning: rule \"closed\" has neither allow_from nor allow_cgroups: every packet to udp/5000-5010 is refused"), "{}", w[0]);
-        let w = warnings("mode = \"audit\"\n[[rule]]\nname = \"closed\"\nports = [1]\n", &facts());
+        let w = warnings(
+            "mode = \"audit\"\n[[rule]]\nname = \"closed\"\nports = [1]\n",
+            &facts(),
+        );
         assert!(w[0].contains("would-drop (audit mode"), "{}", w[0]);
     }
 
@@ -546,7 +690,13 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("p.toml:8:9: warning: rules \"a\" (line 2) and \"b\" both cover tcp/5050: on those ports their allow lists add up"), "{}", w[0]);
         assert!(w[0].contains("both are enforced"), "{}", w[0]);
-        assert!(w[1].starts_with("p.toml:14:9: warning: rules \"b\" (line 7) and \"c\" both cover udp/5050"), "{}", w[1]);
+        assert!(
+            w[1].starts_with(
+                "p.toml:14:9: warning: rules \"b\" (line 7) and \"c\" both cover udp/5050"
+            ),
+            "{}",
+            w[1]
+        );
         assert!(!w[1].contains("enforced"), "{}", w[1]);
     }
 
@@ -558,7 +708,11 @@ mod tests {
         let w = warnings(text, &f);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("p.toml:4:9: warning: rule \"hi\" protects tcp/40000-40010, inside the ephemeral port range 32768-60999 (net.ipv4.ip_local_port_range): this host's own outgoing connections"), "{}", w[0]);
-        assert!(w[0].contains("replies to them arrive bound for a protected port"), "{}", w[0]);
+        assert!(
+            w[0].contains("replies to them arrive bound for a protected port"),
+            "{}",
+            w[0]
+        );
         // Reserved ports are not handed out: no warning for them.
         f.reserved = vec![r(40000, 40010)];
         assert_eq!(warnings(text, &f), Vec::<String>::new());
@@ -571,7 +725,10 @@ mod tests {
     #[test]
     fn missing_and_misplaced_cgroups() {
         let text = "[attach]\ncgroup = \"/srv\"\n[[rule]]\nname = \"db\"\nports = [5432]\nallow_cgroups = [\"/srv/api\", \"/srv/gone\", \"/elsewhere\"]\n";
-        let w = warnings(text, &with_cgroups(&["/", "/srv", "/srv/api", "/elsewhere"]));
+        let w = warnings(
+            text,
+            &with_cgroups(&["/", "/srv", "/srv/api", "/elsewhere"]),
+        );
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("p.toml:6:30: warning: cgroup \"/srv/gone\" (allowed by rule \"db\") does not exist under /sys/fs/cgroup yet"), "{}", w[0]);
         assert!(w[1].starts_with("p.toml:6:43: warning: cgroup \"/elsewhere\" (allowed by rule \"db\") lies outside the attach cgroup \"/srv\""), "{}", w[1]);
@@ -580,8 +737,14 @@ mod tests {
         // Without facts only the pure part (outside the attach cgroup) is said.
         assert_eq!(warnings(text, &facts()).len(), 1);
         // Duplicates: the rule's line stands in for the entry.
-        let w = warnings("[[rule]]\nname = \"db\"\nports = [1]\nallow_cgroups = [\"/a\", \"/a/\", \"/b\"]\n", &with_cgroups(&["/", "/a"]));
-        assert!(w[0].starts_with("p.toml:2:8: warning: cgroup \"/b\""), "{w:?}");
+        let w = warnings(
+            "[[rule]]\nname = \"db\"\nports = [1]\nallow_cgroups = [\"/a\", \"/a/\", \"/b\"]\n",
+            &with_cgroups(&["/", "/a"]),
+        );
+        assert!(
+            w[0].starts_with("p.toml:2:8: warning: cgroup \"/b\""),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -601,7 +764,13 @@ mod tests {
         let w = warnings(text, &f);
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].starts_with("p.toml:2:9: warning: the [failsafe] list is empty while sshd listens on tcp/22, which rule \"ssh\" protects"), "{}", w[0]);
-        assert!(w[1].starts_with("p.toml:6:9: warning: rule \"ssh\" protects tcp/22, where this host's sshd listens"), "{}", w[1]);
+        assert!(
+            w[1].starts_with(
+                "p.toml:6:9: warning: rule \"ssh\" protects tcp/22, where this host's sshd listens"
+            ),
+            "{}",
+            w[1]
+        );
         // Emptied failsafe but no rule on sshd's port: fine.
         let text = "[failsafe]\nports = []\n[[rule]]\nname = \"x\"\nports = [80]\nallow_from = [\"10.0.0.0/8\"]\n";
         assert_eq!(warnings(text, &f), Vec::<String>::new());
@@ -619,7 +788,11 @@ mod tests {
         assert_eq!(w[0], "p.toml:5:9: warning: rule \"a\": tcp/8005 is failsafe ([failsafe] at line 2), never judged, so the rule does not apply there");
         assert_eq!(w[1], "p.toml:10:9: warning: rule \"b\": tcp/8000-8001 are failsafe ([failsafe] at line 2), never judged, so the rule does not apply there: the rule has no effect at all");
         let w = warnings("[[rule]]\nname = \"s\"\nprotocol = \"tcp\"\nports = [22]\nallow_from = [\"10.0.0.0/8\"]\n", &facts());
-        assert!(w[0].contains("tcp/22 is failsafe (the default failsafe)") && w[0].ends_with("no effect at all"), "{w:?}");
+        assert!(
+            w[0].contains("tcp/22 is failsafe (the default failsafe)")
+                && w[0].ends_with("no effect at all"),
+            "{w:?}"
+        );
     }
 
     #[test]
