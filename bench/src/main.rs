@@ -57,6 +57,11 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 policy::child(n)?;
                 return Ok(None);
             }
+            "--parse-child" => {
+                let n = args.next().context("--parse-child needs a size")?.parse()?;
+                policy::parse_child(n)?;
+                return Ok(None);
+            }
             "-h" | "--help" => {
                 println!(
                     "enforcer-bench [--out FILE] [--quick] [--only micro,scaling,e2e,policy,audit]\n\

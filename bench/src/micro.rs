@@ -322,8 +322,8 @@ pub struct ScaleSeries {
 }
 
 /// `n` distinct IPv4 prefixes, all /32 (`mixed` false) or of lengths cycling through
-/// /16../32 (17 distinct lengths, so up to 17 hash probes per refused packet); none covers
-/// 192.0.2.0/24. The last one holds the allowed source the bench sends from.
+/// /16../32 from a /16 (17 distinct lengths, so up to 17 hash probes per refused packet);
+/// none covers 192.0.2.0/24. The first one holds the allowed source the bench sends from.
 pub fn prefixes(n: usize, mixed: bool) -> Vec<(Ipv4Addr, u8)> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
@@ -351,16 +351,17 @@ pub fn scaling(trivial: &Trivial, rounds: usize) -> anyhow::Result<(Vec<ScaleSer
     let mut series: Vec<(String, Vec<(String, Policy, Vec<u8>, Vec<u8>)>)> = Vec::new();
     for (mixed, title) in [
         (false, "allow_from prefixes, all /32 (one hash probe per packet)"),
-        (true, "allow_from prefixes, lengths /16–/32 (one probe per distinct length: up to 17)"),
+        (true, "allow_from prefixes, lengths /16–/32 (one probe per distinct length, longest first: up to 17; the allowed source is in a /16, found by the last probe)"),
     ] {
         let mut rows = Vec::new();
         for n in [1usize, 16, 256, 4096, 65536] {
             let p = prefixes(n, mixed);
-            let (last, _) = *p.last().expect("n >= 1");
             let distinct: std::collections::BTreeSet<u8> = p.iter().map(|(_, l)| *l).collect();
-            // The allowed source: inside the last prefix (its lowest address + 1 for /31 and shorter).
-            let o = last.octets();
-            let src = if mixed { Ipv4Addr::new(o[0], o[1], o[2], o[3] | 1) } else { last };
+            // The allowed source: in the first prefix (a /32, or in the mixed series a /16,
+            // the shortest length, found by the last probe).
+            let (first, _) = p[0];
+            let o = first.octets();
+            let src = if mixed { Ipv4Addr::new(o[0], o[1], 7, 9) } else { first };
             rows.push((
                 format!("{n} ({} length{})", distinct.len(), if distinct.len() == 1 { "" } else { "s" }),
                 build_policy(&header, &[(5432, p.clone())])?,

@@ -89,6 +89,15 @@ fn apply(writer: &mut Writer, loaded: &mut Loaded, policy: &Policy, generation: 
     }))
 }
 
+/// This process's peak RSS (VmHWM, KiB): its own since exec, unlike wait4's ru_maxrss,
+/// which can carry the parent's at the fork.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// The parsing child: parses the policy file of `n` prefixes once; prints the time.
 pub fn parse_child(n: usize) -> anyhow::Result<()> {
     let (rules, ports) = policy_of(n);
@@ -100,7 +109,7 @@ pub fn parse_child(n: usize) -> anyhow::Result<()> {
     if got != n {
         bail!("parsed {got} prefixes of {n}");
     }
-    println!("{}", serde_json::json!({ "parse_ms": ms, "bytes": text.len() }));
+    println!("{}", serde_json::json!({ "parse_ms": ms, "bytes": text.len(), "hwm_kib": vm_hwm_kib() }));
     Ok(())
 }
 
@@ -144,6 +153,7 @@ pub fn child(n: usize) -> anyhow::Result<()> {
     let by_name: serde_json::Map<String, serde_json::Value> =
         maps.iter().map(|m| (m.name.clone(), serde_json::json!(m.memlock))).collect();
     out["maps_memlock"] = serde_json::json!(total);
+    out["hwm_kib"] = serde_json::json!(vm_hwm_kib());
     out["maps"] = serde_json::Value::Object(by_name);
     println!("{out}");
     Ok(())
@@ -151,7 +161,14 @@ pub fn child(n: usize) -> anyhow::Result<()> {
 
 pub struct SizeRow {
     pub n: usize,
-    pub first: [Samples; 4],
+    /// Parse of the policy file (ms), and the budget (s) it ran over, if it did.
+    pub parse_ms: Samples,
+    pub parse_over: Option<f64>,
+    pub file_bytes: u64,
+    pub compile_ms: Samples,
+    pub write_ms: Samples,
+    /// Compile + write of a reload of the same policy: into the other, empty slot; then in
+    /// the steady state.
     pub second_slot: Samples,
     pub steady: Samples,
     pub written: u64,
@@ -159,11 +176,20 @@ pub struct SizeRow {
     pub maps_total: Samples,
     pub allow_mem: Samples,
     pub rss_kib: Samples,
+    pub parse_rss_kib: Samples,
+}
+
+impl SizeRow {
+    /// Compile + write of the first apply.
+    pub fn compile_write(&self) -> Samples {
+        Samples(self.compile_ms.0.iter().zip(&self.write_ms.0).map(|(a, b)| a + b).collect())
+    }
 }
 
 pub struct ChangeRow {
     pub label: &'static str,
-    pub total_ms: Samples,
+    /// Compile + write (ms), and the write alone.
+    pub compile_write_ms: Samples,
     pub write_ms: Samples,
     pub written: u64,
     pub removed: u64,
@@ -174,40 +200,63 @@ pub struct PolicyResults {
     pub changes: Vec<ChangeRow>,
     pub full_write_ms: Samples,
     pub full_written: u64,
+    pub parse_budget_s: f64,
 }
 
-fn run_child(n: usize) -> anyhow::Result<(serde_json::Value, i64)> {
+/// Parses of one file stop after this long (they grow with the square of the file here).
+pub const PARSE_BUDGET_S: f64 = 20.0;
+
+/// Runs this binary with `args`; returns its JSON line, or None if it ran over `budget`
+/// (it is killed then).
+fn run_child(args: &[String], budget: Duration) -> anyhow::Result<Option<serde_json::Value>> {
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["--policy-child", &n.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = Command::new(exe).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.context("child stdout")?;
-    let mut stderr = child.stderr.context("child stderr")?;
-    let mut out = String::new();
-    let mut err = String::new();
-    let e = std::thread::spawn(move || {
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut stderr = child.stderr.take().context("child stderr")?;
+    let out_t = std::thread::spawn(move || {
         use std::io::Read as _;
-        let _ = stderr.read_to_string(&mut err);
-        err
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
     });
-    use std::io::Read as _;
-    stdout.read_to_string(&mut out)?;
-    let err = e.join().unwrap_or_default();
+    let err_t = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
     let mut status = 0;
-    // SAFETY: waiting for our own child; rusage is plain data.
+    // SAFETY: rusage is plain data.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+    let mut timed_out = false;
+    loop {
+        // SAFETY: waiting (without blocking) for our own child.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if !timed_out && (start.elapsed() > budget || crate::env::check_interrupted().is_err()) {
+            // Our own child, by its pid.
+            let _ = child.kill();
+            timed_out = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = out_t.join().unwrap_or_default();
+    let err = err_t.join().unwrap_or_default();
+    if timed_out {
+        return Ok(None);
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("policy child ({n} prefixes) failed: {}", err.trim());
+        bail!("child {} failed: {}", args.join(" "), err.trim());
     }
     let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("child output: {out}"))?;
-    Ok((v, ru.ru_maxrss))
+    Ok(Some(v))
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
@@ -215,7 +264,11 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
         .iter()
         .map(|&n| SizeRow {
             n,
-            first: Default::default(),
+            parse_ms: Samples::default(),
+            parse_over: None,
+            file_bytes: 0,
+            compile_ms: Samples::default(),
+            write_ms: Samples::default(),
             second_slot: Samples::default(),
             steady: Samples::default(),
             written: 0,
@@ -223,42 +276,52 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
             maps_total: Samples::default(),
             allow_mem: Samples::default(),
             rss_kib: Samples::default(),
+            parse_rss_kib: Samples::default(),
         })
         .collect();
-    let mut changes = vec![
-        ChangeRow { label: "one prefix of one rule replaced", total_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 },
-        ChangeRow { label: "one rule's port changed (its 1,000 prefixes move)", total_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 },
-    ];
+    let change = |label| ChangeRow { label, compile_write_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 };
+    let mut changes = vec![change("one prefix of one rule replaced"), change("one rule's port changed (its 1,000 prefixes move)")];
     let mut full_write_ms = Samples::default();
     let mut full_written = 0;
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let cw = |v: &serde_json::Value| f(v, "compile_ms") + f(v, "write_ms");
     for _ in 0..rounds {
         for row in sizes.iter_mut() {
             check_interrupted()?;
-            let (v, rss) = run_child(row.n)?;
+            let v = run_child(&["--policy-child".into(), row.n.to_string()], Duration::from_secs(300))?
+                .context("the applying child ran over 300 s")?;
             let first = &v["first"];
-            row.first[0].push(f(first, "parse_ms"));
-            row.first[1].push(f(first, "compile_ms"));
-            row.first[2].push(f(first, "write_ms"));
-            row.first[3].push(f(first, "total_ms"));
+            row.compile_ms.push(f(first, "compile_ms"));
+            row.write_ms.push(f(first, "write_ms"));
             row.written = first["written"].as_u64().unwrap_or(0);
-            row.second_slot.push(f(&v["second_slot"], "total_ms"));
-            row.steady.push(f(&v["steady"], "total_ms"));
+            row.second_slot.push(cw(&v["second_slot"]));
+            row.steady.push(cw(&v["steady"]));
             row.load_ms.push(f(&v, "load_ms"));
             row.maps_total.push(f(&v, "maps_memlock"));
             row.allow_mem.push(v["maps"]["ALLOW"].as_f64().unwrap_or(f64::NAN));
-            row.rss_kib.push(rss as f64);
+            row.rss_kib.push(f(&v, "hwm_kib"));
             if v.get("one_prefix").is_some() {
                 full_write_ms.push(f(first, "write_ms"));
                 full_written = row.written;
                 for (c, key) in changes.iter_mut().zip(["one_prefix", "one_rule_port"]) {
-                    c.total_ms.push(f(&v[key], "total_ms"));
+                    c.compile_write_ms.push(cw(&v[key]));
                     c.write_ms.push(f(&v[key], "write_ms"));
                     c.written = v[key]["written"].as_u64().unwrap_or(0);
                     c.removed = v[key]["removed"].as_u64().unwrap_or(0);
                 }
             }
+            // The parse, in a child of its own, unless it already ran over its budget.
+            if row.parse_over.is_none() {
+                match run_child(&["--parse-child".into(), row.n.to_string()], Duration::from_secs_f64(PARSE_BUDGET_S))? {
+                    Some(v) => {
+                        row.parse_ms.push(f(&v, "parse_ms"));
+                        row.file_bytes = v["bytes"].as_u64().unwrap_or(0);
+                        row.parse_rss_kib.push(f(&v, "hwm_kib"));
+                    }
+                    None => row.parse_over = Some(PARSE_BUDGET_S),
+                }
+            }
         }
     }
-    Ok(PolicyResults { sizes, changes, full_write_ms, full_written })
+    Ok(PolicyResults { sizes, changes, full_write_ms, full_written, parse_budget_s: PARSE_BUDGET_S })
 }

@@ -11,7 +11,7 @@ use enforcer::{
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
     event::PacketEvent,
-    maps::{HostInfo, LocalAddrKey},
+    maps::HostInfo,
     model::{self, Context, Judgement},
     reason::{Hook, Reason},
 };
@@ -58,18 +58,7 @@ impl TestKernel {
         let cookie = host::netns_cookie().expect("netns cookie");
         loaded.maps.host.set(0, HostInfo { netns_cookie: cookie, ..HostInfo::default() }, 0).expect("host info");
         for a in local_addrs {
-            let mut addr = [0u8; 16];
-            let family = match a {
-                IpAddr::V4(v4) => {
-                    addr[..4].copy_from_slice(&v4.octets());
-                    AF_INET
-                }
-                IpAddr::V6(v6) => {
-                    addr = v6.octets();
-                    AF_INET6
-                }
-            };
-            loaded.maps.local_addrs.insert(LocalAddrKey { family: family as u32, addr }, 1, 0).expect("local addr");
+            loaded.maps.local_addrs.insert(host::addr_key(*a), 1, 0).expect("local addr");
         }
         let policy = parse_str(Path::new("test.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
         let mut k = TestKernel { loaded, writer: Writer::new(), generation: 0, policy: policy.clone(), local_addrs: local_addrs.to_vec(), events };

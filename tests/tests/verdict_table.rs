@@ -49,6 +49,20 @@ fn local_addrs() -> Vec<IpAddr> {
     [L4, B4, L6].iter().map(|a| ip(a)).collect()
 }
 
+/// The `[audit]` settings of every policy here: no event rate limits, so "an event is due"
+/// never depends on timing (the limiter has its own tests).
+const UNLIMITED: &str = "rate_per_rule = 0\nrate_global = 0\n";
+
+/// Policies: `mode` (a top-level key, or ""), whether allowed packets are reported, rules.
+fn policy(mode: &str, report_allowed: bool, rules: &str) -> String {
+    format!("{mode}\n[audit]\nallowed = {report_allowed}\n{UNLIMITED}{rules}")
+}
+
+/// The policy most tables use: enforce mode, refusals reported.
+fn main_policy() -> String {
+    policy("", false, RULES)
+}
+
 /// Rule indexes: pg 0, narrow 1, dns 2, open 3, ssh-range 4, metrics 5, ops 6.
 const RULES: &str = r#"
 [[rule]]
@@ -120,8 +134,7 @@ enum Out {
 }
 
 /// Input test_run refuses, in enforce mode.
-#[allow(non_snake_case)]
-fn Refused(r: Reason) -> Out {
+fn refused_input(r: Reason) -> Out {
     Out::Refused(
         if r.refuses() {
             Verdict::Drop
@@ -513,8 +526,8 @@ fn allowed() -> Out {
 fn l2_rows() -> Vec<Row> {
     let refused = || tcp(R4, L4, 5432);
     vec![
-        raw("ethernet: empty frame", vec![]).all(Refused(NotIp)),
-        raw("ethernet: 13 bytes", refused().build()[..13].to_vec()).all(Refused(NotIp)),
+        raw("ethernet: empty frame", vec![]).all(refused_input(NotIp)),
+        raw("ethernet: 13 bytes", refused().build()[..13].to_vec()).all(refused_input(NotIp)),
         row(
             "ethernet: header only, ARP EtherType",
             &Packet::ethertype(ETH_P_ARP, vec![]),
@@ -525,28 +538,28 @@ fn l2_rows() -> Vec<Row> {
             &refused().truncate(14),
         )
         .xdp(D(Malformed))
-        .cgroup(Refused(Malformed))
+        .cgroup(refused_input(Malformed))
         .bare(),
         row(
             "ethernet: header only, IPv6 EtherType",
             &tcp(R6, L6, 5432).truncate(14),
         )
         .xdp(D(Malformed))
-        .cgroup(Refused(Malformed))
+        .cgroup(refused_input(Malformed))
         .bare(),
         row(
             "ethernet: 19 bytes of IPv4 header",
             &refused().truncate(14 + 19),
         )
         .xdp(D(Malformed))
-        .cgroup(Refused(Malformed))
+        .cgroup(refused_input(Malformed))
         .bare(),
         row(
             "ethernet: 39 bytes of IPv6 header",
             &tcp(R6, L6, 5432).truncate(14 + 39),
         )
         .xdp(D(Malformed))
-        .cgroup(Refused(Malformed))
+        .cgroup(refused_input(Malformed))
         .bare(),
         row(
             "vlan: 802.1Q tag cut off before its EtherType",
@@ -1559,42 +1572,42 @@ fn need_root() -> bool {
 #[test]
 fn link_layer() {
     if need_root() {
-        Bench::new(RULES).check_all(&l2_rows());
+        Bench::new(&main_policy()).check_all(&l2_rows());
     }
 }
 
 #[test]
 fn ipv4_header() {
     if need_root() {
-        Bench::new(RULES).check_all(&ipv4_rows());
+        Bench::new(&main_policy()).check_all(&ipv4_rows());
     }
 }
 
 #[test]
 fn ipv6_header_and_extension_chains() {
     if need_root() {
-        Bench::new(RULES).check_all(&ipv6_rows());
+        Bench::new(&main_policy()).check_all(&ipv6_rows());
     }
 }
 
 #[test]
 fn fragments() {
     if need_root() {
-        Bench::new(RULES).check_all(&fragment_rows());
+        Bench::new(&main_policy()).check_all(&fragment_rows());
     }
 }
 
 #[test]
 fn transport_and_other_protocols() {
     if need_root() {
-        Bench::new(RULES).check_all(&transport_rows());
+        Bench::new(&main_policy()).check_all(&transport_rows());
     }
 }
 
 #[test]
 fn ports_prefixes_modes_and_scope() {
     if need_root() {
-        Bench::new(RULES).check_all(&policy_rows());
+        Bench::new(&main_policy()).check_all(&policy_rows());
     }
 }
 
@@ -1605,7 +1618,7 @@ fn allowed_packets_are_reported_when_asked() {
     if !need_root() {
         return;
     }
-    let mut b = Bench::new(&format!("[audit]\nallowed = true\n{RULES}"));
+    let mut b = Bench::new(&policy("", true, RULES));
     assert!(b.k.policy.report_allowed);
     b.check_all(&[
         row("allowed v4", &tcp(A4, L4, 5432))
@@ -1666,7 +1679,11 @@ fn audit_mode_reports_and_passes() {
         return;
     }
     let strict = "\n[[rule]]\nname = \"strict\"\nprotocol = \"tcp\"\nports = [7000]\nallow_from = [\"10.0.0.0/8\"]\nmode = \"enforce\"\n";
-    let mut b = Bench::new(&format!("mode = \"audit\"\n{RULES}{strict}"));
+    let mut b = Bench::new(&policy(
+        "mode = \"audit\"",
+        false,
+        &format!("{RULES}{strict}"),
+    ));
     let chain9 = (0..9).fold(tcp(R6, L6, 5432), |p, _| p.ext(Ext::DstOpts(0)));
     b.check_all(&[
         row("audit: refused", &tcp(R4, L4, 5432))
@@ -1736,7 +1753,7 @@ fn socket_outside_the_host_namespace() {
     if !need_root() {
         return;
     }
-    let mut b = Bench::new(RULES);
+    let mut b = Bench::new(&main_policy());
     let real = host::netns_cookie().expect("netns cookie");
     b.k.set_host_netns_cookie(real ^ 0x5a5a_5a5a);
     b.host_netns = false;
@@ -1807,7 +1824,7 @@ fn policy_generations_are_reported() {
     if !need_root() {
         return;
     }
-    let mut b = Bench::new(&format!("[audit]\nallowed = true\n{RULES}"));
+    let mut b = Bench::new(&policy("", true, RULES));
     assert_eq!(b.k.generation(), 1);
     // Distinct source ports per step: an egress allow remembers the flow (FLOWS), which
     // would let the same flow in at XDP/ingress under the next policy (allowed-by-flow).
@@ -1816,12 +1833,13 @@ fn policy_generations_are_reported() {
         .all(denied())
         .rule("pg")]);
 
-    let opened = format!(
-        "[audit]\nallowed = true\n{}",
-        RULES.replace(
+    let opened = policy(
+        "",
+        true,
+        &RULES.replace(
             "\"10.0.0.0/8\", \"fd00::/8\"",
-            "\"10.0.0.0/8\", \"fd00::/8\", \"203.0.113.0/24\""
-        )
+            "\"10.0.0.0/8\", \"fd00::/8\", \"203.0.113.0/24\"",
+        ),
     );
     b.k.set_policy(parse_str(std::path::Path::new("opened.toml"), &opened).expect("policy"));
     assert_eq!(b.k.generation(), 2);
@@ -1830,11 +1848,7 @@ fn policy_generations_are_reported() {
         .rule("pg")]);
 
     b.k.set_policy(
-        parse_str(
-            std::path::Path::new("again.toml"),
-            &format!("[audit]\nallowed = true\n{RULES}"),
-        )
-        .expect("policy"),
+        parse_str(std::path::Path::new("again.toml"), &policy("", true, RULES)).expect("policy"),
     );
     assert_eq!(b.k.generation(), 3);
     b.check_all(&[row("generation 3: refused again", &p(1003))
@@ -1848,7 +1862,7 @@ fn policy_generations_are_reported() {
 /// the offset from the Ethernet header, the cgroup hooks from the IP header.
 #[test]
 fn model_limits_beyond_test_run() {
-    let policy = parse_str(std::path::Path::new("t.toml"), RULES).expect("policy");
+    let policy = parse_str(std::path::Path::new("t.toml"), &main_policy()).expect("policy");
     let locals = local_addrs();
     let judge = |hook: Hook, frame: &[u8]| {
         let parsed = if hook == Hook::Xdp {
@@ -1918,7 +1932,7 @@ fn a_wrong_expectation_fails() {
     if !need_root() {
         return;
     }
-    let mut b = Bench::new(RULES);
+    let mut b = Bench::new(&main_policy());
     let good = row("refused", &tcp(R4, L4, 5432)).all(denied()).rule("pg");
     b.check(&good).expect("the right expectation passes");
     let wrong = [

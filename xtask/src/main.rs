@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            cargo(&test, &env)
+            cargo_test(&test, &env)
         }
         Cmd::Demo => {
             setup::setup()?;
@@ -112,6 +112,39 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("{what} needs root: it loads BPF programs and creates network namespaces and cgroups. Run it as root (e.g. `sudo -E cargo xtask ...`).");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test ...`, echoing its output, and ends with one line totalling every
+/// test binary's results.
+fn cargo_test(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root()).stdout(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let out = child.stdout.take().context("cargo test's output")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        let _ = std::io::stdout().flush();
+        // "test result: ok. 35 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';').find_map(|p| p.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok()))
+            };
+            passed += count(" passed").unwrap_or(0);
+            failed += count(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
     }
     Ok(())
 }

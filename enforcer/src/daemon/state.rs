@@ -11,8 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use enforcer_common::{
-    consts::{AF_INET, AF_INET6},
-    maps::{LocalAddrKey, GLOBAL_BUCKET, NO_RULE_INDEX},
+    maps::{GLOBAL_BUCKET, NO_RULE_INDEX},
     reason::{Hook, Reason, Verdict},
 };
 use serde_json::{json, Value};
@@ -186,10 +185,10 @@ impl State {
     fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
         let now = host::local_addrs().context("listing this host's addresses")?;
         for a in now.difference(&self.local_addrs) {
-            self.loaded.maps.local_addrs.insert(addr_key(*a), 1, 0).context("adding a host address")?;
+            self.loaded.maps.local_addrs.insert(host::addr_key(*a), 1, 0).context("adding a host address")?;
         }
         for a in self.local_addrs.difference(&now) {
-            let _ = self.loaded.maps.local_addrs.remove(&addr_key(*a));
+            let _ = self.loaded.maps.local_addrs.remove(&host::addr_key(*a));
         }
         self.local_addrs = now;
         Ok(())
@@ -550,21 +549,6 @@ impl State {
             "warnings": warnings,
         })
     }
-}
-
-fn addr_key(a: IpAddr) -> LocalAddrKey {
-    let mut addr = [0u8; 16];
-    let family = match a {
-        IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            AF_INET
-        }
-        IpAddr::V6(v6) => {
-            addr = v6.octets();
-            AF_INET6
-        }
-    };
-    LocalAddrKey { family: family as u32, addr }
 }
 
 /// Ids of the allowed cgroups that exist now.

@@ -181,6 +181,23 @@ pub fn monotonic_to_realtime_offset_ns() -> i128 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
+/// The `LOCAL_ADDRS` key of an address.
+pub fn addr_key(a: IpAddr) -> enforcer_common::maps::LocalAddrKey {
+    use enforcer_common::consts::{AF_INET, AF_INET6};
+    let mut addr = [0u8; 16];
+    let family = match a {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            AF_INET
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            AF_INET6
+        }
+    };
+    enforcer_common::maps::LocalAddrKey { family: family as u32, addr }
+}
+
 /// Names of the interfaces in this namespace.
 pub fn interfaces() -> Vec<String> {
     let mut out = Vec::new();

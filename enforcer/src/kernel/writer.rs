@@ -17,7 +17,10 @@ use enforcer_common::{
     maps::{slot_group, ActiveSlot, AllowKey, CgroupKey, GroupInfo, SlotInfo},
 };
 
-use super::programs::Maps;
+use aya::maps::IterableMap as _;
+use std::os::fd::AsFd as _;
+
+use super::{pins, programs::Maps};
 use crate::policy::Compiled;
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
@@ -154,13 +157,18 @@ fn write_slot(
     new: &SlotContent,
 ) -> anyhow::Result<ApplyStats> {
     let mut stats = ApplyStats::default();
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     for (i, &v) in new.ports.iter().enumerate() {
         if old.is_some_and(|o| o.ports.get(i) == Some(&v)) {
             continue;
         }
-        let idx = port_index(slot, (i >> 16) as u32, (i & 0xffff) as u16);
-        maps.ports.set(idx, v, 0).context("writing the port table")?;
-        stats.entries_written += 1;
+        keys.push(port_index(slot, (i >> 16) as u32, (i & 0xffff) as u16));
+        values.push(v);
+    }
+    if !keys.is_empty() {
+        let fd = maps.ports.map().fd().as_fd();
+        pins::array_update_batch(fd, &keys, &values).context("writing the port table")?;
+        stats.entries_written += keys.len();
     }
     let old_groups = old.map_or(MAX_GROUPS as usize, |o| o.groups.len());
     for g in 0..new.groups.len().max(old_groups) {
