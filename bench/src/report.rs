@@ -433,6 +433,9 @@ impl Report {
                     );
                 }
                 let _ = writeln!(body);
+                for (sink, d) in &a.drain {
+                    let _ = writeln!(body, "- {}: the reader alone (pre-filled ring) writes {} M events/s.", sink.label(), d.fmt_m());
+                }
                 for sink in [SinkKind::DevNull, SinkKind::Pipe] {
                     let (clean, loss) = audit::loss_edges(&a.steps, sink);
                     let flat = audit::flat_out(&a.steps, sink);
@@ -449,16 +452,30 @@ impl Report {
                     let _ = writeln!(body, "- {n}");
                 }
                 let _ = writeln!(body);
-                let (clean, _) = audit::loss_edges(&a.steps, SinkKind::DevNull);
-                let (pclean, _) = audit::loss_edges(&a.steps, SinkKind::Pipe);
+                // Met: at an offered 1M/s, 1M/s were really produced and delivered, none lost,
+                // into both sinks.
+                let at_1m = |sink: SinkKind| a.steps.iter().find(|s| s.sink == sink && s.offered == Some(1e6));
+                let ok_at = |sink: SinkKind| {
+                    at_1m(sink).is_some_and(|s| s.lost.max() == 0.0 && s.delivered_per_s.median() >= 0.98e6)
+                };
+                let fig = |sink: SinkKind| {
+                    at_1m(sink).map_or("—".into(), |s| {
+                        format!("{} M/s delivered, {} lost", s.delivered_per_s.fmt_m(), s.lost.fmt(0))
+                    })
+                };
+                let flat = |sink: SinkKind| audit::flat_out(&a.steps, sink).map_or(f64::NAN, |s| s.delivered_per_s.median() / 1e6);
                 targets.push(Target {
                     what: "≥ 1M audit events/s to stdout without loss".into(),
                     figure: format!(
-                        "loss-free up to {} (/dev/null), {} (pipe)",
-                        clean.map_or("—".into(), |r| format!("{:.1} M/s", r / 1e6)),
-                        pclean.map_or("—".into(), |r| format!("{:.1} M/s", r / 1e6))
+                        "at 1M/s offered: {} (/dev/null), {} (pipe); flat out {:.2} / {:.2} M/s; reader alone {:.2} / {:.2} M/s",
+                        fig(SinkKind::DevNull),
+                        fig(SinkKind::Pipe),
+                        flat(SinkKind::DevNull),
+                        flat(SinkKind::Pipe),
+                        a.drain.first().map_or(f64::NAN, |d| d.1.median() / 1e6),
+                        a.drain.get(1).map_or(f64::NAN, |d| d.1.median() / 1e6)
                     ),
-                    met: Some(clean.is_some_and(|r| r >= 1e6) && pclean.is_some_and(|r| r >= 1e6)),
+                    met: Some(ok_at(SinkKind::DevNull) && ok_at(SinkKind::Pipe)),
                 });
             }
         }

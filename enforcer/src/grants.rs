@@ -54,6 +54,11 @@ impl Store {
         Ok(Store { path, grants, next })
     }
 
+    /// The state directory the grants live in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Writes the grants atomically (a crash leaves the old file or the new one).
     pub fn save(&self) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");

@@ -3,6 +3,7 @@
 //! (`audit`), and the control server.
 
 pub mod audit;
+mod history;
 mod state;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -67,7 +68,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(audit::Stats::default());
     let mut st = State::start(loaded, policy, grants, cgroup_mount.clone(), opts.config.clone(), audit_tx, stats.clone())?;
-    let enricher = Enricher::new(Some(cgroup_mount));
+    let mut enricher = Enricher::new(Some(cgroup_mount));
+    // Names first: the pinned ring buffer may hold an earlier daemon's events.
+    for (generation, names) in history::load(&opts.state_dir) {
+        enricher.rules.insert(generation, names);
+    }
     let (sub_tx, sub_rx) = mpsc::channel(16);
     let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
     st.announce_initial();

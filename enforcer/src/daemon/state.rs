@@ -141,7 +141,10 @@ impl State {
     }
 
     fn tell_audit(&self) {
-        let names = self.policy.verdict.rules.iter().map(|r| r.name.clone()).collect();
+        let names: Vec<String> = self.policy.verdict.rules.iter().map(|r| r.name.clone()).collect();
+        if let Err(e) = super::history::remember(self.grants.dir(), self.generation, &names) {
+            warn!("remembering rule names: {e:#}");
+        }
         let _ = self.audit.send(Control::RuleNames(self.generation, names));
         let ids = self.cgroup_ids.iter().map(|(p, i)| (*i, p.clone())).collect();
         let _ = self.audit.send(Control::Cgroups(ids));

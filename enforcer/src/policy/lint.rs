@@ -35,12 +35,14 @@ pub struct HostFacts {
     pub sshd_ports: Vec<u16>,
     /// What could not be found out, for people ("not root: ...").
     pub notes: Vec<String>,
+    /// Now, in seconds since the epoch: allow entries that expired before it have lapsed.
+    pub now_unix: u64,
 }
 
 impl HostFacts {
     /// Reads the facts of this host (and of the caller's network namespace).
     pub fn gather() -> HostFacts {
-        let mut facts = HostFacts::default();
+        let mut facts = HostFacts { now_unix: crate::grants::now_unix(), ..HostFacts::default() };
         match read_ephemeral_range() {
             Ok(r) => facts.ephemeral = Some(r),
             Err(e) => facts
@@ -544,6 +546,25 @@ impl Linter<'_> {
     }
 }
 
+impl Linter<'_> {
+    /// Allow entries whose `expires` has passed: they no longer allow anything.
+    fn lapsed(&mut self, facts: &HostFacts) {
+        for e in &self.policy.expiring {
+            if e.expires_unix <= facts.now_unix {
+                let what = match &e.entry {
+                    crate::policy::Entry::From(f) => format!("allow_from entry {f}"),
+                    crate::policy::Entry::Cgroup(c) => format!("allow_cgroups entry {c}"),
+                };
+                let rule = &self.policy.verdict.rules[e.rule].name;
+                self.warn(
+                    e.at,
+                    format!("{what} of rule {rule:?} expired at {}: it has lapsed and allows nothing (remove it, or move its expiry)", crate::grants::rfc3339(e.expires_unix)),
+                );
+            }
+        }
+    }
+}
+
 /// Every warning for `policy` on a host with `facts`, in file order.
 pub fn lint(policy: &Policy, facts: &HostFacts) -> Vec<Diagnostic> {
     let mut l = Linter {
@@ -558,6 +579,7 @@ pub fn lint(policy: &Policy, facts: &HostFacts) -> Vec<Diagnostic> {
     l.cgroups(facts);
     l.sshd(facts);
     l.shadowed_by_failsafe();
+    l.lapsed(facts);
     let mut out = l.out;
     out.sort_by_key(|d| (d.line, d.col));
     out
@@ -597,6 +619,15 @@ mod tests {
 
     fn r(first: u16, last: u16) -> PortRange {
         PortRange { first, last }
+    }
+
+    #[test]
+    fn lapsed_entries_are_named() {
+        let text = "[[rule]]\nname = \"pg\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\", { from = \"192.0.2.0/24\", expires = \"2026-01-01T00:00:00Z\" }]\n";
+        let jan2 = humantime::parse_rfc3339("2026-01-02T00:00:00Z").unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let w = warnings(text, &HostFacts { now_unix: jan2, ..HostFacts::default() });
+        assert!(w.iter().any(|w| w.starts_with("p.toml:4:29: warning: allow_from entry 192.0.2.0/24 of rule \"pg\" expired at 2026-01-01T00:00:00Z")), "{w:?}");
+        assert!(warnings(text, &HostFacts { now_unix: jan2 - 2 * 86400, ..HostFacts::default() }).iter().all(|w| !w.contains("expired")));
     }
 
     #[test]
