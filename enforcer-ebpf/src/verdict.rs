@@ -165,11 +165,10 @@ fn allow_by_source<const N: usize>(
         addr: [0; 16],
     };
     // A constant trip count the verifier can bound; `n` ends it early.
-    for i in 0..N {
+    for (i, &len) in lens.iter().enumerate() {
         if i as u32 >= n {
             break;
         }
-        let len = lens[i];
         key.family_len = (family as u32) << 8 | len as u32;
         key.addr = *src;
         mask_addr(&mut key.addr, len);

@@ -35,6 +35,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("enforcer: {e:#}");
+            let denied = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                    || c.to_string().contains("Operation not permitted")
+            });
+            // SAFETY: geteuid has no preconditions.
+            if denied && unsafe { libc::geteuid() } != 0 {
+                eprintln!("enforcer: hint: this needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON; the control socket is root-only)");
+            }
             ExitCode::FAILURE
         }
     }
