@@ -51,7 +51,12 @@ fn get32(a: &[u8; 128], off: usize) -> u32 {
 }
 
 /// `r0 = ret; exit`: the cheapest program of a type that returns `ret`.
-pub fn load_trivial(prog_type: u32, expected_attach: u32, ret: i32, name: &str) -> anyhow::Result<OwnedFd> {
+pub fn load_trivial(
+    prog_type: u32,
+    expected_attach: u32,
+    ret: i32,
+    name: &str,
+) -> anyhow::Result<OwnedFd> {
     // mov64 r0, imm (0xb7) ; exit (0x95)
     let insns: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
     let license = b"GPL\0";
@@ -63,7 +68,8 @@ pub fn load_trivial(prog_type: u32, expected_attach: u32, ret: i32, name: &str) 
     let n = name.as_bytes();
     a[48..48 + n.len().min(15)].copy_from_slice(&n[..n.len().min(15)]);
     put32(&mut a, 68, expected_attach);
-    let fd = bpf(BPF_PROG_LOAD, &mut a).with_context(|| format!("loading the trivial program {name}"))?;
+    let fd = bpf(BPF_PROG_LOAD, &mut a)
+        .with_context(|| format!("loading the trivial program {name}"))?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -73,7 +79,8 @@ pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL")?;
     let mut a = [0u8; 128];
     put64(&mut a, 0, c.as_ptr() as u64);
-    let fd = bpf(BPF_OBJ_GET, &mut a).with_context(|| format!("opening pinned {}", path.display()))?;
+    let fd =
+        bpf(BPF_OBJ_GET, &mut a).with_context(|| format!("opening pinned {}", path.display()))?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -94,13 +101,22 @@ pub fn test_run(prog: RawFd, data: &[u8], repeat: u32) -> anyhow::Result<Run> {
     put64(&mut a, 16, data.as_ptr() as u64);
     put32(&mut a, 32, repeat);
     bpf(BPF_PROG_TEST_RUN, &mut a).context("BPF_PROG_TEST_RUN")?;
-    Ok(Run { retval: get32(&a, 4), ns: get32(&a, 36) })
+    Ok(Run {
+        retval: get32(&a, 4),
+        ns: get32(&a, 36),
+    })
 }
 
 /// A live-frames XDP test run (BPF_F_TEST_XDP_LIVE_FRAMES): `repeat` copies of `frame` are
 /// run through `prog` as if received on `ifindex` (in the caller's network namespace), and
 /// what it returns is carried out for real: XDP_TX sends the frame out of `ifindex`.
-pub fn xdp_live_frames(prog: RawFd, frame: &[u8], repeat: u32, ifindex: u32, batch: u32) -> io::Result<()> {
+pub fn xdp_live_frames(
+    prog: RawFd,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+    batch: u32,
+) -> io::Result<()> {
     // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
     let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
     let mut a = [0u8; 128];
@@ -123,7 +139,8 @@ pub fn xdp_link(prog: RawFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
     put32(&mut a, 4, ifindex);
     put32(&mut a, 8, ATTACH_XDP);
     put32(&mut a, 12, XDP_FLAGS_DRV_MODE);
-    let fd = bpf(BPF_LINK_CREATE, &mut a).with_context(|| format!("attaching XDP (native) to ifindex {ifindex}"))?;
+    let fd = bpf(BPF_LINK_CREATE, &mut a)
+        .with_context(|| format!("attaching XDP (native) to ifindex {ifindex}"))?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -139,15 +156,24 @@ pub struct MapMem {
 pub fn process_maps() -> anyhow::Result<Vec<MapMem>> {
     let mut seen = std::collections::BTreeMap::new();
     for e in std::fs::read_dir("/proc/self/fd")?.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         if target.to_string_lossy() != "anon_inode:bpf-map" {
             continue;
         }
-        let Ok(fd) = e.file_name().to_string_lossy().parse::<RawFd>() else { continue };
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else { continue };
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<RawFd>() else {
+            continue;
+        };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
         let field = |k: &str| {
             info.lines()
-                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().trim_start_matches(':').trim().to_string()))
+                .find_map(|l| {
+                    l.strip_prefix(k)
+                        .map(|v| v.trim().trim_start_matches(':').trim().to_string())
+                })
                 .unwrap_or_default()
         };
         let id: u64 = field("map_id").parse().unwrap_or(0);
@@ -188,6 +214,11 @@ pub fn prog_size(fd: RawFd) -> io::Result<(u32, u32)> {
 /// The raw descriptor of an aya program (loaded).
 pub fn aya_prog_fd(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<RawFd> {
     use std::os::fd::AsFd as _;
-    let Some(p) = ebpf.program(name) else { bail!("program {name} missing") };
-    Ok(p.fd().with_context(|| format!("program {name} not loaded"))?.as_fd().as_raw_fd())
+    let Some(p) = ebpf.program(name) else {
+        bail!("program {name} missing")
+    };
+    Ok(p.fd()
+        .with_context(|| format!("program {name} not loaded"))?
+        .as_fd()
+        .as_raw_fd())
 }

@@ -18,9 +18,12 @@ use anyhow::{bail, Context as _};
 use enforcer_common::reason::{Hook, Reason};
 
 use crate::{
-    audit::{thread_runtime_ns, Reader, SinkKind},
+    audit::{thread_runtime_ns, Reader, SinkKind, Wait},
     bpf,
-    env::{check_interrupted, cpu_times, in_netns, ncpus, pin_to_cpu, ticks_per_sec, Bed, RECEIVER_ADDR},
+    env::{
+        check_interrupted, cpu_times, in_netns, ncpus, pin_to_cpu, ticks_per_sec, Anchor, Bed,
+        RECEIVER_ADDR,
+    },
     kern::Kern,
     micro::{audit_table, has_rate_limits, Trivial, REFUSED4},
     packets::tcp4,
@@ -41,14 +44,22 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] =
-        [Variant::XdpDrop, Variant::Enforcer, Variant::EnforcerAudited, Variant::XdpFilter, Variant::Nft, Variant::Iptables];
+    pub const ALL: [Variant; 6] = [
+        Variant::XdpDrop,
+        Variant::Enforcer,
+        Variant::EnforcerAudited,
+        Variant::XdpFilter,
+        Variant::Nft,
+        Variant::Iptables,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Variant::XdpDrop => "XDP_DROP alone (`r0 = 1; exit`)",
             Variant::Enforcer => "enforcer XDP (default audit rate limits)",
-            Variant::EnforcerAudited => "enforcer XDP, every refusal's event (unlimited) read by the audit pipeline",
+            Variant::EnforcerAudited => {
+                "enforcer XDP, every refusal's event (unlimited) read by the audit pipeline"
+            }
             Variant::XdpFilter => "xdp-filter (deny list tcp/5432)",
             Variant::Nft => "nftables netdev ingress drop rule",
             Variant::Iptables => "iptables-legacy raw PREROUTING drop rule",
@@ -89,7 +100,12 @@ pub struct E2eResults {
 
 /// The flood: 54-byte TCP SYNs from 192.0.2.66 to the receiver's tcp/5432.
 fn flood_frame() -> Vec<u8> {
-    tcp4(REFUSED4, RECEIVER_ADDR.parse::<Ipv4Addr>().expect("address"), 40000, 5432)
+    tcp4(
+        REFUSED4,
+        RECEIVER_ADDR.parse::<Ipv4Addr>().expect("address"),
+        40000,
+        5432,
+    )
 }
 
 fn policy(unlimited: bool) -> String {
@@ -103,9 +119,14 @@ fn policy(unlimited: bool) -> String {
 fn ksoftirqd_ns() -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else { continue };
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
         if comm.starts_with("ksoftirqd/") {
-            if let Some(ns) = std::fs::read_to_string(e.path().join("schedstat")).ok().and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok()) {
+            if let Some(ns) = std::fs::read_to_string(e.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            {
                 total += ns;
             }
         }
@@ -129,7 +150,8 @@ fn generate(bed: &Bed, tx: RawFd, frame: &[u8], secs: f64) -> anyhow::Result<(u6
                     let mut sent = 0u64;
                     const CHUNK: u32 = 100_000;
                     while Instant::now() < end {
-                        bpf::xdp_live_frames(tx, &frame, CHUNK, ifindex, 64).context("live-frames test run")?;
+                        bpf::xdp_live_frames(tx, &frame, CHUNK, ifindex, 64)
+                            .context("live-frames test run")?;
                         sent += CHUNK as u64;
                     }
                     Ok((sent, thread_runtime_ns() - t0))
@@ -139,7 +161,9 @@ fn generate(bed: &Bed, tx: RawFd, frame: &[u8], secs: f64) -> anyhow::Result<(u6
         .collect();
     let (mut sent, mut ns) = (0, 0);
     for h in handles {
-        let (s, n) = h.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
+        let (s, n) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
         sent += s;
         ns += n;
     }
@@ -154,7 +178,22 @@ enum Attached {
 }
 
 fn ipt_rule(vb: &str) -> Vec<String> {
-    ["-i", vb, "-p", "tcp", "--dport", "5432", "!", "-s", "10.1.0.0/16", "-j", "DROP"].iter().map(|s| s.to_string()).collect()
+    [
+        "-i",
+        vb,
+        "-p",
+        "tcp",
+        "--dport",
+        "5432",
+        "!",
+        "-s",
+        "10.1.0.0/16",
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 impl Attached {
@@ -177,12 +216,25 @@ impl Attached {
         match self {
             Attached::Link(_) => None,
             Attached::Nft => {
-                let out = bed.in_receiver(&["nft", "list", "table", "netdev", "enfbench"]).ok()?;
+                let out = bed
+                    .in_receiver(&["nft", "list", "table", "netdev", "enfbench"])
+                    .ok()?;
                 let i = out.find("packets ")?;
                 out[i + 8..].split_whitespace().next()?.parse().ok()
             }
             Attached::Ipt(..) => {
-                let out = bed.in_receiver(&["iptables-legacy", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"]).ok()?;
+                let out = bed
+                    .in_receiver(&[
+                        "iptables-legacy",
+                        "-t",
+                        "raw",
+                        "-L",
+                        "PREROUTING",
+                        "-v",
+                        "-x",
+                        "-n",
+                    ])
+                    .ok()?;
                 let line = out.lines().find(|l| l.contains("DROP"))?;
                 line.split_whitespace().next()?.parse().ok()
             }
@@ -192,7 +244,9 @@ impl Attached {
 
 fn attach_link(bed: &Bed, prog: RawFd) -> anyhow::Result<Attached> {
     let ifindex = bed.vb_ifindex;
-    Ok(Attached::Link(in_netns(&bed.receiver.path(), || bpf::xdp_link(prog, ifindex))??))
+    Ok(Attached::Link(in_netns(&bed.receiver.path(), || {
+        bpf::xdp_link(prog, ifindex)
+    })??))
 }
 
 struct Snapshot {
@@ -203,14 +257,26 @@ struct Snapshot {
 }
 
 fn snapshot(bed: &Bed) -> anyhow::Result<Snapshot> {
-    Ok(Snapshot { t: Instant::now(), rx: bed.rx_counters()?, cpu: cpu_times(), ksoftirqd: ksoftirqd_ns() })
+    Ok(Snapshot {
+        t: Instant::now(),
+        rx: bed.rx_counters()?,
+        cpu: cpu_times(),
+        ksoftirqd: ksoftirqd_ns(),
+    })
 }
 
-pub fn run(bed: &Bed, trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result<E2eResults> {
+pub fn run(
+    bed: &Bed,
+    anchor: &Anchor,
+    trivial: &Trivial,
+    xdpf: &XdpFilter,
+    rounds: usize,
+) -> anyhow::Result<E2eResults> {
     if ncpus() < 2 {
         bail!("the end-to-end runs need two CPUs (sender and receiver)");
     }
     let tx = bpf::load_trivial(bpf::PROG_TYPE_XDP, 0, bpf::XDP_TX as i32, "bench_xdp_tx")?;
+    anchor.hold(0, tx.as_raw_fd())?;
     let frame = flood_frame();
     let local = [IpAddr::V4(RECEIVER_ADDR.parse()?)];
     let mut enforcer = Kern::new(&policy(false), &local)?;
@@ -245,7 +311,8 @@ pub fn run(bed: &Bed, trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> any
                         "table netdev enfbench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr != 10.1.0.0/16 tcp dport 5432 counter drop\n }}\n}}\n",
                         bed.vb
                     );
-                    let file = std::env::temp_dir().join(format!("enforcer-bench-{}.nft", std::process::id()));
+                    let file = std::env::temp_dir()
+                        .join(format!("enforcer-bench-{}.nft", std::process::id()));
                     std::fs::write(&file, &rules)?;
                     let r = bed.in_receiver(&["nft", "-f", &file.to_string_lossy()]);
                     let _ = std::fs::remove_file(&file);
@@ -263,11 +330,21 @@ pub fn run(bed: &Bed, trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> any
             let result = (|| -> anyhow::Result<()> {
                 let reader = if v == Variant::EnforcerAudited {
                     audited.drain();
-                    Some(Reader::start(audited.events.take().context("ring")?, SinkKind::DevNull, None, vec!["postgres".into()])?)
+                    Some(Reader::start(
+                        audited.events.take().context("ring")?,
+                        SinkKind::DevNull,
+                        Wait::Poll,
+                        None,
+                        vec!["postgres".into()],
+                    )?)
                 } else {
                     None
                 };
-                let k: &Kern = if v == Variant::EnforcerAudited { &audited } else { &enforcer };
+                let k: &Kern = if v == Variant::EnforcerAudited {
+                    &audited
+                } else {
+                    &enforcer
+                };
                 let denied0 = k.reason(Hook::Xdp, Reason::Denied);
                 let c0 = attached.counter(bed);
                 // Let the receiver settle (a first frame through a new program).
@@ -292,7 +369,11 @@ pub fn run(bed: &Bed, trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> any
                 }
                 let counted = match v {
                     Variant::Enforcer | Variant::EnforcerAudited => {
-                        let k: &Kern = if v == Variant::EnforcerAudited { &audited } else { &enforcer };
+                        let k: &Kern = if v == Variant::EnforcerAudited {
+                            &audited
+                        } else {
+                            &enforcer
+                        };
                         Some(k.reason(Hook::Xdp, Reason::Denied) - denied0)
                     }
                     _ => match (c0, attached.counter(bed)) {
@@ -300,7 +381,12 @@ pub fn run(bed: &Bed, trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> any
                         _ => None,
                     },
                 };
-                let softirq: u64 = after.cpu.iter().zip(&before.cpu).map(|(a, b)| a.1 - b.1).sum();
+                let softirq: u64 = after
+                    .cpu
+                    .iter()
+                    .zip(&before.cpu)
+                    .map(|(a, b)| a.1 - b.1)
+                    .sum();
                 let ours = sender_ns + (after.ksoftirqd - before.ksoftirqd) + reader_ns;
                 let row = &mut rows[i];
                 row.pps.push(rx as f64 / secs);

@@ -45,7 +45,11 @@ pub fn sh(args: &[&str]) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("running {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -65,7 +69,11 @@ pub fn in_netns<T>(ns: &Path, f: impl FnOnce() -> T) -> anyhow::Result<T> {
     let target = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
     // SAFETY: setns on a namespace file we hold open.
     if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns {}: {}", ns.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns {}: {}",
+            ns.display(),
+            std::io::Error::last_os_error()
+        );
     }
     let _back = Back(orig);
     Ok(f())
@@ -78,7 +86,10 @@ pub fn pin_to_cpu(pid: libc::pid_t, cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("sched_setaffinity({pid}, cpu {cpu}): {}", std::io::Error::last_os_error());
+            bail!(
+                "sched_setaffinity({pid}, cpu {cpu}): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -96,8 +107,15 @@ pub fn unpin() {
     }
 }
 
+/// CPUs online (not the calling thread's affinity, which the bench narrows at times).
 pub fn ncpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n < 1 {
+        1
+    } else {
+        n as usize
+    }
 }
 
 /// A bpffs mounted on a private directory (xdp-filter, run in a mount namespace where it
@@ -118,7 +136,11 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).stderr(Stdio::null()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -138,7 +160,10 @@ pub const SENDER_ADDR: &str = "10.99.0.1";
 pub const RECEIVER_ADDR: &str = "10.99.0.2";
 
 fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Bed {
@@ -149,17 +174,60 @@ impl Bed {
         let vb = testbed::unique("bvb");
         let q = ncpus().to_string();
         sh(&[
-            "ip", "link", "add", &va, "netns", &sender.name, "address", &mac(MAC_SENDER), "numtxqueues", &q, "numrxqueues", &q, "type",
-            "veth", "peer", "name", &vb, "netns", &receiver.name, "address", &mac(MAC_RECEIVER), "numtxqueues", &q, "numrxqueues", &q,
+            "ip",
+            "link",
+            "add",
+            &va,
+            "netns",
+            &sender.name,
+            "address",
+            &mac(MAC_SENDER),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &receiver.name,
+            "address",
+            &mac(MAC_RECEIVER),
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
         ])?;
-        sh(&["ip", "-n", &sender.name, "addr", "add", &format!("{SENDER_ADDR}/24"), "dev", &va])?;
-        sh(&["ip", "-n", &receiver.name, "addr", "add", &format!("{RECEIVER_ADDR}/24"), "dev", &vb])?;
+        sh(&[
+            "ip",
+            "-n",
+            &sender.name,
+            "addr",
+            "add",
+            &format!("{SENDER_ADDR}/24"),
+            "dev",
+            &va,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &receiver.name,
+            "addr",
+            "add",
+            &format!("{RECEIVER_ADDR}/24"),
+            "dev",
+            &vb,
+        ])?;
         sh(&["ip", "-n", &sender.name, "link", "set", &va, "up"])?;
         sh(&["ip", "-n", &receiver.name, "link", "set", &vb, "up"])?;
         let ifindex = |ns: &NetNs, dev: &str| -> anyhow::Result<u32> {
             let name = std::ffi::CString::new(dev)?;
             // SAFETY: a NUL-terminated name.
-            let i = in_netns(&ns.path(), || unsafe { libc::if_nametoindex(name.as_ptr()) })?;
+            let i = in_netns(&ns.path(), || unsafe {
+                libc::if_nametoindex(name.as_ptr())
+            })?;
             if i == 0 {
                 bail!("no interface {dev}");
             }
@@ -167,7 +235,13 @@ impl Bed {
         };
         let va_ifindex = ifindex(&sender, &va)?;
         let vb_ifindex = ifindex(&receiver, &vb)?;
-        let bed = Bed { sender, receiver, vb, va_ifindex, vb_ifindex };
+        let bed = Bed {
+            sender,
+            receiver,
+            vb,
+            va_ifindex,
+            vb_ifindex,
+        };
         bed.set_gro(true)?;
         Ok(bed)
     }
@@ -202,11 +276,18 @@ impl Bed {
     /// (rx_packets, rx_dropped) of the receiving veth.
     pub fn rx_counters(&self) -> anyhow::Result<(u64, u64)> {
         let vb = self.vb.clone();
-        let text = in_netns(&self.receiver.path(), || std::fs::read_to_string("/proc/thread-self/net/dev"))??;
+        let text = in_netns(&self.receiver.path(), || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        })??;
         for l in text.lines() {
-            let Some((name, rest)) = l.split_once(':') else { continue };
+            let Some((name, rest)) = l.split_once(':') else {
+                continue;
+            };
             if name.trim() == vb {
-                let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
                 if f.len() >= 4 {
                     return Ok((f[1], f[3]));
                 }
@@ -223,13 +304,69 @@ impl Bed {
     }
 }
 
+/// Interfaces that only hold XDP programs: a namespace of its own with `n` veth pairs (no
+/// traffic). A program attached (native) to a device is in the kernel's XDP dispatcher
+/// for as long as it stays attached; a test run of a program that is not adds it and
+/// removes it again, two dispatcher updates that wait for RCU grace periods (10-30 ms per
+/// test run here). Programs the bench test-runs in many small calls (the audit producer,
+/// the flood generator) are anchored here so each call costs only its runs.
+pub struct Anchor {
+    ns: NetNs,
+    ifindexes: Vec<u32>,
+    links: std::sync::Mutex<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Anchor {
+    pub fn new(n: usize) -> anyhow::Result<Self> {
+        let ns = NetNs::new();
+        let mut ifindexes = Vec::new();
+        for i in 0..n {
+            let (a, b) = (format!("anc{i}a"), format!("anc{i}b"));
+            sh(&[
+                "ip", "-n", &ns.name, "link", "add", &a, "type", "veth", "peer", "name", &b,
+            ])?;
+            sh(&["ip", "-n", &ns.name, "link", "set", &a, "up"])?;
+            sh(&["ip", "-n", &ns.name, "link", "set", &b, "up"])?;
+            let name = std::ffi::CString::new(a.clone())?;
+            // SAFETY: a NUL-terminated name.
+            let idx = in_netns(&ns.path(), || unsafe {
+                libc::if_nametoindex(name.as_ptr())
+            })?;
+            if idx == 0 {
+                bail!("no interface {a}");
+            }
+            ifindexes.push(idx);
+        }
+        Ok(Anchor {
+            ns,
+            ifindexes,
+            links: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Attaches `prog` (XDP) to free slot `slot` until the anchor is dropped.
+    pub fn hold(&self, slot: usize, prog: std::os::fd::RawFd) -> anyhow::Result<()> {
+        let idx = *self.ifindexes.get(slot).context("no such anchor slot")?;
+        let link = in_netns(&self.ns.path(), || crate::bpf::xdp_link(prog, idx))??;
+        self.links
+            .lock()
+            .map_err(|_| anyhow::anyhow!("anchor lock"))?
+            .push(link);
+        Ok(())
+    }
+}
+
 /// Per-CPU time from /proc/stat, in USER_HZ ticks: (busy, softirq) for each CPU.
 pub fn cpu_times() -> Vec<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|l| {
-            let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
             let get = |i: usize| f.get(i).copied().unwrap_or(0);
             // user nice system idle iowait irq softirq steal
             let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);

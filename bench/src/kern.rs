@@ -56,8 +56,17 @@ pub fn build_policy(header: &str, rules: &[(u16, Vec<(Ipv4Addr, u8)>)]) -> anyho
     for (i, (port, prefixes)) in rules.iter().enumerate() {
         let mut r = template.clone();
         r.name = format!("r{i}");
-        r.ports = vec![PortRange { first: *port, last: *port }];
-        r.allow_from = prefixes.iter().map(|&(a, len)| Prefix { addr: IpAddr::V4(a), len }).collect();
+        r.ports = vec![PortRange {
+            first: *port,
+            last: *port,
+        }];
+        r.allow_from = prefixes
+            .iter()
+            .map(|&(a, len)| Prefix {
+                addr: IpAddr::V4(a),
+                len,
+            })
+            .collect();
         policy.verdict.rules.push(r);
     }
     Ok(policy)
@@ -76,7 +85,11 @@ impl Kern {
         let events = loaded.events.take();
         let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
         info.netns_cookie = host::netns_cookie().context("netns cookie")?;
-        loaded.maps.host.set(0, info, 0).context("writing host facts")?;
+        loaded
+            .maps
+            .host
+            .set(0, info, 0)
+            .context("writing host facts")?;
         for a in local_addrs {
             let mut addr = [0u8; 16];
             let family = match a {
@@ -89,12 +102,27 @@ impl Kern {
                     AF_INET6
                 }
             };
-            loaded.maps.local_addrs.insert(LocalAddrKey { family: family as u32, addr }, 1, 0)?;
+            loaded.maps.local_addrs.insert(
+                LocalAddrKey {
+                    family: family as u32,
+                    addr,
+                },
+                1,
+                0,
+            )?;
         }
         let xdp = bpf::aya_prog_fd(&loaded.ebpf, XDP)?;
         let ingress = bpf::aya_prog_fd(&loaded.ebpf, INGRESS)?;
         let egress = bpf::aya_prog_fd(&loaded.ebpf, EGRESS)?;
-        let mut k = Kern { loaded, events, writer: Writer::new(), generation: 0, xdp, ingress, egress };
+        let mut k = Kern {
+            loaded,
+            events,
+            writer: Writer::new(),
+            generation: 0,
+            xdp,
+            ingress,
+            egress,
+        };
         k.apply(policy)?;
         Ok(k)
     }
@@ -104,7 +132,12 @@ impl Kern {
         let compiled = compile(policy).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
         self.generation += 1;
         let t = Instant::now();
-        self.writer.apply(&mut self.loaded.maps, &compiled, &Default::default(), self.generation)?;
+        self.writer.apply(
+            &mut self.loaded.maps,
+            &compiled,
+            &Default::default(),
+            self.generation,
+        )?;
         Ok(t.elapsed())
     }
 
@@ -118,7 +151,9 @@ impl Kern {
 
     /// Empties the ring buffer; returns how many events it held.
     pub fn drain(&mut self) -> usize {
-        let Some(ring) = self.events.as_mut() else { return 0 };
+        let Some(ring) = self.events.as_mut() else {
+            return 0;
+        };
         let mut n = 0;
         while ring.next().is_some() {
             n += 1;

@@ -45,7 +45,15 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => o.out = args.next().context("--out needs a path")?.into(),
-            "--only" => o.only = Some(args.next().context("--only needs sections")?.split(',').map(str::to_string).collect()),
+            "--only" => {
+                o.only = Some(
+                    args.next()
+                        .context("--only needs sections")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
             "--quick" => {
                 o.micro_rounds = 3;
                 o.e2e_rounds = 1;
@@ -53,7 +61,10 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 o.audit_rounds = 1;
             }
             "--policy-child" => {
-                let n = args.next().context("--policy-child needs a size")?.parse()?;
+                let n = args
+                    .next()
+                    .context("--policy-child needs a size")?
+                    .parse()?;
                 policy::child(n)?;
                 return Ok(None);
             }
@@ -94,14 +105,23 @@ fn main() -> ExitCode {
 }
 
 fn want(o: &Options, section: &str) -> bool {
-    o.only.as_ref().is_none_or(|v| v.iter().any(|s| s == section))
+    o.only
+        .as_ref()
+        .is_none_or(|v| v.iter().any(|s| s == section))
 }
 
 fn need_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = ["ip", "nsenter", "xdp-filter", "nft", "iptables-legacy", "mount"]
-        .into_iter()
-        .filter(|t| env::sh(&["sh", "-c", &format!("command -v {t}")]).is_err())
-        .collect();
+    let missing: Vec<&str> = [
+        "ip",
+        "nsenter",
+        "xdp-filter",
+        "nft",
+        "iptables-legacy",
+        "mount",
+    ]
+    .into_iter()
+    .filter(|t| env::sh(&["sh", "-c", &format!("command -v {t}")]).is_err())
+    .collect();
     if !missing.is_empty() {
         bail!("missing tools: {} (cargo xtask bench installs them: xdp-tools, nftables, iptables, iproute2)", missing.join(", "));
     }
@@ -117,16 +137,23 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     env::install_signal_handlers();
     audit::ignore_sigpipe();
     let started = Instant::now();
+    let load = report::Load::start();
     let mut r = report::Report::new(report::machine());
 
     let trivial = micro::Trivial::load()?;
     let bpffs = env::Bpffs::new()?;
     let bed = env::Bed::new()?;
+    let anchor = env::Anchor::new(2)?;
     let xdpf = xdpfilter::load(&bed, &bpffs)?;
     // xdp-filter is loaded and unloaded by now; its mount is no longer needed.
     drop(bpffs);
 
-    let step = |name: &str| eprintln!("[bench] {name} ({:.0} s in)", started.elapsed().as_secs_f64());
+    let step = |name: &str| {
+        eprintln!(
+            "[bench] {name} ({:.0} s in)",
+            started.elapsed().as_secs_f64()
+        )
+    };
     if want(o, "micro") {
         step("per-packet cost through BPF_PROG_TEST_RUN");
         r.sizes = report::program_sizes(&trivial, &xdpf);
@@ -138,7 +165,9 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     }
     if want(o, "e2e") {
         step("end to end over veth");
-        r.e2e = Some(e2e::run(&bed, &trivial, &xdpf, o.e2e_rounds).map_err(|e| format!("{e:#}")));
+        r.e2e = Some(
+            e2e::run(&bed, &anchor, &trivial, &xdpf, o.e2e_rounds).map_err(|e| format!("{e:#}")),
+        );
     }
     drop(bed);
     if want(o, "policy") {
@@ -147,10 +176,11 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     }
     if want(o, "audit") {
         step("audit pipeline");
-        r.audit = Some(audit::run(o.audit_rounds).map_err(|e| format!("{e:#}")));
+        r.audit = Some(audit::run(&anchor, o.audit_rounds).map_err(|e| format!("{e:#}")));
     }
     env::check_interrupted()?;
     r.elapsed_s = started.elapsed().as_secs_f64();
+    r.machine.extend(load.finish());
     let (markdown, summary, ok) = r.render();
     if let Some(dir) = o.out.parent() {
         if !dir.as_os_str().is_empty() {

@@ -5,7 +5,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
-    time::Instant,
 };
 
 use anyhow::bail;
@@ -48,7 +47,12 @@ impl Trivial {
         Ok(Trivial {
             xdp_pass: bpf::load_trivial(bpf::PROG_TYPE_XDP, 0, XDP_PASS as i32, "bench_xdp_pass")?,
             xdp_drop: bpf::load_trivial(bpf::PROG_TYPE_XDP, 0, XDP_DROP as i32, "bench_xdp_drop")?,
-            skb_pass: bpf::load_trivial(bpf::PROG_TYPE_CGROUP_SKB, bpf::ATTACH_CGROUP_INET_INGRESS, 1, "bench_skb_pass")?,
+            skb_pass: bpf::load_trivial(
+                bpf::PROG_TYPE_CGROUP_SKB,
+                bpf::ATTACH_CGROUP_INET_INGRESS,
+                1,
+                "bench_skb_pass",
+            )?,
         })
     }
 }
@@ -79,37 +83,26 @@ pub fn local_addrs() -> Vec<IpAddr> {
     vec![IpAddr::V4(HOST4), IpAddr::V6(HOST6)]
 }
 
-/// One timed test run: the kernel's average nanoseconds per run (test_run's `duration`).
-/// The kernel stops its clock while the thread yields the CPU, so other load on the
-/// machine stays out of it, unlike the wall clock around the syscall (kept to show how
-/// much other load there was).
-pub fn time_run(fd: RawFd, frame: &[u8], repeat: u32, expect: u32, what: &str, check: &mut Check) -> anyhow::Result<f64> {
-    let t = Instant::now();
+/// One timed test run: the kernel's average nanoseconds per run (test_run's `duration`,
+/// whole nanoseconds). The kernel stops its clock while the thread yields the CPU, so
+/// other load on the machine stays out of it, and so does each call's setup (for a
+/// program not attached anywhere, adding it to the XDP dispatcher and removing it again,
+/// which waits for RCU grace periods).
+pub fn time_run(
+    fd: RawFd,
+    frame: &[u8],
+    repeat: u32,
+    expect: u32,
+    what: &str,
+) -> anyhow::Result<f64> {
     let r = bpf::test_run(fd, frame, repeat)?;
-    let wall = t.elapsed().as_nanos() as f64 / repeat as f64;
     if r.retval != expect {
-        bail!("{what}: returned {} where {expect} was expected: the bench would time the wrong path", r.retval);
+        bail!(
+            "{what}: returned {} where {expect} was expected: the bench would time the wrong path",
+            r.retval
+        );
     }
-    check.note(wall, r.ns);
     Ok(r.ns as f64)
-}
-
-/// How the wall clock compares with the kernel's figure, over all runs.
-#[derive(Default)]
-pub struct Check {
-    pub runs: u64,
-    /// Runs whose wall-clock average exceeds the kernel's by more than 10% + 1 ns (the
-    /// thread was off the CPU for a while: other load).
-    pub disturbed: u64,
-}
-
-impl Check {
-    fn note(&mut self, wall: f64, kernel: u32) {
-        self.runs += 1;
-        if wall > kernel as f64 * 1.1 + 1.0 {
-            self.disturbed += 1;
-        }
-    }
 }
 
 pub struct XdpRow {
@@ -132,7 +125,6 @@ pub struct MicroResults {
     pub xdp: Vec<XdpRow>,
     pub skb: Vec<SkbRow>,
     pub notes: Vec<String>,
-    pub check: Check,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -169,36 +161,157 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
     let limits = has_rate_limits();
     let mut notes = Vec::new();
     let mut unlimited = Kern::new(&base_policy(true), &local_addrs())?;
-    let mut limited = if limits { Some(Kern::new(&base_policy(false), &local_addrs())?) } else { None };
+    let mut limited = if limits {
+        Some(Kern::new(&base_policy(false), &local_addrs())?)
+    } else {
+        None
+    };
 
     let refused = tcp4(REFUSED4, HOST4, 40000, 5432);
     let no_event = if limits { Ring::Limited } else { Ring::Full };
     let mut cases = vec![
-        Case { case: "non-IP (ARP)".into(), frame: arp(REFUSED4, HOST4), ring: Ring::Any, enforcer_expect: XDP_PASS, xdpf_allow_list: false, xdpf_expect: XDP_PASS },
-        Case { case: "unprotected port (tcp/80)".into(), frame: tcp4(REFUSED4, HOST4, 40000, 80), ring: Ring::Any, enforcer_expect: XDP_PASS, xdpf_allow_list: false, xdpf_expect: XDP_PASS },
-        Case { case: "protected port, allowed source".into(), frame: tcp4(ALLOWED4, HOST4, 40000, 5432), ring: Ring::Any, enforcer_expect: XDP_PASS, xdpf_allow_list: true, xdpf_expect: XDP_PASS },
-        Case { case: "refused source, with its event".into(), frame: refused.clone(), ring: Ring::Events, enforcer_expect: XDP_DROP, xdpf_allow_list: false, xdpf_expect: XDP_DROP },
+        Case {
+            case: "non-IP (ARP)".into(),
+            frame: arp(REFUSED4, HOST4),
+            ring: Ring::Any,
+            enforcer_expect: XDP_PASS,
+            xdpf_allow_list: false,
+            xdpf_expect: XDP_PASS,
+        },
+        Case {
+            case: "unprotected port (tcp/80)".into(),
+            frame: tcp4(REFUSED4, HOST4, 40000, 80),
+            ring: Ring::Any,
+            enforcer_expect: XDP_PASS,
+            xdpf_allow_list: false,
+            xdpf_expect: XDP_PASS,
+        },
+        Case {
+            case: "protected port, allowed source".into(),
+            frame: tcp4(ALLOWED4, HOST4, 40000, 5432),
+            ring: Ring::Any,
+            enforcer_expect: XDP_PASS,
+            xdpf_allow_list: true,
+            xdpf_expect: XDP_PASS,
+        },
+        Case {
+            case: "refused source, with its event".into(),
+            frame: refused.clone(),
+            ring: Ring::Events,
+            enforcer_expect: XDP_DROP,
+            xdpf_allow_list: false,
+            xdpf_expect: XDP_DROP,
+        },
     ];
     if limits {
-        cases.push(Case { case: "refused source, no event (rate limit spent)".into(), frame: refused.clone(), ring: Ring::Limited, enforcer_expect: XDP_DROP, xdpf_allow_list: false, xdpf_expect: XDP_DROP });
+        cases.push(Case {
+            case: "refused source, no event (rate limit spent)".into(),
+            frame: refused.clone(),
+            ring: Ring::Limited,
+            enforcer_expect: XDP_DROP,
+            xdpf_allow_list: false,
+            xdpf_expect: XDP_DROP,
+        });
     }
-    cases.push(Case { case: "refused source, no event (ring buffer full)".into(), frame: refused.clone(), ring: Ring::Full, enforcer_expect: XDP_DROP, xdpf_allow_list: false, xdpf_expect: XDP_DROP });
+    cases.push(Case {
+        case: "refused source, no event (ring buffer full)".into(),
+        frame: refused.clone(),
+        ring: Ring::Full,
+        enforcer_expect: XDP_DROP,
+        xdpf_allow_list: false,
+        xdpf_expect: XDP_DROP,
+    });
     cases.extend([
-        Case { case: "IPv6, allowed source".into(), frame: tcp6(ALLOWED6, HOST6, 40000, 5432), ring: Ring::Any, enforcer_expect: XDP_PASS, xdpf_allow_list: true, xdpf_expect: XDP_PASS },
-        Case { case: "IPv6, refused source, no event".into(), frame: tcp6(REFUSED6, HOST6, 40000, 5432), ring: no_event, enforcer_expect: XDP_DROP, xdpf_allow_list: false, xdpf_expect: XDP_DROP },
-        Case { case: "802.1Q VLAN, allowed source".into(), frame: tcp4_vlan(100, ALLOWED4, HOST4, 40000, 5432), ring: Ring::Any, enforcer_expect: XDP_PASS, xdpf_allow_list: true, xdpf_expect: XDP_PASS },
+        Case {
+            case: "IPv6, allowed source".into(),
+            frame: tcp6(ALLOWED6, HOST6, 40000, 5432),
+            ring: Ring::Any,
+            enforcer_expect: XDP_PASS,
+            xdpf_allow_list: true,
+            xdpf_expect: XDP_PASS,
+        },
+        Case {
+            case: "IPv6, refused source, no event".into(),
+            frame: tcp6(REFUSED6, HOST6, 40000, 5432),
+            ring: no_event,
+            enforcer_expect: XDP_DROP,
+            xdpf_allow_list: false,
+            xdpf_expect: XDP_DROP,
+        },
+        Case {
+            case: "802.1Q VLAN, allowed source".into(),
+            frame: tcp4_vlan(100, ALLOWED4, HOST4, 40000, 5432),
+            ring: Ring::Any,
+            enforcer_expect: XDP_PASS,
+            xdpf_allow_list: true,
+            xdpf_expect: XDP_PASS,
+        },
     ]);
     let skb_refused_l3 = refused.clone();
     let skb_cases = vec![
-        SkbCase { hook: "ingress", case: "unprotected port".into(), frame: tcp4(REFUSED4, HOST4, 40000, 80), ring: Ring::Any, expect: SKB_PASS },
-        SkbCase { hook: "ingress", case: "allowed source".into(), frame: tcp4(ALLOWED4, HOST4, 40000, 5432), ring: Ring::Any, expect: SKB_PASS },
-        SkbCase { hook: "ingress", case: "refused source, with its event".into(), frame: skb_refused_l3.clone(), ring: Ring::Events, expect: SKB_DROP },
-        SkbCase { hook: "ingress", case: "refused source, no event".into(), frame: skb_refused_l3.clone(), ring: no_event, expect: SKB_DROP },
-        SkbCase { hook: "ingress", case: "IPv6, allowed source".into(), frame: tcp6(ALLOWED6, HOST6, 40000, 5432), ring: Ring::Any, expect: SKB_PASS },
-        SkbCase { hook: "egress", case: "unprotected port".into(), frame: tcp4(REFUSED4, HOST4, 40000, 80), ring: Ring::Any, expect: SKB_PASS },
-        SkbCase { hook: "egress", case: "allowed source".into(), frame: tcp4(ALLOWED4, HOST4, 40000, 5432), ring: Ring::Any, expect: SKB_PASS },
-        SkbCase { hook: "egress", case: "refused source, with its event".into(), frame: skb_refused_l3.clone(), ring: Ring::Events, expect: SKB_DROP },
-        SkbCase { hook: "egress", case: "refused source, no event".into(), frame: skb_refused_l3, ring: no_event, expect: SKB_DROP },
+        SkbCase {
+            hook: "ingress",
+            case: "unprotected port".into(),
+            frame: tcp4(REFUSED4, HOST4, 40000, 80),
+            ring: Ring::Any,
+            expect: SKB_PASS,
+        },
+        SkbCase {
+            hook: "ingress",
+            case: "allowed source".into(),
+            frame: tcp4(ALLOWED4, HOST4, 40000, 5432),
+            ring: Ring::Any,
+            expect: SKB_PASS,
+        },
+        SkbCase {
+            hook: "ingress",
+            case: "refused source, with its event".into(),
+            frame: skb_refused_l3.clone(),
+            ring: Ring::Events,
+            expect: SKB_DROP,
+        },
+        SkbCase {
+            hook: "ingress",
+            case: "refused source, no event".into(),
+            frame: skb_refused_l3.clone(),
+            ring: no_event,
+            expect: SKB_DROP,
+        },
+        SkbCase {
+            hook: "ingress",
+            case: "IPv6, allowed source".into(),
+            frame: tcp6(ALLOWED6, HOST6, 40000, 5432),
+            ring: Ring::Any,
+            expect: SKB_PASS,
+        },
+        SkbCase {
+            hook: "egress",
+            case: "unprotected port".into(),
+            frame: tcp4(REFUSED4, HOST4, 40000, 80),
+            ring: Ring::Any,
+            expect: SKB_PASS,
+        },
+        SkbCase {
+            hook: "egress",
+            case: "allowed source".into(),
+            frame: tcp4(ALLOWED4, HOST4, 40000, 5432),
+            ring: Ring::Any,
+            expect: SKB_PASS,
+        },
+        SkbCase {
+            hook: "egress",
+            case: "refused source, with its event".into(),
+            frame: skb_refused_l3.clone(),
+            ring: Ring::Events,
+            expect: SKB_DROP,
+        },
+        SkbCase {
+            hook: "egress",
+            case: "refused source, no event".into(),
+            frame: skb_refused_l3,
+            ring: no_event,
+            expect: SKB_DROP,
+        },
     ];
 
     let mut xdp_rows: Vec<XdpRow> = cases
@@ -207,15 +320,23 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
             case: c.case.clone(),
             enforcer: Samples::default(),
             floor: Samples::default(),
-            xdpf_label: if c.xdpf_allow_list { "allow list (src)" } else { "deny list (tcp/5432)" },
+            xdpf_label: if c.xdpf_allow_list {
+                "allow list (src)"
+            } else {
+                "deny list (tcp/5432)"
+            },
             xdpf: Samples::default(),
         })
         .collect();
     let mut skb_rows: Vec<SkbRow> = skb_cases
         .iter()
-        .map(|c| SkbRow { hook: c.hook, case: c.case.clone(), enforcer: Samples::default(), trivial: Samples::default() })
+        .map(|c| SkbRow {
+            hook: c.hook,
+            case: c.case.clone(),
+            enforcer: Samples::default(),
+            trivial: Samples::default(),
+        })
         .collect();
-    let mut check = Check::default();
 
     // Warm-up (caches, JIT images, page pools), not recorded; it also fills the ring.
     for c in &cases {
@@ -244,26 +365,39 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
                 Ring::Events => {
                     k.drain();
                     let lost = k.events_lost();
-                    let ns = time_run(k.xdp, &c.frame, EVENT_REPEAT, c.enforcer_expect, &c.case, &mut check)?;
+                    let ns = time_run(k.xdp, &c.frame, EVENT_REPEAT, c.enforcer_expect, &c.case)?;
                     let got = k.drain();
                     if k.events_lost() != lost || got != EVENT_REPEAT as usize {
-                        bail!("{}: {got} events of {EVENT_REPEAT} reached the ring", c.case);
+                        bail!(
+                            "{}: {got} events of {EVENT_REPEAT} reached the ring",
+                            c.case
+                        );
                     }
                     k.fill(&refused)?;
                     ns
                 }
                 Ring::Limited => {
-                    let ns = time_run(k.xdp, &c.frame, XDP_REPEAT, c.enforcer_expect, &c.case, &mut check)?;
+                    let ns = time_run(k.xdp, &c.frame, XDP_REPEAT, c.enforcer_expect, &c.case)?;
                     k.drain();
                     ns
                 }
-                _ => time_run(k.xdp, &c.frame, XDP_REPEAT, c.enforcer_expect, &c.case, &mut check)?,
+                _ => time_run(k.xdp, &c.frame, XDP_REPEAT, c.enforcer_expect, &c.case)?,
             };
             xdp_rows[i].enforcer.push(e);
-            let f = time_run(trivial.xdp_pass.as_raw_fd(), &c.frame, XDP_REPEAT, XDP_PASS, "floor", &mut check)?;
+            let f = time_run(
+                trivial.xdp_pass.as_raw_fd(),
+                &c.frame,
+                XDP_REPEAT,
+                XDP_PASS,
+                "floor",
+            )?;
             xdp_rows[i].floor.push(f);
-            let xfd = if c.xdpf_allow_list { xdpf.allow_list.as_raw_fd() } else { xdpf.deny_list.as_raw_fd() };
-            let x = time_run(xfd, &c.frame, XDP_REPEAT, c.xdpf_expect, "xdp-filter", &mut check)?;
+            let xfd = if c.xdpf_allow_list {
+                xdpf.allow_list.as_raw_fd()
+            } else {
+                xdpf.deny_list.as_raw_fd()
+            };
+            let x = time_run(xfd, &c.frame, XDP_REPEAT, c.xdpf_expect, "xdp-filter")?;
             xdp_rows[i].xdpf.push(x);
         }
         let n = skb_cases.len();
@@ -273,13 +407,17 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
                 Ring::Limited => limited.as_mut().expect("limited kernel"),
                 _ => &mut unlimited,
             };
-            let fd = if c.hook == "ingress" { k.ingress } else { k.egress };
+            let fd = if c.hook == "ingress" {
+                k.ingress
+            } else {
+                k.egress
+            };
             let what = format!("cgroup {} {}", c.hook, c.case);
             let e = match c.ring {
                 Ring::Events => {
                     k.drain();
                     let lost = k.events_lost();
-                    let ns = time_run(fd, &c.frame, EVENT_REPEAT, c.expect, &what, &mut check)?;
+                    let ns = time_run(fd, &c.frame, EVENT_REPEAT, c.expect, &what)?;
                     let got = k.drain();
                     if k.events_lost() != lost || got != EVENT_REPEAT as usize {
                         bail!("{what}: {got} events of {EVENT_REPEAT} reached the ring");
@@ -288,14 +426,20 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
                     ns
                 }
                 Ring::Limited => {
-                    let ns = time_run(fd, &c.frame, SKB_REPEAT, c.expect, &what, &mut check)?;
+                    let ns = time_run(fd, &c.frame, SKB_REPEAT, c.expect, &what)?;
                     k.drain();
                     ns
                 }
-                _ => time_run(fd, &c.frame, SKB_REPEAT, c.expect, &what, &mut check)?,
+                _ => time_run(fd, &c.frame, SKB_REPEAT, c.expect, &what)?,
             };
             skb_rows[i].enforcer.push(e);
-            let t = time_run(trivial.skb_pass.as_raw_fd(), &c.frame, SKB_REPEAT, SKB_PASS, "trivial cgroup_skb", &mut check)?;
+            let t = time_run(
+                trivial.skb_pass.as_raw_fd(),
+                &c.frame,
+                SKB_REPEAT,
+                SKB_PASS,
+                "trivial cgroup_skb",
+            )?;
             skb_rows[i].trivial.push(t);
         }
     }
@@ -305,7 +449,11 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
     notes.push(format!(
         "\"No event (ring buffer full)\": events unlimited, and the 16 MiB ring left undrained so every reservation fails; this includes the failed bpf_ringbuf_reserve and the loss counter, so it is an upper bound of a refusal without an event. \"With its event\": events unlimited, the ring drained before each run and {EVENT_REPEAT} runs per figure (what the ring holds), every run writing its event (checked: all {EVENT_REPEAT} read back, none lost)."
     ));
-    Ok(MicroResults { xdp: xdp_rows, skb: skb_rows, notes, check })
+    Ok(MicroResults {
+        xdp: xdp_rows,
+        skb: skb_rows,
+        notes,
+    })
 }
 
 /// Scaling (section 2): allowed and refused cost against policy size.
@@ -330,10 +478,18 @@ pub fn prefixes(n: usize, mixed: bool) -> Vec<(Ipv4Addr, u8)> {
     let mut x: u32 = 0x9e37_79b9;
     while out.len() < n {
         x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let len = if mixed { 16 + (out.len() % 17) as u8 } else { 32 };
+        let len = if mixed {
+            16 + (out.len() % 17) as u8
+        } else {
+            32
+        };
         // First octet 1..=126: clear of 192.0.2.0/24.
         let a = ((x >> 8) % 126 + 1) << 24 | (x & 0x00ff_ffff);
-        let masked = if len == 0 { 0 } else { a & (u32::MAX << (32 - len)) };
+        let masked = if len == 0 {
+            0
+        } else {
+            a & (u32::MAX << (32 - len))
+        };
         if seen.insert((masked, len)) {
             out.push((Ipv4Addr::from(masked), len));
         }
@@ -341,14 +497,31 @@ pub fn prefixes(n: usize, mixed: bool) -> Vec<(Ipv4Addr, u8)> {
     out
 }
 
-pub fn scaling(trivial: &Trivial, rounds: usize) -> anyhow::Result<(Vec<ScaleSeries>, Vec<String>)> {
+/// One policy size of a scaling series: its policy and the two frames sent.
+struct Config {
+    label: String,
+    policy: Policy,
+    allowed: Vec<u8>,
+    refused: Vec<u8>,
+}
+
+/// A config loaded: its own copy of the programs with its policy written.
+struct Loaded {
+    k: Kern,
+    allowed: Vec<u8>,
+    refused: Vec<u8>,
+}
+
+pub fn scaling(
+    trivial: &Trivial,
+    rounds: usize,
+) -> anyhow::Result<(Vec<ScaleSeries>, Vec<String>)> {
     let limits = has_rate_limits();
     let audit = audit_table(false);
     let refused = tcp4(REFUSED4, HOST4, 40000, 5432);
     let mut notes = Vec::new();
     let header = format!("mode = \"enforce\"\n{audit}");
-    // (title, [(label, policy, allowed frame, refused frame)])
-    let mut series: Vec<(String, Vec<(String, Policy, Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut series: Vec<(String, Vec<Config>)> = Vec::new();
     for (mixed, title) in [
         (false, "allow_from prefixes, all /32 (one hash probe per packet)"),
         (true, "allow_from prefixes, lengths /16–/32 (one probe per distinct length, longest first: up to 17; the allowed source is in a /16, found by the last probe)"),
@@ -362,12 +535,12 @@ pub fn scaling(trivial: &Trivial, rounds: usize) -> anyhow::Result<(Vec<ScaleSer
             let (first, _) = p[0];
             let o = first.octets();
             let src = if mixed { Ipv4Addr::new(o[0], o[1], 7, 9) } else { first };
-            rows.push((
-                format!("{n} ({} length{})", distinct.len(), if distinct.len() == 1 { "" } else { "s" }),
-                build_policy(&header, &[(5432, p.clone())])?,
-                tcp4(src, HOST4, 40000, 5432),
-                refused.clone(),
-            ));
+            rows.push(Config {
+                label: format!("{n} ({} length{})", distinct.len(), if distinct.len() == 1 { "" } else { "s" }),
+                policy: build_policy(&header, &[(5432, p.clone())])?,
+                allowed: tcp4(src, HOST4, 40000, 5432),
+                refused: refused.clone(),
+            });
         }
         series.push((title.to_string(), rows));
     }
@@ -376,26 +549,44 @@ pub fn scaling(trivial: &Trivial, rounds: usize) -> anyhow::Result<(Vec<ScaleSer
         let k = n - 1;
         let port = 10000 + k as u16;
         let src = Ipv4Addr::new(10, (k / 256) as u8, (k % 256) as u8, 5);
-        let rules: Vec<(u16, Vec<(Ipv4Addr, u8)>)> =
-            (0..n).map(|i| (10000 + i as u16, vec![(Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0), 24)])).collect();
-        rows.push((format!("{n} rules"), build_policy(&header, &rules)?, tcp4(src, HOST4, 40000, port), tcp4(REFUSED4, HOST4, 40000, port)));
+        let rules: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = (0..n)
+            .map(|i| {
+                (
+                    10000 + i as u16,
+                    vec![(Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0), 24)],
+                )
+            })
+            .collect();
+        rows.push(Config {
+            label: format!("{n} rules"),
+            policy: build_policy(&header, &rules)?,
+            allowed: tcp4(src, HOST4, 40000, port),
+            refused: tcp4(REFUSED4, HOST4, 40000, port),
+        });
     }
-    series.push(("rules, each protecting its own port (packet to the last rule's port)".into(), rows));
+    series.push((
+        "rules, each protecting its own port (packet to the last rule's port)".into(),
+        rows,
+    ));
 
     // One loaded copy of the programs per policy, so rounds interleave them.
-    let mut kernels: Vec<Vec<(Kern, Vec<u8>, Vec<u8>)>> = Vec::new();
+    let mut kernels: Vec<Vec<Loaded>> = Vec::new();
     for (_, rows) in &series {
         let mut ks = Vec::new();
-        for (_, policy, allowed, refused) in rows {
+        for c in rows {
             check_interrupted()?;
-            let mut k = Kern::with_policy(policy, &local_addrs())?;
+            let mut k = Kern::with_policy(&c.policy, &local_addrs())?;
             if limits {
-                bpf::test_run(k.xdp, refused, 200_000)?;
+                bpf::test_run(k.xdp, &c.refused, 200_000)?;
                 k.drain();
             } else {
-                k.fill(refused)?;
+                k.fill(&c.refused)?;
             }
-            ks.push((k, allowed.clone(), refused.clone()));
+            ks.push(Loaded {
+                k,
+                allowed: c.allowed.clone(),
+                refused: c.refused.clone(),
+            });
         }
         kernels.push(ks);
     }
@@ -405,21 +596,43 @@ pub fn scaling(trivial: &Trivial, rounds: usize) -> anyhow::Result<(Vec<ScaleSer
             title: t.clone(),
             rows: rows
                 .iter()
-                .map(|(l, ..)| ScaleRow { label: l.clone(), allowed: Samples::default(), refused: Samples::default(), floor: Samples::default() })
+                .map(|c| ScaleRow {
+                    label: c.label.clone(),
+                    allowed: Samples::default(),
+                    refused: Samples::default(),
+                    floor: Samples::default(),
+                })
                 .collect(),
         })
         .collect();
-    let mut check = Check::default();
     for round in 0..rounds {
         check_interrupted()?;
         for (s, ks) in kernels.iter_mut().enumerate() {
             let n = ks.len();
             for i in (0..n).map(|i| (i + round) % n) {
-                let (k, allowed, refused) = &mut ks[i];
-                let a = time_run(k.xdp, allowed, XDP_REPEAT / 2, XDP_PASS, "scaling: allowed", &mut check)?;
-                let r = time_run(k.xdp, refused, XDP_REPEAT / 2, XDP_DROP, "scaling: refused", &mut check)?;
-                k.drain();
-                let f = time_run(trivial.xdp_pass.as_raw_fd(), allowed, XDP_REPEAT / 2, XDP_PASS, "floor", &mut check)?;
+                let l = &mut ks[i];
+                let a = time_run(
+                    l.k.xdp,
+                    &l.allowed,
+                    XDP_REPEAT / 2,
+                    XDP_PASS,
+                    "scaling: allowed",
+                )?;
+                let r = time_run(
+                    l.k.xdp,
+                    &l.refused,
+                    XDP_REPEAT / 2,
+                    XDP_DROP,
+                    "scaling: refused",
+                )?;
+                l.k.drain();
+                let f = time_run(
+                    trivial.xdp_pass.as_raw_fd(),
+                    &l.allowed,
+                    XDP_REPEAT / 2,
+                    XDP_PASS,
+                    "floor",
+                )?;
                 out[s].rows[i].allowed.push(a);
                 out[s].rows[i].refused.push(r);
                 out[s].rows[i].floor.push(f);

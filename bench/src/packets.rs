@@ -20,7 +20,11 @@ fn eth(out: &mut Vec<u8>, ethertype: u16, vlan: Option<u16>) {
 
 fn csum_add(mut sum: u32, bytes: &[u8]) -> u32 {
     for c in bytes.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     sum
@@ -117,12 +121,23 @@ mod tests {
 
     #[test]
     fn sizes_and_checksums() {
-        let f = tcp4(Ipv4Addr::new(192, 0, 2, 66), Ipv4Addr::new(10, 0, 0, 1), 40000, 5432);
+        let f = tcp4(
+            Ipv4Addr::new(192, 0, 2, 66),
+            Ipv4Addr::new(10, 0, 0, 1),
+            40000,
+            5432,
+        );
         assert_eq!(f.len(), 54);
         // A correct IPv4 header sums to 0xffff (folded, before complement).
         assert_eq!(csum_fold(csum_add(0, &f[14..34])), 0);
-        assert_eq!(tcp4_vlan(7, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, 2).len(), 58);
-        assert_eq!(tcp6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 1, 2).len(), 74);
+        assert_eq!(
+            tcp4_vlan(7, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 1, 2).len(),
+            58
+        );
+        assert_eq!(
+            tcp6(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 1, 2).len(),
+            74
+        );
         assert_eq!(arp(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST).len(), 42);
     }
 }

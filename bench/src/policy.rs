@@ -49,7 +49,10 @@ fn prefixes(n: usize, seed: u32) -> Vec<(Ipv4Addr, u8)> {
 fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
     let mut s = format!("mode = \"enforce\"\n{}\n", audit_table(false));
     for (i, r) in rules.iter().enumerate() {
-        s.push_str(&format!("[[rule]]\nname = \"r{i}\"\nprotocol = \"tcp\"\nports = [{}]\nallow_from = [\n", ports[i]));
+        s.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\nprotocol = \"tcp\"\nports = [{}]\nallow_from = [\n",
+            ports[i]
+        ));
         for (a, l) in r {
             s.push_str(&format!("\"{a}/{l}\",\n"));
         }
@@ -60,8 +63,15 @@ fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
 
 /// The same policy, built (see `kern::build_policy`).
 fn policy_built(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> anyhow::Result<Policy> {
-    let spec: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = rules.iter().zip(ports).map(|(r, p)| (*p, r.clone())).collect();
-    build_policy(&format!("mode = \"enforce\"\n{}", audit_table(false)), &spec)
+    let spec: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = rules
+        .iter()
+        .zip(ports)
+        .map(|(r, p)| (*p, r.clone()))
+        .collect();
+    build_policy(
+        &format!("mode = \"enforce\"\n{}", audit_table(false)),
+        &spec,
+    )
 }
 
 fn policy_of(n: usize) -> (Vec<Vec<(Ipv4Addr, u8)>>, Vec<u16>) {
@@ -72,7 +82,12 @@ fn policy_of(n: usize) -> (Vec<Vec<(Ipv4Addr, u8)>>, Vec<u16>) {
 }
 
 /// Compile + write, timed per phase (ms), with the entries written and removed.
-fn apply(writer: &mut Writer, loaded: &mut Loaded, policy: &Policy, generation: u64) -> anyhow::Result<serde_json::Value> {
+fn apply(
+    writer: &mut Writer,
+    loaded: &mut Loaded,
+    policy: &Policy,
+    generation: u64,
+) -> anyhow::Result<serde_json::Value> {
     // The writer waits out a 20 ms grace period after its last flip; keep it out of the timing.
     std::thread::sleep(Duration::from_millis(25));
     let t1 = Instant::now();
@@ -94,7 +109,11 @@ fn apply(writer: &mut Writer, loaded: &mut Loaded, policy: &Policy, generation: 
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -109,7 +128,10 @@ pub fn parse_child(n: usize) -> anyhow::Result<()> {
     if got != n {
         bail!("parsed {got} prefixes of {n}");
     }
-    println!("{}", serde_json::json!({ "parse_ms": ms, "bytes": text.len(), "hwm_kib": vm_hwm_kib() }));
+    println!(
+        "{}",
+        serde_json::json!({ "parse_ms": ms, "bytes": text.len(), "hwm_kib": vm_hwm_kib() })
+    );
     Ok(())
 }
 
@@ -137,8 +159,12 @@ pub fn child(n: usize) -> anyhow::Result<()> {
         // Both slots hold the policy (3 and 2). One prefix of one rule replaced by another:
         let mid = rules.len() / 2;
         let mut changed = rules.clone();
-        let taken: std::collections::HashSet<(Ipv4Addr, u8)> = rules.iter().flatten().copied().collect();
-        let pick = prefixes(PER_RULE, 0x0bad_cafe).into_iter().find(|p| !taken.contains(p)).context("a fresh prefix")?;
+        let taken: std::collections::HashSet<(Ipv4Addr, u8)> =
+            rules.iter().flatten().copied().collect();
+        let pick = prefixes(PER_RULE, 0x0bad_cafe)
+            .into_iter()
+            .find(|p| !taken.contains(p))
+            .context("a fresh prefix")?;
         changed[mid][0] = pick;
         let one_prefix = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 4)?;
         apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 5)?;
@@ -150,8 +176,10 @@ pub fn child(n: usize) -> anyhow::Result<()> {
     }
     let maps = bpf::process_maps()?;
     let total: u64 = maps.iter().map(|m| m.memlock).sum();
-    let by_name: serde_json::Map<String, serde_json::Value> =
-        maps.iter().map(|m| (m.name.clone(), serde_json::json!(m.memlock))).collect();
+    let by_name: serde_json::Map<String, serde_json::Value> = maps
+        .iter()
+        .map(|m| (m.name.clone(), serde_json::json!(m.memlock)))
+        .collect();
     out["maps_memlock"] = serde_json::json!(total);
     out["hwm_kib"] = serde_json::json!(vm_hwm_kib());
     out["maps"] = serde_json::Value::Object(by_name);
@@ -182,7 +210,14 @@ pub struct SizeRow {
 impl SizeRow {
     /// Compile + write of the first apply.
     pub fn compile_write(&self) -> Samples {
-        Samples(self.compile_ms.0.iter().zip(&self.write_ms.0).map(|(a, b)| a + b).collect())
+        Samples(
+            self.compile_ms
+                .0
+                .iter()
+                .zip(&self.write_ms.0)
+                .map(|(a, b)| a + b)
+                .collect(),
+        )
     }
 }
 
@@ -210,7 +245,11 @@ pub const PARSE_BUDGET_S: f64 = 20.0;
 /// (it is killed then).
 fn run_child(args: &[String], budget: Duration) -> anyhow::Result<Option<serde_json::Value>> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.take().context("child stdout")?;
     let mut stderr = child.stderr.take().context("child stderr")?;
@@ -255,7 +294,8 @@ fn run_child(args: &[String], budget: Duration) -> anyhow::Result<Option<serde_j
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("child {} failed: {}", args.join(" "), err.trim());
     }
-    let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("child output: {out}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("child output: {out}"))?;
     Ok(Some(v))
 }
 
@@ -279,8 +319,17 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
             parse_rss_kib: Samples::default(),
         })
         .collect();
-    let change = |label| ChangeRow { label, compile_write_ms: Samples::default(), write_ms: Samples::default(), written: 0, removed: 0 };
-    let mut changes = vec![change("one prefix of one rule replaced"), change("one rule's port changed (its 1,000 prefixes move)")];
+    let change = |label| ChangeRow {
+        label,
+        compile_write_ms: Samples::default(),
+        write_ms: Samples::default(),
+        written: 0,
+        removed: 0,
+    };
+    let mut changes = vec![
+        change("one prefix of one rule replaced"),
+        change("one rule's port changed (its 1,000 prefixes move)"),
+    ];
     let mut full_write_ms = Samples::default();
     let mut full_written = 0;
     let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
@@ -288,8 +337,11 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
     for _ in 0..rounds {
         for row in sizes.iter_mut() {
             check_interrupted()?;
-            let v = run_child(&["--policy-child".into(), row.n.to_string()], Duration::from_secs(300))?
-                .context("the applying child ran over 300 s")?;
+            let v = run_child(
+                &["--policy-child".into(), row.n.to_string()],
+                Duration::from_secs(300),
+            )?
+            .context("the applying child ran over 300 s")?;
             let first = &v["first"];
             row.compile_ms.push(f(first, "compile_ms"));
             row.write_ms.push(f(first, "write_ms"));
@@ -298,7 +350,8 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
             row.steady.push(cw(&v["steady"]));
             row.load_ms.push(f(&v, "load_ms"));
             row.maps_total.push(f(&v, "maps_memlock"));
-            row.allow_mem.push(v["maps"]["ALLOW"].as_f64().unwrap_or(f64::NAN));
+            row.allow_mem
+                .push(v["maps"]["ALLOW"].as_f64().unwrap_or(f64::NAN));
             row.rss_kib.push(f(&v, "hwm_kib"));
             if v.get("one_prefix").is_some() {
                 full_write_ms.push(f(first, "write_ms"));
@@ -312,7 +365,10 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
             }
             // The parse, in a child of its own, unless it already ran over its budget.
             if row.parse_over.is_none() {
-                match run_child(&["--parse-child".into(), row.n.to_string()], Duration::from_secs_f64(PARSE_BUDGET_S))? {
+                match run_child(
+                    &["--parse-child".into(), row.n.to_string()],
+                    Duration::from_secs_f64(PARSE_BUDGET_S),
+                )? {
                     Some(v) => {
                         row.parse_ms.push(f(&v, "parse_ms"));
                         row.file_bytes = v["bytes"].as_u64().unwrap_or(0);
@@ -323,5 +379,11 @@ pub fn run(rounds: usize) -> anyhow::Result<PolicyResults> {
             }
         }
     }
-    Ok(PolicyResults { sizes, changes, full_write_ms, full_written, parse_budget_s: PARSE_BUDGET_S })
+    Ok(PolicyResults {
+        sizes,
+        changes,
+        full_write_ms,
+        full_written,
+        parse_budget_s: PARSE_BUDGET_S,
+    })
 }

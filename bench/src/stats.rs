@@ -47,7 +47,13 @@ impl Samples {
         if self.0.is_empty() {
             return "n/a".into();
         }
-        format!("{:.p$} ({:.p$}–{:.p$})", self.median(), self.min(), self.max(), p = prec)
+        format!(
+            "{:.p$} ({:.p$}–{:.p$})",
+            self.median(),
+            self.min(),
+            self.max(),
+            p = prec
+        )
     }
 
     /// "median (min–max)" for large counts, in millions with 2 decimals.
@@ -55,7 +61,12 @@ impl Samples {
         if self.0.is_empty() {
             return "n/a".into();
         }
-        format!("{:.2} ({:.2}–{:.2})", self.median() / 1e6, self.min() / 1e6, self.max() / 1e6)
+        format!(
+            "{:.2} ({:.2}–{:.2})",
+            self.median() / 1e6,
+            self.min() / 1e6,
+            self.max() / 1e6
+        )
     }
 }
 

@@ -31,11 +31,30 @@ fn xf(bed: &Bed, bpffs: &Bpffs, args: &[&str]) -> anyhow::Result<String> {
         bed.receiver.path().display(),
         args.join(" ")
     );
-    sh(&["env", "LIBXDP_SKIP_DISPATCHER=1", "unshare", "--mount", "--propagation", "private", "sh", "-c", &script])
+    sh(&[
+        "env",
+        "LIBXDP_SKIP_DISPATCHER=1",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ])
 }
 
-fn load_variant(bed: &Bed, bpffs: &Bpffs, policy: &str, config: &[&[&str]]) -> anyhow::Result<OwnedFd> {
-    xf(bed, bpffs, &["load", &bed.vb, "-m", "skb", "-p", policy, "-f", "all"])?;
+fn load_variant(
+    bed: &Bed,
+    bpffs: &Bpffs,
+    policy: &str,
+    config: &[&[&str]],
+) -> anyhow::Result<OwnedFd> {
+    xf(
+        bed,
+        bpffs,
+        &["load", &bed.vb, "-m", "skb", "-p", policy, "-f", "all"],
+    )?;
     let kept = (|| -> anyhow::Result<OwnedFd> {
         for c in config {
             xf(bed, bpffs, c)?;
@@ -53,9 +72,20 @@ fn load_variant(bed: &Bed, bpffs: &Bpffs, policy: &str, config: &[&[&str]]) -> a
 }
 
 pub fn load(bed: &Bed, bpffs: &Bpffs) -> anyhow::Result<XdpFilter> {
-    let allow_list = load_variant(bed, bpffs, "deny", &[&["ip", "-m", "src", "10.1.2.3"], &["ip", "-m", "src", "fd00:1::5"]])
-        .context("loading xdp-filter (allow list)")?;
-    let deny_list =
-        load_variant(bed, bpffs, "allow", &[&["port", "-p", "tcp", "5432"]]).context("loading xdp-filter (deny list)")?;
-    Ok(XdpFilter { deny_list, allow_list })
+    let allow_list = load_variant(
+        bed,
+        bpffs,
+        "deny",
+        &[
+            &["ip", "-m", "src", "10.1.2.3"],
+            &["ip", "-m", "src", "fd00:1::5"],
+        ],
+    )
+    .context("loading xdp-filter (allow list)")?;
+    let deny_list = load_variant(bed, bpffs, "allow", &[&["port", "-p", "tcp", "5432"]])
+        .context("loading xdp-filter (deny list)")?;
+    Ok(XdpFilter {
+        deny_list,
+        allow_list,
+    })
 }

@@ -200,10 +200,17 @@ pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
         && matches!(out.reason, Reason::AllowedSource | Reason::AllowedCgroup)
     {
         // Remembered so the receiving side (XDP on a veth, cgroup ingress over loopback)
-        // does not refuse what the sender's socket was allowed.
+        // does not refuse what the sender's socket was allowed. A lookup is cheaper than
+        // an update: the entry is rewritten only when missing or a quarter-window old.
         // SAFETY: a helper with no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let _ = FLOWS.insert(&flow_key(&p), &now, BPF_ANY as u64);
+        let key = flow_key(&p);
+        // SAFETY: a hash map lookup; the value is copied out at once.
+        let fresh =
+            unsafe { FLOWS.get(&key) }.is_some_and(|ts| now.wrapping_sub(*ts) < FLOW_FRESH_NS / 4);
+        if !fresh {
+            let _ = FLOWS.insert(&key, &now, BPF_ANY as u64);
+        }
     }
     report::finish(Hook::CgroupEgress, &out, &p, |e| {
         e.pkt_len = ctx.len();

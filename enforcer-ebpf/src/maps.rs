@@ -40,8 +40,7 @@ pub static CGROUPS: HashMap<CgroupKey, u32> =
     HashMap::with_max_entries(MAX_CGROUP_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> =
-    HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);

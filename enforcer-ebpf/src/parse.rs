@@ -148,7 +148,11 @@ pub fn parse_ipv6<P: Packet>(p: &P, l3: usize) -> Parsed {
             break;
         }
         out.proto = nh;
-        out.kind = if first_fragment { K_BAD_FRAGMENT } else { K_TRUNCATED };
+        out.kind = if first_fragment {
+            K_BAD_FRAGMENT
+        } else {
+            K_TRUNCATED
+        };
         if nh == IPPROTO_FRAGMENT {
             // A second fragment header is never valid (RFC 8200 4.5); the kernel drops it.
             if seen_fragment {

@@ -89,7 +89,11 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     ev.generation = out.info.generation;
     ev.src = p.src;
     ev.dst = p.dst;
-    ev.rule = if out.rule < MAX_RULES { out.rule } else { NO_RULE };
+    ev.rule = if out.rule < MAX_RULES {
+        out.rule
+    } else {
+        NO_RULE
+    };
     ev.sport = p.sport;
     ev.dport = p.dport;
     ev.verdict = out.verdict as u8;

@@ -53,7 +53,9 @@ pub fn protocol_number(p: &str) -> Result<u8, String> {
     match p {
         "tcp" => Ok(IPPROTO_TCP),
         "udp" => Ok(IPPROTO_UDP),
-        other => Err(format!("protocol must be \"tcp\" or \"udp\", not {other:?}")),
+        other => Err(format!(
+            "protocol must be \"tcp\" or \"udp\", not {other:?}"
+        )),
     }
 }
 
@@ -71,11 +73,20 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         Some(c) => Some(crate::policy::validate::normalize_cgroup(c)?),
         None => None,
     };
-    let hook = if cgroup.is_some() { Hook::CgroupEgress } else { Hook::Xdp };
+    let hook = if cgroup.is_some() {
+        Hook::CgroupEgress
+    } else {
+        Hook::Xdp
+    };
     let parsed = Parsed::Ip {
         src: q.src,
         dst,
-        l4: L4::Ports { proto, sport: q.sport.unwrap_or(40000), dport: q.dport, complete: true },
+        l4: L4::Ports {
+            proto,
+            sport: q.sport.unwrap_or(40000),
+            dport: q.dport,
+            complete: true,
+        },
     };
     let local = [dst];
     let ctx = Context {
@@ -86,7 +97,12 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         authorized_flow: false,
     };
     let j = model::judge(policy, &ctx, &parsed);
-    let covering: Vec<String> = policy.rules.iter().filter(|r| r.covers(proto, q.dport)).map(|r| r.name.clone()).collect();
+    let covering: Vec<String> = policy
+        .rules
+        .iter()
+        .filter(|r| r.covers(proto, q.dport))
+        .map(|r| r.name.clone())
+        .collect();
     let rule = j.rule.map(|i| policy.rules[i].name.clone());
     let matched = match (j.reason, j.rule) {
         (Reason::AllowedSource, Some(i)) => policy.rules[i]
@@ -108,7 +124,10 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         None => format!("{} {} -> {}:{}", q.proto, q.src, dst, q.dport),
     };
     let text = match j.reason {
-        Reason::Failsafe => format!("allow: {who}: port {} is a failsafe port, never judged", q.dport),
+        Reason::Failsafe => format!(
+            "allow: {who}: port {} is a failsafe port, never judged",
+            q.dport
+        ),
         Reason::NotProtected => format!("allow: {who}: no rule protects {}/{}", q.proto, q.dport),
         Reason::AllowedSource => format!(
             "allow: {who}: rule {:?} allows {}",
@@ -123,9 +142,17 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         _ => format!(
             "{}: {who}: protected by {}; no allow_from entry contains {}{}",
             j.verdict.name(),
-            covering.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", "),
+            covering
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             q.src,
-            if cgroup.is_some() { " and no allow_cgroups entry contains the sender's cgroup" } else { " (a remote sender: cgroups do not apply)" }
+            if cgroup.is_some() {
+                " and no allow_cgroups entry contains the sender's cgroup"
+            } else {
+                " (a remote sender: cgroups do not apply)"
+            }
         ),
     };
     Ok(Explanation {
@@ -161,18 +188,57 @@ mod tests {
     }
 
     fn q(src: &str, dport: u16, cgroup: Option<&str>) -> Query {
-        Query { proto: "tcp".into(), src: src.parse().unwrap(), dport, dst: None, sport: None, cgroup: cgroup.map(Into::into) }
+        Query {
+            proto: "tcp".into(),
+            src: src.parse().unwrap(),
+            dport,
+            dst: None,
+            sport: None,
+            cgroup: cgroup.map(Into::into),
+        }
     }
 
     #[test]
     fn names_the_rule_and_the_longest_entry() {
         let e = explain(&policy(), &q("10.1.2.3", 5432, None)).unwrap();
-        assert_eq!((e.verdict.as_str(), e.reason.as_str(), e.rule.as_deref(), e.matched.as_deref()), ("allow", "allowed-by-source", Some("postgres"), Some("10.1.0.0/16")));
+        assert_eq!(
+            (
+                e.verdict.as_str(),
+                e.reason.as_str(),
+                e.rule.as_deref(),
+                e.matched.as_deref()
+            ),
+            (
+                "allow",
+                "allowed-by-source",
+                Some("postgres"),
+                Some("10.1.0.0/16")
+            )
+        );
         let e = explain(&policy(), &q("203.0.113.7", 5432, None)).unwrap();
-        assert_eq!((e.verdict.as_str(), e.reason.as_str(), e.rule.as_deref(), e.matched), ("drop", "dropped-source", Some("postgres"), None));
-        assert!(e.text.contains("no allow_from entry contains 203.0.113.7"), "{}", e.text);
-        let e = explain(&policy(), &q("203.0.113.7", 5432, Some("/system.slice/api.service"))).unwrap();
-        assert_eq!((e.reason.as_str(), e.matched.as_deref()), ("allowed-by-cgroup", Some("/system.slice")));
+        assert_eq!(
+            (
+                e.verdict.as_str(),
+                e.reason.as_str(),
+                e.rule.as_deref(),
+                e.matched
+            ),
+            ("drop", "dropped-source", Some("postgres"), None)
+        );
+        assert!(
+            e.text.contains("no allow_from entry contains 203.0.113.7"),
+            "{}",
+            e.text
+        );
+        let e = explain(
+            &policy(),
+            &q("203.0.113.7", 5432, Some("/system.slice/api.service")),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.reason.as_str(), e.matched.as_deref()),
+            ("allowed-by-cgroup", Some("/system.slice"))
+        );
         let e = explain(&policy(), &q("203.0.113.7", 22, None)).unwrap();
         assert!(e.failsafe);
         let e = explain(&policy(), &q("203.0.113.7", 80, None)).unwrap();
@@ -183,10 +249,16 @@ mod tests {
     fn bad_queries_say_why() {
         let mut bad = q("10.0.0.1", 5432, None);
         bad.proto = "icmp".into();
-        assert!(explain(&policy(), &bad).unwrap_err().contains("protocol must be"));
+        assert!(explain(&policy(), &bad)
+            .unwrap_err()
+            .contains("protocol must be"));
         let mut mixed = q("10.0.0.1", 5432, None);
         mixed.dst = Some("::1".parse().unwrap());
-        assert!(explain(&policy(), &mixed).unwrap_err().contains("same family"));
-        assert!(explain(&policy(), &q("10.0.0.1", 5432, Some("relative"))).unwrap_err().contains("must start with '/'"));
+        assert!(explain(&policy(), &mixed)
+            .unwrap_err()
+            .contains("same family"));
+        assert!(explain(&policy(), &q("10.0.0.1", 5432, Some("relative")))
+            .unwrap_err()
+            .contains("must start with '/'"));
     }
 }

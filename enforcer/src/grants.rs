@@ -26,7 +26,9 @@ pub struct Grant {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn rfc3339(unix: u64) -> String {
@@ -43,14 +45,21 @@ pub struct Store {
 impl Store {
     /// Loads `state_dir/grants.json` (none if absent).
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         let path = state_dir.join("grants.json");
         let grants: Vec<Grant> = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading grants from {}", path.display()))?,
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("reading grants from {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let next = grants.iter().filter_map(|g| g.id.trim_start_matches('g').parse::<u64>().ok()).max().unwrap_or(0) + 1;
+        let next = grants
+            .iter()
+            .filter_map(|g| g.id.trim_start_matches('g').parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
         Ok(Store { path, grants, next })
     }
 
@@ -62,22 +71,37 @@ impl Store {
     /// Writes the grants atomically (a crash leaves the old file or the new one).
     pub fn save(&self) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.grants)?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.grants)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))
     }
 
     /// Validates and adds a grant (not yet saved).
-    pub fn add(&mut self, policy: &Policy, rule: &str, from: Option<&str>, cgroup: Option<&str>, secs: u64, reason: &str) -> Result<Grant, String> {
+    pub fn add(
+        &mut self,
+        policy: &Policy,
+        rule: &str,
+        from: Option<&str>,
+        cgroup: Option<&str>,
+        secs: u64,
+        reason: &str,
+    ) -> Result<Grant, String> {
         if !policy.verdict.rules.iter().any(|r| r.name == rule) {
             return Err(format!("no rule named {rule:?} in the policy in force"));
         }
         let entry = match (from, cgroup) {
             (Some(f), None) => Entry::From(parse_prefix(f)?.to_string()),
             (None, Some(c)) => Entry::Cgroup(normalize_cgroup(c)?),
-            _ => return Err("a grant allows either a source (--from) or a cgroup (--cgroup)".into()),
+            _ => {
+                return Err("a grant allows either a source (--from) or a cgroup (--cgroup)".into())
+            }
         };
         if secs == 0 || secs > MAX_GRANT_SECS {
-            return Err(format!("a grant lasts from 1 second to {} days", MAX_GRANT_SECS / 86400));
+            return Err(format!(
+                "a grant lasts from 1 second to {} days",
+                MAX_GRANT_SECS / 86400
+            ));
         }
         if reason.trim().is_empty() {
             return Err("a grant needs a reason (--reason)".into());
@@ -103,7 +127,8 @@ impl Store {
 
     /// Removes and returns the grants that have expired at `now`.
     pub fn take_expired(&mut self, now: u64) -> Vec<Grant> {
-        let (gone, keep): (Vec<Grant>, Vec<Grant>) = self.grants.drain(..).partition(|g| g.expires_unix <= now);
+        let (gone, keep): (Vec<Grant>, Vec<Grant>) =
+            self.grants.drain(..).partition(|g| g.expires_unix <= now);
         self.grants = keep;
         gone
     }
@@ -112,7 +137,14 @@ impl Store {
     pub fn entries(&self, policy: &Policy) -> Vec<(usize, Entry)> {
         self.grants
             .iter()
-            .filter_map(|g| policy.verdict.rules.iter().position(|r| r.name == g.rule).map(|i| (i, g.entry.clone())))
+            .filter_map(|g| {
+                policy
+                    .verdict
+                    .rules
+                    .iter()
+                    .position(|r| r.name == g.rule)
+                    .map(|i| (i, g.entry.clone()))
+            })
             .collect()
     }
 
@@ -152,12 +184,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("enforcer-grants-{}", std::process::id()));
         let p = policy();
         let mut s = Store::open(&dir).unwrap();
-        assert!(s.add(&p, "nope", Some("1.2.3.4/32"), None, 60, "x").unwrap_err().contains("no rule named"));
-        assert!(s.add(&p, "pg", Some("1.2.3.4/8"), None, 60, "x").unwrap_err().contains("host bits"));
-        assert!(s.add(&p, "pg", Some("1.2.3.4"), Some("/a"), 60, "x").unwrap_err().contains("either"));
-        assert!(s.add(&p, "pg", Some("1.2.3.4"), None, 60, " ").unwrap_err().contains("reason"));
-        assert!(s.add(&p, "pg", Some("1.2.3.4"), None, MAX_GRANT_SECS + 1, "x").unwrap_err().contains("days"));
-        let g = s.add(&p, "pg", Some("198.51.100.4/32"), None, 60, "incident 42").unwrap();
+        assert!(s
+            .add(&p, "nope", Some("1.2.3.4/32"), None, 60, "x")
+            .unwrap_err()
+            .contains("no rule named"));
+        assert!(s
+            .add(&p, "pg", Some("1.2.3.4/8"), None, 60, "x")
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(s
+            .add(&p, "pg", Some("1.2.3.4"), Some("/a"), 60, "x")
+            .unwrap_err()
+            .contains("either"));
+        assert!(s
+            .add(&p, "pg", Some("1.2.3.4"), None, 60, " ")
+            .unwrap_err()
+            .contains("reason"));
+        assert!(s
+            .add(&p, "pg", Some("1.2.3.4"), None, MAX_GRANT_SECS + 1, "x")
+            .unwrap_err()
+            .contains("days"));
+        let g = s
+            .add(&p, "pg", Some("198.51.100.4/32"), None, 60, "incident 42")
+            .unwrap();
         s.save().unwrap();
         let mut again = Store::open(&dir).unwrap();
         assert_eq!(again.grants, vec![g.clone()]);
@@ -176,8 +225,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.expiring.len(), 2);
-        let before = humantime::parse_rfc3339("2025-12-31T23:59:59Z").unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert_eq!(p.effective(before, &[]).verdict.rules[0].allow_from.len(), 2);
+        let before = humantime::parse_rfc3339("2025-12-31T23:59:59Z")
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(
+            p.effective(before, &[]).verdict.rules[0].allow_from.len(),
+            2
+        );
         let after = before + 1;
         let eff = p.effective(after, &[]);
         assert_eq!(eff.verdict.rules[0].allow_from.len(), 1);

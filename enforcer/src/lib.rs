@@ -5,9 +5,9 @@
 //! counters), events (ring buffer -> decoder -> enrichment -> sinks), and the daemon that
 //! ties them together.
 
-pub mod daemon;
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod events;
 pub mod explain;
 pub mod grants;

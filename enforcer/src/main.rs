@@ -10,18 +10,39 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let result = match cli.command {
         Command::Check { config, format } => return cli::check::check(&config, format),
-        Command::Run { config, socket, pin_dir, on_stop, state_dir, metrics } => tokio::runtime::Builder::new_multi_thread()
+        Command::Run {
+            config,
+            socket,
+            pin_dir,
+            on_stop,
+            state_dir,
+            metrics,
+        } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(enforcer::daemon::run(enforcer::daemon::Options { config, socket, pin_dir, on_stop, state_dir, metrics }))),
+            .and_then(|rt| {
+                rt.block_on(enforcer::daemon::run(enforcer::daemon::Options {
+                    config,
+                    socket,
+                    pin_dir,
+                    on_stop,
+                    state_dir,
+                    metrics,
+                }))
+            }),
         Command::Unload { pin_dir } => cli::control::unload(&pin_dir),
-        Command::Reload { socket, confirm_within } => cli::control::reload(&socket, confirm_within),
+        Command::Reload {
+            socket,
+            confirm_within,
+        } => cli::control::reload(&socket, confirm_within),
         Command::Confirm { socket } => cli::control::confirm(&socket),
         Command::Status { socket, json } => cli::control::status(&socket, json),
         Command::Scan { config, json } => cli::scan::scan(config.as_deref(), json),
@@ -36,7 +57,8 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("enforcer: {e:#}");
             let denied = e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
                     || c.to_string().contains("Operation not permitted")
             });
             // SAFETY: geteuid has no preconditions.

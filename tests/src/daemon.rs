@@ -42,7 +42,10 @@ impl Drop for TempDir {
 pub fn place(cmd: &mut Command, netns: Option<&Path>, cgroup_procs: Option<&Path>) {
     let ns = netns.map(|p| File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display())));
     let cg = cgroup_procs.map(|p| {
-        std::fs::OpenOptions::new().write(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
     });
     // SAFETY: between fork and exec the child only makes raw syscalls (write, setns) on
     // descriptors opened before the fork.
@@ -120,11 +123,20 @@ impl Daemon {
         std::fs::write(&policy_path, policy).expect("write policy");
         let socket = dir.0.join("control.sock");
         let mut cmd = Command::new(crate::enforcer_bin());
-        cmd.arg("run").arg("--config").arg(&policy_path).arg("--socket").arg(&socket).arg("--pin-dir").arg(&pins.0).args(args);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&policy_path)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pins.0)
+            .args(args);
         if !args.contains(&"--state-dir") {
             cmd.arg("--state-dir").arg(dir.0.join("state"));
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).env("RUST_LOG", "info");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -144,17 +156,34 @@ impl Daemon {
                 if n == 0 {
                     break;
                 }
-                e.lock().expect("stderr").push_str(&String::from_utf8_lossy(&buf[..n]));
+                e.lock()
+                    .expect("stderr")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut d = Daemon { child: Some(child), lines, stderr, policy_path, socket, pins: Some(pins), dir };
-        d.wait_for(Duration::from_secs(20), |v| v["event"] == "policy" && v["action"] == "applied");
+        let mut d = Daemon {
+            child: Some(child),
+            lines,
+            stderr,
+            policy_path,
+            socket,
+            pins: Some(pins),
+            dir,
+        };
+        d.wait_for(Duration::from_secs(20), |v| {
+            v["event"] == "policy" && v["action"] == "applied"
+        });
         d
     }
 
     /// Every JSON line the daemon printed so far.
     pub fn events(&self) -> Vec<Value> {
-        self.lines.lock().expect("lines").iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn stderr(&self) -> String {
@@ -168,11 +197,19 @@ impl Daemon {
             if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
                 return v;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("enforcer exited ({status}) before the expected event\nstderr:\n{}\nstdout:\n{:#?}", self.stderr(), self.events());
             }
             if start.elapsed() > timeout {
-                panic!("no matching event within {timeout:?}\nstderr:\n{}\nevents:\n{:#?}", self.stderr(), self.events());
+                panic!(
+                    "no matching event within {timeout:?}\nstderr:\n{}\nevents:\n{:#?}",
+                    self.stderr(),
+                    self.events()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -198,7 +235,11 @@ impl Daemon {
             .arg(&self.socket)
             .output()
             .expect("run enforcer");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn pid(&self) -> i32 {
@@ -260,7 +301,11 @@ pub fn probe(ns: Option<&NetNs>, cgroup_procs: Option<&Path>, args: &[&str]) -> 
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     place(&mut cmd, ns.map(|n| n.path()).as_deref(), cgroup_procs);
     let out = cmd.output().expect("run probe");
-    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// A long-running probe (a listener), killed on drop.
@@ -273,7 +318,9 @@ impl Probe {
     /// Starts the probe and waits for its first line ("listening").
     pub fn spawn(ns: Option<&NetNs>, cgroup_procs: Option<&Path>, args: &[&str]) -> Self {
         let mut cmd = Command::new(crate::probe_bin());
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         place(&mut cmd, ns.map(|n| n.path()).as_deref(), cgroup_procs);
         let mut child = cmd.spawn().expect("spawn probe");
         let out = child.stdout.take().expect("stdout");
@@ -287,7 +334,10 @@ impl Probe {
         let p = Probe { child, lines };
         let start = Instant::now();
         while p.lines().is_empty() {
-            assert!(start.elapsed() < Duration::from_secs(5), "probe {args:?} did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "probe {args:?} did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         p

@@ -5,7 +5,12 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
 use enforcer::{
-    kernel::{counters, host, programs::{EGRESS, INGRESS, XDP}, writer::Writer, Loaded},
+    kernel::{
+        counters, host,
+        programs::{EGRESS, INGRESS, XDP},
+        writer::Writer,
+        Loaded,
+    },
     policy::{compile, parse_str, Policy},
 };
 use enforcer_common::{
@@ -56,12 +61,34 @@ impl TestKernel {
         let mut loaded = Loaded::load().expect("load programs");
         let events = loaded.events.take().expect("ring buffer");
         let cookie = host::netns_cookie().expect("netns cookie");
-        loaded.maps.host.set(0, HostInfo { netns_cookie: cookie, ..HostInfo::default() }, 0).expect("host info");
+        loaded
+            .maps
+            .host
+            .set(
+                0,
+                HostInfo {
+                    netns_cookie: cookie,
+                    ..HostInfo::default()
+                },
+                0,
+            )
+            .expect("host info");
         for a in local_addrs {
-            loaded.maps.local_addrs.insert(host::addr_key(*a), 1, 0).expect("local addr");
+            loaded
+                .maps
+                .local_addrs
+                .insert(host::addr_key(*a), 1, 0)
+                .expect("local addr");
         }
         let policy = parse_str(Path::new("test.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
-        let mut k = TestKernel { loaded, writer: Writer::new(), generation: 0, policy: policy.clone(), local_addrs: local_addrs.to_vec(), events };
+        let mut k = TestKernel {
+            loaded,
+            writer: Writer::new(),
+            generation: 0,
+            policy: policy.clone(),
+            local_addrs: local_addrs.to_vec(),
+            events,
+        };
         k.set_policy(policy);
         k
     }
@@ -70,7 +97,14 @@ impl TestKernel {
     pub fn set_policy(&mut self, policy: Policy) {
         let compiled = compile(&policy).expect("compile");
         self.generation += 1;
-        self.writer.apply(&mut self.loaded.maps, &compiled, &Default::default(), self.generation).expect("apply");
+        self.writer
+            .apply(
+                &mut self.loaded.maps,
+                &compiled,
+                &Default::default(),
+                self.generation,
+            )
+            .expect("apply");
         self.policy = policy;
     }
 
@@ -81,14 +115,29 @@ impl TestKernel {
     /// Host-namespace switch for the cgroup programs: set the host cookie to something
     /// else, and test_run's socket looks like a container's.
     pub fn set_host_netns_cookie(&mut self, cookie: u64) {
-        self.loaded.maps.host.set(0, HostInfo { netns_cookie: cookie, ..HostInfo::default() }, 0).expect("host info");
+        self.loaded
+            .maps
+            .host
+            .set(
+                0,
+                HostInfo {
+                    netns_cookie: cookie,
+                    ..HostInfo::default()
+                },
+                0,
+            )
+            .expect("host info");
     }
 
     /// Runs `prog` on an Ethernet frame (the cgroup programs see it from L3, with the
     /// protocol from the EtherType, as the kernel's test_run sets it up) and returns its
     /// return value.
     pub fn run(&mut self, prog: Prog, frame: &[u8]) -> u32 {
-        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
         let name = match prog {
             Prog::Xdp => XDP,
             Prog::Ingress => INGRESS,
@@ -97,9 +146,12 @@ impl TestKernel {
         let p = self.loaded.ebpf.program(name).expect("program");
         let r = match prog {
             Prog::Xdp => <&Xdp>::try_from(p).expect("xdp").test_run(opts),
-            _ => <&CgroupSkb>::try_from(p).expect("cgroup_skb").test_run(opts),
+            _ => <&CgroupSkb>::try_from(p)
+                .expect("cgroup_skb")
+                .test_run(opts),
         };
-        r.unwrap_or_else(|e| panic!("test_run {name}: {e}")).return_value
+        r.unwrap_or_else(|e| panic!("test_run {name}: {e}"))
+            .return_value
     }
 
     /// All reason counters, summed over CPUs.

@@ -7,8 +7,8 @@ pub mod bed;
 pub mod daemon;
 pub mod flood;
 pub mod kernel;
-pub mod packets;
 pub mod net;
+pub mod packets;
 pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};

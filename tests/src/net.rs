@@ -11,8 +11,15 @@ use std::{
 use crate::unique;
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace made by `ip netns add`, deleted on drop.
@@ -61,7 +68,10 @@ impl Default for NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -70,7 +80,13 @@ pub fn enter_netns(path: &Path) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     // SAFETY: setns on a namespace file we hold open.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setns {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A veth pair with one end in each namespace, both up, with the given addresses
@@ -84,7 +100,10 @@ impl Veth {
     pub fn new(ns_a: &NetNs, addrs_a: &[&str], ns_b: &NetNs, addrs_b: &[&str]) -> Self {
         let a = unique("va");
         let b = unique("vb");
-        sh(&["ip", "link", "add", &a, "netns", &ns_a.name, "type", "veth", "peer", "name", &b, "netns", &ns_b.name]);
+        sh(&[
+            "ip", "link", "add", &a, "netns", &ns_a.name, "type", "veth", "peer", "name", &b,
+            "netns", &ns_b.name,
+        ]);
         for (ns, dev, addrs) in [(ns_a, &a, addrs_a), (ns_b, &b, addrs_b)] {
             for addr in addrs {
                 if addr.contains(':') {
@@ -126,7 +145,10 @@ impl Cgroup {
     fn at(path: &str) -> Self {
         let dir = cgroup_mount().join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        Cgroup { path: path.to_string(), dir }
+        Cgroup {
+            path: path.to_string(),
+            dir,
+        }
     }
 
     pub fn procs_file(&self) -> PathBuf {

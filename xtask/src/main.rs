@@ -2,6 +2,7 @@
 //! benchmark. Every command but `setup` runs `setup` first, so a fresh machine needs
 //! nothing else.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -33,12 +34,23 @@ enum Cmd {
     },
     /// A self-contained demo in network namespaces: allowed and refused connections.
     Demo,
+    /// Formatting and clippy (-D warnings) for the host crates and for the BPF crate on its
+    /// own target.
+    Lint,
     /// Differential test of the programs against the reference model on many packets.
     FuzzVerdicts {
         #[arg(long, default_value_t = 100_000)]
         packets: u64,
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Benchmarks (needs root, under 10 minutes): per-packet cost, scaling with the
+    /// policy, a flood over veth, policy apply and reload, the audit pipeline; beside a
+    /// trivial program, xdp-filter, nftables and iptables. Writes bench/RESULTS.md.
+    Bench {
+        /// Extra arguments for the bench (`--quick`, `--only micro,scaling,e2e,policy,audit`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -53,7 +65,10 @@ fn main() -> ExitCode {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -81,18 +96,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo => {
             setup::setup()?;
             require_root("cargo xtask demo")?;
-            cargo(&["build", "-p", "enforcer", "-p", "integration-tests", "--bins"], &[])?;
+            cargo(
+                &[
+                    "build",
+                    "-p",
+                    "enforcer",
+                    "-p",
+                    "integration-tests",
+                    "--bins",
+                ],
+                &[],
+            )?;
             let root = workspace_root();
             // Ctrl-C is the demo's to handle (it cleans up, then exits): xtask waits for it.
             // SAFETY: setting a signal disposition; the demo installs its own handler.
             unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
             let status = Command::new(root.join("target/debug/demo"))
                 .env("ENFORCER_BIN", root.join("target/debug/enforcer"))
-                .env("ENFORCER_DEMO_POLICY", root.join("examples/demo-policy.toml"))
+                .env(
+                    "ENFORCER_DEMO_POLICY",
+                    root.join("examples/demo-policy.toml"),
+                )
                 .status()
                 .context("running the demo")?;
             if !status.success() {
                 bail!("the demo failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Lint => {
+            setup::setup()?;
+            cargo(&["fmt", "--all", "--", "--check"], &[])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
+            let status = Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "enforcer-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .current_dir(workspace_root())
+                .status()
+                .context("running clippy on the BPF crate")?;
+            if !status.success() {
+                bail!("clippy on the BPF crate failed ({status})");
             }
             Ok(())
         }
@@ -103,7 +158,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = seed {
                 env.push(("ENFORCER_FUZZ_SEED", s.to_string()));
             }
-            cargo(&["test", "--release", "-p", "integration-tests", "--test", "differential", "--", "--nocapture"], &env)
+            cargo(
+                &[
+                    "test",
+                    "--release",
+                    "-p",
+                    "integration-tests",
+                    "--test",
+                    "differential",
+                    "--",
+                    "--nocapture",
+                ],
+                &env,
+            )
+        }
+        Cmd::Bench { args } => {
+            setup::setup()?;
+            require_root("cargo xtask bench")?;
+            // Ctrl-C is the bench's to handle (it stops, then removes what it made).
+            // SAFETY: setting a signal disposition; the bench installs its own handler.
+            unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+            bench::run(&args)
         }
     }
 }
@@ -121,7 +196,9 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 fn cargo_test(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
     use std::io::{BufRead as _, Write as _};
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args).current_dir(workspace_root()).stdout(std::process::Stdio::piped());
+    cmd.args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -135,7 +212,11 @@ fn cargo_test(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
         // "test result: ok. 35 passed; 0 failed; 0 ignored; ..."
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
-                rest.split(';').find_map(|p| p.trim().strip_suffix(word).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok()))
+                rest.split(';').find_map(|p| {
+                    p.trim()
+                        .strip_suffix(word)
+                        .and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                })
             };
             passed += count(" passed").unwrap_or(0);
             failed += count(" failed").unwrap_or(0);
@@ -155,7 +236,9 @@ pub fn cargo(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let status = cmd.status().with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

@@ -6,7 +6,12 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context as _};
 
 const LLVM_DIR: &str = "/usr/lib/llvm-22";
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// Tools the tests and the demo use, from Debian's packages.
 const APT_TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux")];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -16,7 +21,12 @@ fn step(msg: &str) {
 }
 
 fn ok(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn run(cmd: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
@@ -32,7 +42,7 @@ fn run(cmd: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !ok("apt-get", &["--version"]) {
         bail!("missing packages {packages:?} and no apt-get to install them: install them by hand");
     }
@@ -41,23 +51,44 @@ fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     step(&format!("apt-get install {}", packages.join(" ")));
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend_from_slice(packages);
-    run("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive".into())])
+    run(
+        "apt-get",
+        &args,
+        &[("DEBIAN_FRONTEND", "noninteractive".into())],
+    )
 }
 
 pub fn setup() -> anyhow::Result<()> {
     // 1. The nightly toolchain with rust-src: BPF targets build core from source.
-    let nightly = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup")?;
-    if !String::from_utf8_lossy(&nightly.stdout).lines().any(|l| l.starts_with("nightly")) {
+    let nightly = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&nightly.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
         step("installing the nightly Rust toolchain (builds the BPF programs)");
-        run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"], &[])?;
+        run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+            &[],
+        )?;
     }
     let comps = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
         .context("running rustup")?;
-    if !String::from_utf8_lossy(&comps.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&comps.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         step("adding rust-src to nightly");
-        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])?;
+        run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+            &[],
+        )?;
     }
 
     // 2. LLVM 22 development files, which bpf-linker links against.
@@ -66,7 +97,11 @@ pub fn setup() -> anyhow::Result<()> {
         || !ok("dpkg", &["-s", "libpolly-22-dev"])
         || !ok("dpkg", &["-s", "libzstd-dev"])
         || !ok("dpkg", &["-s", "zlib1g-dev"]);
-    let missing_tools: Vec<&str> = APT_TOOLS.iter().filter(|(bin, _)| !ok("which", &[bin])).map(|(_, p)| *p).collect();
+    let missing_tools: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(bin, _)| !ok("which", &[bin]))
+        .map(|(_, p)| *p)
+        .collect();
     if missing_dev || !missing_tools.is_empty() {
         let mut pkgs: Vec<&str> = Vec::new();
         if missing_dev {
@@ -78,11 +113,24 @@ pub fn setup() -> anyhow::Result<()> {
 
     // 3. bpf-linker, built against that LLVM.
     if !ok("bpf-linker", &["--version"]) {
-        step(&format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"));
-        let path = format!("{LLVM_DIR}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        step(&format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        ));
+        let path = format!(
+            "{LLVM_DIR}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(
             "cargo",
-            &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"],
+            &[
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ],
             &[("PATH", path), ("LLVM_PREFIX", LLVM_DIR.into())],
         )?;
     }
@@ -92,8 +140,12 @@ pub fn setup() -> anyhow::Result<()> {
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (pinning needs it).
 pub fn mount_bpffs() -> anyhow::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
         return Ok(());
     }
     step("mounting bpffs at /sys/fs/bpf");
@@ -104,17 +156,33 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
 /// Tools some tests use to check what they produce (they skip that part without them):
 /// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI.
 pub fn test_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("bpftool", "bpftool"), ("tcpdump", "tcpdump"), ("systemd-analyze", "systemd")]
-        .iter()
-        .filter(|(bin, _)| !ok("which", &[bin]))
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing: Vec<&str> = [
+        ("bpftool", "bpftool"),
+        ("tcpdump", "tcpdump"),
+        ("systemd-analyze", "systemd"),
+    ]
+    .iter()
+    .filter(|(bin, _)| !ok("which", &[bin]))
+    .map(|(_, pkg)| *pkg)
+    .collect();
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    if ok("python3", &["--version"]) && !ok("python3", &["-c", "import kubernetes_validate, yaml"]) {
+    if ok("python3", &["--version"]) && !ok("python3", &["-c", "import kubernetes_validate, yaml"])
+    {
         step("pip install kubernetes-validate pyyaml (the Kubernetes manifests' schema check)");
-        run("python3", &["-m", "pip", "install", "--quiet", "kubernetes-validate", "pyyaml"], &[])?;
+        run(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "kubernetes-validate",
+                "pyyaml",
+            ],
+            &[],
+        )?;
     }
     Ok(())
 }

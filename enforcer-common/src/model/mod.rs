@@ -9,6 +9,6 @@ pub mod parse;
 pub mod policy;
 pub mod verdict;
 
-pub use parse::{parse_frame, parse_l3, L4, Parsed};
+pub use parse::{parse_frame, parse_l3, Parsed, L4};
 pub use policy::{Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy};
 pub use verdict::{judge, Context, Judgement};

@@ -37,8 +37,14 @@ pub enum Parsed {
     NotIp,
     /// IPv4/IPv6 whose own header the kernel rejects (too short, wrong version, bad IHL or
     /// length).
-    BadIp { family: u8 },
-    Ip { src: IpAddr, dst: IpAddr, l4: L4 },
+    BadIp {
+        family: u8,
+    },
+    Ip {
+        src: IpAddr,
+        dst: IpAddr,
+        l4: L4,
+    },
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -105,7 +111,11 @@ fn parse_ipv4(pkt: &[u8], max_off: usize) -> Parsed {
     let dst = IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]));
     let proto = pkt[9];
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Parsed::Ip { src, dst, l4: L4::Other(proto) };
+        return Parsed::Ip {
+            src,
+            dst,
+            l4: L4::Other(proto),
+        };
     }
     let frag = u16_at(pkt, 6).unwrap_or(0);
     let frag_off = frag & 0x1fff;
@@ -160,7 +170,11 @@ fn ipv6_chain(pkt: &[u8], first: u8, max_off: usize) -> L4 {
                 other => L4::Other(other),
             };
         }
-        let truncated = if first_fragment { L4::BadFragment(nh) } else { L4::Truncated(nh) };
+        let truncated = if first_fragment {
+            L4::BadFragment(nh)
+        } else {
+            L4::Truncated(nh)
+        };
         if nh == IPPROTO_FRAGMENT {
             // A second fragment header is never valid (RFC 8200 4.5); the kernel drops it.
             if seen_fragment {
@@ -190,7 +204,11 @@ fn ipv6_chain(pkt: &[u8], first: u8, max_off: usize) -> L4 {
         }
         let next = pkt[off];
         let len = pkt[off + 1] as usize;
-        off += if nh == IPPROTO_AH { (len + 2) * 4 } else { (len + 1) * 8 };
+        off += if nh == IPPROTO_AH {
+            (len + 2) * 4
+        } else {
+            (len + 1) * 8
+        };
         nh = next;
     }
     match nh {
@@ -205,11 +223,19 @@ fn transport(pkt: &[u8], off: usize, proto: u8, first_fragment: bool, max_off: u
     let bad_frag = L4::BadFragment(proto);
     let avail = pkt.len().saturating_sub(off);
     if avail < 4 || off > max_off {
-        return if first_fragment { bad_frag } else { L4::Truncated(proto) };
+        return if first_fragment {
+            bad_frag
+        } else {
+            L4::Truncated(proto)
+        };
     }
     let sport = u16::from_be_bytes([pkt[off], pkt[off + 1]]);
     let dport = u16::from_be_bytes([pkt[off + 2], pkt[off + 3]]);
-    let min = if proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+    let min = if proto == IPPROTO_TCP {
+        TCP_MIN_HLEN
+    } else {
+        UDP_HLEN
+    };
     // RFC 1858: a first fragment must carry the whole transport header.
     if first_fragment && avail < min {
         return bad_frag;
@@ -224,5 +250,10 @@ fn transport(pkt: &[u8], off: usize, proto: u8, first_fragment: bool, max_off: u
     } else {
         avail >= UDP_HLEN
     };
-    L4::Ports { proto, sport, dport, complete }
+    L4::Ports {
+        proto,
+        sport,
+        dport,
+        complete,
+    }
 }

@@ -60,11 +60,19 @@ impl Prefix {
     pub fn contains(self, addr: IpAddr) -> bool {
         match (self.addr, addr) {
             (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len as u32)
+                };
                 u32::from(p) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let mask = if self.len == 0 { 0 } else { u128::MAX << (128 - self.len as u32) };
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len as u32)
+                };
                 u128::from(p) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -108,7 +116,9 @@ pub struct VerdictPolicy {
 
 impl VerdictPolicy {
     pub fn is_failsafe(&self, proto: u8, port: u16) -> bool {
-        self.failsafe.iter().any(|(p, r)| p.covers(proto) && r.contains(port))
+        self.failsafe
+            .iter()
+            .any(|(p, r)| p.covers(proto) && r.contains(port))
     }
 }
 

@@ -31,7 +31,11 @@ pub struct Judgement {
 
 impl Judgement {
     fn pass(reason: Reason) -> Self {
-        Judgement { verdict: Verdict::Allow, reason, rule: None }
+        Judgement {
+            verdict: Verdict::Allow,
+            reason,
+            rule: None,
+        }
     }
 }
 
@@ -83,7 +87,12 @@ pub fn judge(policy: &VerdictPolicy, ctx: &Context<'_>, parsed: &Parsed) -> Judg
     let (proto, dport, complete) = match l4 {
         L4::Other(_) => return Judgement::pass(Reason::NotTcpUdp),
         L4::LaterFragment => return Judgement::pass(Reason::LaterFragment),
-        L4::Ports { proto, dport, complete, .. } => (proto, dport, complete),
+        L4::Ports {
+            proto,
+            dport,
+            complete,
+            ..
+        } => (proto, dport, complete),
         L4::BadFragment(_) | L4::ChainTooLong | L4::Truncated(_) => {
             if !in_scope(ctx, dst) {
                 return Judgement::pass(Reason::NotLocal);
@@ -93,14 +102,24 @@ pub fn judge(policy: &VerdictPolicy, ctx: &Context<'_>, parsed: &Parsed) -> Judg
                 L4::ChainTooLong => Reason::ExtChainTooLong,
                 _ => Reason::Malformed,
             };
-            return Judgement { verdict: refuse(policy.mode), reason, rule: None };
+            return Judgement {
+                verdict: refuse(policy.mode),
+                reason,
+                rule: None,
+            };
         }
     };
     // The cheapest question first: is the port protected at all?
     if policy.is_failsafe(proto, dport) {
         return Judgement::pass(Reason::Failsafe);
     }
-    let covering = || policy.rules.iter().enumerate().filter(|(_, r)| r.covers(proto, dport));
+    let covering = || {
+        policy
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.covers(proto, dport))
+    };
     let Some((primary, _)) = covering().next() else {
         return Judgement::pass(Reason::NotProtected);
     };
@@ -113,16 +132,32 @@ pub fn judge(policy: &VerdictPolicy, ctx: &Context<'_>, parsed: &Parsed) -> Judg
         Mode::Audit
     };
     if !complete {
-        return Judgement { verdict: refuse(mode), reason: Reason::Malformed, rule: Some(primary) };
+        return Judgement {
+            verdict: refuse(mode),
+            reason: Reason::Malformed,
+            rule: Some(primary),
+        };
     }
     // Longest matching prefix across the covering rules; the earlier rule on a tie.
     let by_source = covering()
-        .flat_map(|(i, r)| r.allow_from.iter().filter(|p| p.contains(src)).map(move |p| (i, p.len)))
+        .flat_map(|(i, r)| {
+            r.allow_from
+                .iter()
+                .filter(|p| p.contains(src))
+                .map(move |p| (i, p.len))
+        })
         .min_by_key(|&(i, len)| (u8::MAX - len, i));
     if let Some((rule, _)) = by_source {
-        return Judgement { verdict: Verdict::Allow, reason: Reason::AllowedSource, rule: Some(rule) };
+        return Judgement {
+            verdict: Verdict::Allow,
+            reason: Reason::AllowedSource,
+            rule: Some(rule),
+        };
     }
-    let sending = matches!(ctx.hook, Hook::CgroupEgress | Hook::CgroupConnect | Hook::CgroupSendmsg);
+    let sending = matches!(
+        ctx.hook,
+        Hook::CgroupEgress | Hook::CgroupConnect | Hook::CgroupSendmsg
+    );
     if sending {
         if let Some(cgroup) = ctx.sender_cgroup {
             // The deepest matching allowed cgroup; the earlier rule on a tie.
@@ -143,7 +178,15 @@ pub fn judge(policy: &VerdictPolicy, ctx: &Context<'_>, parsed: &Parsed) -> Judg
             }
         }
     } else if ctx.authorized_flow {
-        return Judgement { verdict: Verdict::Allow, reason: Reason::AllowedFlow, rule: Some(primary) };
+        return Judgement {
+            verdict: Verdict::Allow,
+            reason: Reason::AllowedFlow,
+            rule: Some(primary),
+        };
     }
-    Judgement { verdict: refuse(mode), reason: Reason::Denied, rule: Some(primary) }
+    Judgement {
+        verdict: refuse(mode),
+        reason: Reason::Denied,
+        rule: Some(primary),
+    }
 }

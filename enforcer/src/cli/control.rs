@@ -12,8 +12,17 @@ use crate::{
 };
 
 pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> anyhow::Result<()> {
-    let v = client::call(socket, Request::Reload { confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)) })?;
-    println!("applied policy generation {} (sha256 {})", v["generation"], v["hash"].as_str().unwrap_or(""));
+    let v = client::call(
+        socket,
+        Request::Reload {
+            confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
+        },
+    )?;
+    println!(
+        "applied policy generation {} (sha256 {})",
+        v["generation"],
+        v["hash"].as_str().unwrap_or("")
+    );
     if let Some(by) = v["confirm_by"].as_str() {
         println!("run `enforcer confirm` before {by} or the previous policy comes back");
     }
@@ -26,7 +35,10 @@ pub fn unload(pin_dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let n = crate::kernel::pins::remove_all(pin_dir)?;
-    println!("removed {n} pinned objects from {}: programs detached, policy gone", pin_dir.display());
+    println!(
+        "removed {n} pinned objects from {}: programs detached, policy gone",
+        pin_dir.display()
+    );
     Ok(())
 }
 
@@ -55,26 +67,67 @@ pub fn render_status(v: &Value) -> String {
     let p = &v["policy"];
     s += &format!(
         "policy     generation {} ({}), sha256 {}, applied {}\n           {} rules from {}\n",
-        p["generation"], p["mode"].as_str().unwrap_or(""), p["hash"].as_str().unwrap_or(""), p["applied_at"].as_str().unwrap_or(""),
-        p["rules"], p["file"].as_str().unwrap_or("")
+        p["generation"],
+        p["mode"].as_str().unwrap_or(""),
+        p["hash"].as_str().unwrap_or(""),
+        p["applied_at"].as_str().unwrap_or(""),
+        p["rules"],
+        p["file"].as_str().unwrap_or("")
     );
     if let Some(by) = p["confirm_by"].as_str() {
         s += &format!("           waiting for `enforcer confirm` until {by}\n");
     }
-    let xdp = v["programs"]["xdp"]["attached"].as_array().cloned().unwrap_or_default();
-    let xdp: Vec<String> = xdp.iter().map(|a| format!("{} ({})", a["iface"].as_str().unwrap_or(""), a["mode"].as_str().unwrap_or(""))).collect();
-    s += &format!("xdp        {}\n", if xdp.is_empty() { "not attached".to_string() } else { xdp.join(", ") });
-    s += &format!("cgroup     {} (ingress, egress, connect4/6, sendmsg4/6)\n", v["programs"]["cgroup"]["path"].as_str().unwrap_or("not attached"));
+    let xdp = v["programs"]["xdp"]["attached"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let xdp: Vec<String> = xdp
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({})",
+                a["iface"].as_str().unwrap_or(""),
+                a["mode"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    s += &format!(
+        "xdp        {}\n",
+        if xdp.is_empty() {
+            "not attached".to_string()
+        } else {
+            xdp.join(", ")
+        }
+    );
+    s += &format!(
+        "cgroup     {} (ingress, egress, connect4/6, sendmsg4/6)\n",
+        v["programs"]["cgroup"]["path"]
+            .as_str()
+            .unwrap_or("not attached")
+    );
     s += "rules      name                      allowed     dropped  would-drop\n";
     for r in v["rules"].as_array().cloned().unwrap_or_default() {
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
-        s += &format!("           {:<24} {:>8} {:>11} {:>11}{}\n", r["name"].as_str().unwrap_or(""), n("allowed"), n("dropped"), n("would_drop"),
-            if r["mode"] == "audit" { "  (audit)" } else { "" });
+        s += &format!(
+            "           {:<24} {:>8} {:>11} {:>11}{}\n",
+            r["name"].as_str().unwrap_or(""),
+            n("allowed"),
+            n("dropped"),
+            n("would_drop"),
+            if r["mode"] == "audit" {
+                "  (audit)"
+            } else {
+                ""
+            }
+        );
     }
     s += "counters\n";
     if let Some(hooks) = v["counters"].as_object() {
         for (hook, reasons) in hooks {
-            let items: Vec<String> = reasons.as_object().map(|m| m.iter().map(|(k, n)| format!("{k}={n}")).collect()).unwrap_or_default();
+            let items: Vec<String> = reasons
+                .as_object()
+                .map(|m| m.iter().map(|(k, n)| format!("{k}={n}")).collect())
+                .unwrap_or_default();
             if !items.is_empty() {
                 s += &format!("           {hook:<15} {}\n", items.join(" "));
             }
@@ -117,16 +170,27 @@ pub struct ExplainArgs {
 }
 
 pub fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
-    let query = Query { proto: a.proto, src: a.src, dport: a.dport, dst: a.dst, sport: a.sport, cgroup: a.cgroup };
+    let query = Query {
+        proto: a.proto,
+        src: a.src,
+        dport: a.dport,
+        dst: a.dst,
+        sport: a.sport,
+        cgroup: a.cgroup,
+    };
     let (e, source): (Explanation, String) = match &a.config {
         Some(path) => {
             // As the policy applies now: allow entries past their `expires` allow nothing.
             let p = crate::policy::load(path)?.effective(crate::grants::now_unix(), &[]);
-            (explain(&p.verdict, &query).map_err(anyhow::Error::msg)?, format!("policy file {}", path.display()))
+            (
+                explain(&p.verdict, &query).map_err(anyhow::Error::msg)?,
+                format!("policy file {}", path.display()),
+            )
         }
         None => {
             let v = client::call(&a.socket, Request::Explain { query })?;
-            let e = serde_json::from_value::<Explanation>(v["explanation"].clone()).context("the daemon's explanation")?;
+            let e = serde_json::from_value::<Explanation>(v["explanation"].clone())
+                .context("the daemon's explanation")?;
             (e, format!("live policy generation {}", v["policy"]))
         }
     };
@@ -173,7 +237,13 @@ pub struct GrantArgs {
 pub fn grant(a: GrantArgs) -> anyhow::Result<()> {
     let v = client::call(
         &a.socket,
-        Request::Grant { rule: a.rule, from: a.from, cgroup: a.cgroup, for_secs: a.duration.as_secs(), reason: a.reason },
+        Request::Grant {
+            rule: a.rule,
+            from: a.from,
+            cgroup: a.cgroup,
+            for_secs: a.duration.as_secs(),
+            reason: a.reason,
+        },
     )?;
     let g = &v["grant"];
     println!(
@@ -198,7 +268,10 @@ pub fn grants(socket: &Path, json: bool) -> anyhow::Result<()> {
         println!("no grants in force");
         return Ok(());
     }
-    println!("{:<6} {:<16} {:<28} {:>10}  {:<22} reason", "id", "rule", "allows", "left", "expires");
+    println!(
+        "{:<6} {:<16} {:<28} {:>10}  {:<22} reason",
+        "id", "rule", "allows", "left", "expires"
+    );
     for g in list {
         let left = std::time::Duration::from_secs(g["seconds_left"].as_u64().unwrap_or(0));
         println!(
@@ -209,7 +282,11 @@ pub fn grants(socket: &Path, json: bool) -> anyhow::Result<()> {
             humantime::format_duration(left).to_string(),
             g["expires"].as_str().unwrap_or(""),
             g["reason"].as_str().unwrap_or(""),
-            if g["active"] == false { " (inactive: rule not in the policy)" } else { "" }
+            if g["active"] == false {
+                " (inactive: rule not in the policy)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

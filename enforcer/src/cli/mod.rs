@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const DEFAULT_CONFIG: &str = "/etc/enforcer/policy.toml";
 
 #[derive(Parser)]
-#[command(name = "enforcer", version, about = "Guards a host's internal ports in the kernel (XDP and cgroup programs)")]
+#[command(
+    name = "enforcer",
+    version,
+    about = "Guards a host's internal ports in the kernel (XDP and cgroup programs)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

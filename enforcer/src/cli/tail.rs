@@ -57,12 +57,17 @@ impl Filter {
         if v["event"] != "packet" {
             return false;
         }
-        if self.rule.as_deref().is_some_and(|r| v["rule"] != r) || self.verdict.as_deref().is_some_and(|x| v["verdict"] != x) {
+        if self.rule.as_deref().is_some_and(|r| v["rule"] != r)
+            || self.verdict.as_deref().is_some_and(|x| v["verdict"] != x)
+        {
             return false;
         }
         match &self.src {
             None => true,
-            Some(p) => v["src"].as_str().and_then(|s| s.parse::<IpAddr>().ok()).is_some_and(|a| p.contains(a)),
+            Some(p) => v["src"]
+                .as_str()
+                .and_then(|s| s.parse::<IpAddr>().ok())
+                .is_some_and(|a| p.contains(a)),
         }
     }
 }
@@ -70,9 +75,11 @@ impl Filter {
 fn parse_since(s: &str) -> anyhow::Result<u128> {
     let t = match humantime::parse_duration(s) {
         Ok(d) => std::time::SystemTime::now() - d,
-        Err(_) => humantime::parse_rfc3339_weak(s).with_context(|| format!("--since {s:?}: give a duration (10m) or an RFC 3339 time"))?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .with_context(|| format!("--since {s:?}: give a duration (10m) or an RFC 3339 time"))?,
     };
-    Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos()))
 }
 
 pub fn tail(a: TailArgs) -> anyhow::Result<()> {
@@ -84,7 +91,12 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
     let filter = Filter {
         rule: a.rule,
         verdict: a.verdict,
-        src: a.src.as_deref().map(parse_prefix).transpose().map_err(|e| anyhow::anyhow!("--src: {e}"))?,
+        src: a
+            .src
+            .as_deref()
+            .map(parse_prefix)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--src: {e}"))?,
     };
     let since_unix_ns = a.since.as_deref().map(parse_since).transpose()?;
     let mut pcap = a.pcap.as_ref().map(|p| PcapWriter::create(p)).transpose()?;
@@ -99,7 +111,9 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     for line in lines {
         let line = line.context("reading the audit stream")?;
-        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
         if !filter.keeps(&v) {
             continue;
         }
@@ -107,7 +121,11 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
             p.write_event(&v)?;
         }
         let mut out = stdout.lock();
-        let r = if a.json { writeln!(out, "{line}") } else { writeln!(out, "{}", human(&v)) };
+        let r = if a.json {
+            writeln!(out, "{line}")
+        } else {
+            writeln!(out, "{}", human(&v))
+        };
         // A closed pipe (tail | head) ends the command quietly.
         if r.is_err() || out.flush().is_err() {
             return Ok(());
@@ -120,7 +138,13 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
 pub fn human(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     // An IPv6 address before ":port" in brackets: "fd00::2:5432" would read as one address.
-    let host = |k: &str| if s(k).contains(':') { format!("[{}]", s(k)) } else { s(k) };
+    let host = |k: &str| {
+        if s(k).contains(':') {
+            format!("[{}]", s(k))
+        } else {
+            s(k)
+        }
+    };
     let ts = s("ts");
     match v["event"].as_str() {
         Some("packet") => {
@@ -130,7 +154,10 @@ pub fn human(v: &Value) -> String {
                 s("hook"),
                 s("proto"),
                 host("src"),
-                v["sport"].as_u64().map(|p| format!(":{p}")).unwrap_or_default(),
+                v["sport"]
+                    .as_u64()
+                    .map(|p| format!(":{p}"))
+                    .unwrap_or_default(),
                 host("dst"),
                 v["dport"]
             );
@@ -145,7 +172,12 @@ pub fn human(v: &Value) -> String {
             line + &format!(" policy={}", v["policy"])
         }
         Some("policy") => {
-            let mut line = format!("{ts} POLICY     {} generation {} sha256 {}", s("action"), v["policy"], &s("hash").get(..12).unwrap_or(""));
+            let mut line = format!(
+                "{ts} POLICY     {} generation {} sha256 {}",
+                s("action"),
+                v["policy"],
+                &s("hash").get(..12).unwrap_or("")
+            );
             for k in ["rules_added", "rules_removed", "rules_changed"] {
                 if let Some(list) = v[k].as_array().filter(|l| !l.is_empty()) {
                     let names: Vec<&str> = list.iter().filter_map(|x| x.as_str()).collect();

@@ -14,7 +14,10 @@ use super::protocol::{Request, RequestEnvelope, VERSION};
 /// Connects to the daemon's control socket.
 pub fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
     UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach the daemon at {} (is `enforcer run` running, and are you root?)", socket.display())
+        format!(
+            "cannot reach the daemon at {} (is `enforcer run` running, and are you root?)",
+            socket.display()
+        )
     })
 }
 
@@ -24,19 +27,28 @@ pub fn call(socket: &Path, request: Request) -> anyhow::Result<serde_json::Value
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     send(&mut s, request)?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).context("reading the daemon's answer")?;
+    BufReader::new(&s)
+        .read_line(&mut line)
+        .context("reading the daemon's answer")?;
     if line.is_empty() {
         bail!("the daemon closed the connection without answering");
     }
-    let v: serde_json::Value = serde_json::from_str(&line).context("the daemon's answer is not JSON")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).context("the daemon's answer is not JSON")?;
     if v["ok"] != true {
-        return Err(anyhow!("{}", v["error"].as_str().unwrap_or("request failed")));
+        return Err(anyhow!(
+            "{}",
+            v["error"].as_str().unwrap_or("request failed")
+        ));
     }
     Ok(v)
 }
 
 pub fn send(s: &mut UnixStream, request: Request) -> anyhow::Result<()> {
-    let mut line = serde_json::to_string(&RequestEnvelope { version: VERSION, request })?;
+    let mut line = serde_json::to_string(&RequestEnvelope {
+        version: VERSION,
+        request,
+    })?;
     line.push('\n');
     s.write_all(line.as_bytes()).context("sending the request")
 }

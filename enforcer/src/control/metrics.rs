@@ -46,7 +46,14 @@ async fn answer(mut s: TcpStream, calls: mpsc::Sender<Call>) {
     let first = head.lines().next().unwrap_or("");
     let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
         let (reply, rx) = oneshot::channel();
-        if calls.send(Call { request: Request::Status, reply }).await.is_err() {
+        if calls
+            .send(Call {
+                request: Request::Status,
+                reply,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         match rx.await {
@@ -64,7 +71,9 @@ async fn answer(mut s: TcpStream, calls: mpsc::Sender<Call>) {
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The text exposition of a status answer.
@@ -80,48 +89,123 @@ pub fn render(v: &Value) -> String {
     if let Some(hooks) = v["counters"].as_object() {
         for (hook, reasons) in hooks {
             for (reason, n) in reasons.as_object().into_iter().flatten() {
-                packets.push((format!("{{hook=\"{}\",reason=\"{}\"}}", label(hook), label(reason)), n.as_u64().unwrap_or(0)));
+                packets.push((
+                    format!("{{hook=\"{}\",reason=\"{}\"}}", label(hook), label(reason)),
+                    n.as_u64().unwrap_or(0),
+                ));
             }
         }
     }
-    family("enforcer_packets_total", "counter", "Packets seen, by hook and reason.", packets);
+    family(
+        "enforcer_packets_total",
+        "counter",
+        "Packets seen, by hook and reason.",
+        packets,
+    );
     let mut rules = Vec::new();
     for r in v["rules"].as_array().into_iter().flatten() {
         let name = label(r["name"].as_str().unwrap_or(""));
-        for (key, verdict) in [("allowed", "allow"), ("dropped", "drop"), ("would_drop", "would-drop")] {
-            rules.push((format!("{{rule=\"{name}\",verdict=\"{verdict}\"}}"), r[key].as_u64().unwrap_or(0)));
+        for (key, verdict) in [
+            ("allowed", "allow"),
+            ("dropped", "drop"),
+            ("would_drop", "would-drop"),
+        ] {
+            rules.push((
+                format!("{{rule=\"{name}\",verdict=\"{verdict}\"}}"),
+                r[key].as_u64().unwrap_or(0),
+            ));
         }
     }
-    family("enforcer_rule_packets_total", "counter", "Packets judged by each rule, by verdict.", rules);
+    family(
+        "enforcer_rule_packets_total",
+        "counter",
+        "Packets judged by each rule, by verdict.",
+        rules,
+    );
     let p = &v["policy"];
-    family("enforcer_policy_generation", "gauge", "Generation of the policy in force.", vec![(String::new(), p["generation"].as_u64().unwrap_or(0))]);
+    family(
+        "enforcer_policy_generation",
+        "gauge",
+        "Generation of the policy in force.",
+        vec![(String::new(), p["generation"].as_u64().unwrap_or(0))],
+    );
     family(
         "enforcer_policy_info",
         "gauge",
         "The policy in force (its sha256 and file).",
-        vec![(format!("{{hash=\"{}\",file=\"{}\"}}", label(p["hash"].as_str().unwrap_or("")), label(p["file"].as_str().unwrap_or(""))), 1)],
+        vec![(
+            format!(
+                "{{hash=\"{}\",file=\"{}\"}}",
+                label(p["hash"].as_str().unwrap_or("")),
+                label(p["file"].as_str().unwrap_or(""))
+            ),
+            1,
+        )],
     );
     let a = &v["audit"];
-    family("enforcer_audit_events_total", "counter", "Audit events delivered by the kernel.", vec![(String::new(), a["events"].as_u64().unwrap_or(0))]);
-    family("enforcer_audit_suppressed_total", "counter", "Audit events held back by rate limits.", vec![(String::new(), a["suppressed"].as_u64().unwrap_or(0))]);
+    family(
+        "enforcer_audit_events_total",
+        "counter",
+        "Audit events delivered by the kernel.",
+        vec![(String::new(), a["events"].as_u64().unwrap_or(0))],
+    );
+    family(
+        "enforcer_audit_suppressed_total",
+        "counter",
+        "Audit events held back by rate limits.",
+        vec![(String::new(), a["suppressed"].as_u64().unwrap_or(0))],
+    );
     family(
         "enforcer_audit_lost_total",
         "counter",
         "Audit events lost: in the kernel (ring buffer full) or by slow sinks.",
         vec![
-            ("{scope=\"kernel\"}".to_string(), a["lost_kernel"].as_u64().unwrap_or(0)),
-            ("{scope=\"sinks\"}".to_string(), a["lost_sinks"].as_u64().unwrap_or(0)),
+            (
+                "{scope=\"kernel\"}".to_string(),
+                a["lost_kernel"].as_u64().unwrap_or(0),
+            ),
+            (
+                "{scope=\"sinks\"}".to_string(),
+                a["lost_sinks"].as_u64().unwrap_or(0),
+            ),
         ],
     );
-    family("enforcer_audit_subscribers", "gauge", "Clients following the audit stream.", vec![(String::new(), a["subscribers"].as_u64().unwrap_or(0))]);
+    family(
+        "enforcer_audit_subscribers",
+        "gauge",
+        "Clients following the audit stream.",
+        vec![(String::new(), a["subscribers"].as_u64().unwrap_or(0))],
+    );
     let xdp = v["programs"]["xdp"]["attached"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|x| (format!("{{iface=\"{}\",mode=\"{}\"}}", label(x["iface"].as_str().unwrap_or("")), label(x["mode"].as_str().unwrap_or(""))), 1))
+        .map(|x| {
+            (
+                format!(
+                    "{{iface=\"{}\",mode=\"{}\"}}",
+                    label(x["iface"].as_str().unwrap_or("")),
+                    label(x["mode"].as_str().unwrap_or(""))
+                ),
+                1,
+            )
+        })
         .collect();
-    family("enforcer_xdp_attached", "gauge", "Interfaces with the XDP program attached.", xdp);
-    family("enforcer_warnings", "gauge", "Warnings in the status (see `enforcer status`).", vec![(String::new(), v["warnings"].as_array().map_or(0, |w| w.len() as u64))]);
+    family(
+        "enforcer_xdp_attached",
+        "gauge",
+        "Interfaces with the XDP program attached.",
+        xdp,
+    );
+    family(
+        "enforcer_warnings",
+        "gauge",
+        "Warnings in the status (see `enforcer status`).",
+        vec![(
+            String::new(),
+            v["warnings"].as_array().map_or(0, |w| w.len() as u64),
+        )],
+    );
     out
 }
 

@@ -61,10 +61,15 @@ fn since_ns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u128>, D::E
 
 /// Parses one request line, checking the version.
 pub fn parse_request(line: &str) -> Result<Request, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
     match v.get("version").and_then(|v| v.as_u64()) {
         Some(1) => {}
-        Some(other) => return Err(format!("unsupported protocol version {other}; this daemon speaks {VERSION}")),
+        Some(other) => {
+            return Err(format!(
+                "unsupported protocol version {other}; this daemon speaks {VERSION}"
+            ))
+        }
         None => return Err("the request has no \"version\" (this daemon speaks version 1)".into()),
     }
     // The version is checked; the rest is the request itself.
@@ -72,13 +77,17 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     if let Some(m) = v.as_object_mut() {
         m.remove("version");
     }
-    let request = serde_json::from_value::<Request>(v.clone()).map_err(|e| format!("bad request: {e}"))?;
+    let request =
+        serde_json::from_value::<Request>(v.clone()).map_err(|e| format!("bad request: {e}"))?;
     // serde ignores unknown fields of tagged unit variants: compare with what the request
     // holds, so a misspelt option is an error rather than silently dropped.
     let known = serde_json::to_value(&request).map_err(|e| format!("bad request: {e}"))?;
     if let (Some(given), Some(known)) = (v.as_object(), known.as_object()) {
         if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
-            return Err(format!("bad request: unknown field `{k}` for command {}", known["command"]));
+            return Err(format!(
+                "bad request: unknown field `{k}` for command {}",
+                known["command"]
+            ));
         }
     }
     Ok(request)
@@ -103,20 +112,45 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_say_why() {
-        assert_eq!(parse_request(r#"{"version":1,"command":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"version":1,"command":"status"}"#),
+            Ok(Request::Status)
+        );
         assert_eq!(
             parse_request(r#"{"version":1,"command":"reload","confirm_within_secs":60}"#),
-            Ok(Request::Reload { confirm_within_secs: Some(60) })
+            Ok(Request::Reload {
+                confirm_within_secs: Some(60)
+            })
         );
         assert_eq!(
-            parse_request(r#"{"version":1,"command":"subscribe","since_unix_ns":1763900000000000000}"#),
-            Ok(Request::Subscribe { since_unix_ns: Some(1_763_900_000_000_000_000) })
+            parse_request(
+                r#"{"version":1,"command":"subscribe","since_unix_ns":1763900000000000000}"#
+            ),
+            Ok(Request::Subscribe {
+                since_unix_ns: Some(1_763_900_000_000_000_000)
+            })
         );
-        assert!(parse_request(r#"{"version":2,"command":"status"}"#).unwrap_err().contains("unsupported protocol version 2"));
-        assert!(parse_request(r#"{"command":"status"}"#).unwrap_err().contains("no \"version\""));
-        assert!(parse_request("status").unwrap_err().contains("not a JSON request"));
-        assert!(parse_request(r#"{"version":1,"command":"format-disk"}"#).unwrap_err().contains("bad request"));
-        assert!(parse_request(r#"{"version":1,"command":"status","force":true}"#).unwrap_err().contains("unknown field"));
-        assert!(parse_request(r#"{"version":1,"command":"reload","confirm_within":60}"#).unwrap_err().contains("unknown field"));
+        assert!(parse_request(r#"{"version":2,"command":"status"}"#)
+            .unwrap_err()
+            .contains("unsupported protocol version 2"));
+        assert!(parse_request(r#"{"command":"status"}"#)
+            .unwrap_err()
+            .contains("no \"version\""));
+        assert!(parse_request("status")
+            .unwrap_err()
+            .contains("not a JSON request"));
+        assert!(parse_request(r#"{"version":1,"command":"format-disk"}"#)
+            .unwrap_err()
+            .contains("bad request"));
+        assert!(
+            parse_request(r#"{"version":1,"command":"status","force":true}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(
+            parse_request(r#"{"version":1,"command":"reload","confirm_within":60}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
     }
 }

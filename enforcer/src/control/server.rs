@@ -35,7 +35,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("another daemon is serving {}", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -43,7 +44,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>, subs: mpsc::Sender<Subscribe>) {
+pub async fn serve(
+    listener: UnixListener,
+    calls: mpsc::Sender<Call>,
+    subs: mpsc::Sender<Subscribe>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -69,12 +74,20 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
         // The bound is per line (one byte more than allowed shows a line is too long);
         // a connection may carry any number of requests. Bytes, not a String: a line that
         // is not UTF-8 gets an answer too.
-        match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+        match (&mut lines)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         if line.len() > MAX_LINE {
-            let _ = write_json(&mut write, &protocol::error(format!("request longer than {MAX_LINE} bytes"))).await;
+            let _ = write_json(
+                &mut write,
+                &protocol::error(format!("request longer than {MAX_LINE} bytes")),
+            )
+            .await;
             return;
         }
         let request = match protocol::parse_request(String::from_utf8_lossy(&line).trim()) {
@@ -91,7 +104,13 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
             if subs.send(Subscribe { tx, since_unix_ns }).await.is_err() {
                 return;
             }
-            if write_json(&mut write, &protocol::ok(serde_json::json!({"subscribed": true}))).await.is_err() {
+            if write_json(
+                &mut write,
+                &protocol::ok(serde_json::json!({"subscribed": true})),
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
             while let Some(b) = rx.recv().await {
@@ -106,7 +125,9 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
         if calls.send(Call { request, reply }).await.is_err() {
             return;
         }
-        let v = answer.await.unwrap_or_else(|_| protocol::error("the daemon is stopping"));
+        let v = answer
+            .await
+            .unwrap_or_else(|_| protocol::error("the daemon is stopping"));
         if write_json(&mut write, &v).await.is_err() {
             return;
         }
@@ -116,7 +137,10 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
 /// Lines a subscriber may fall behind before it loses events (and is told how many).
 pub const SUBSCRIBER_QUEUE: usize = 8192;
 
-async fn write_json(w: &mut tokio::net::unix::OwnedWriteHalf, v: &serde_json::Value) -> std::io::Result<()> {
+async fn write_json(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &serde_json::Value,
+) -> std::io::Result<()> {
     let mut s = v.to_string();
     s.push('\n');
     w.write_all(s.as_bytes()).await

@@ -45,7 +45,9 @@ pub struct Stats {
 const HISTORY: usize = 10_000;
 
 fn unix_ns() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// Lines stdout may fall behind before it loses some.
@@ -61,7 +63,13 @@ impl Sink {
     /// Offers a line; false once the sink is gone.
     fn offer(&mut self, line: &Bytes, stats: &Stats) -> bool {
         if self.lost > 0 {
-            let notice = Record { ts: record::now(), event: "lost", scope: Some(self.scope), count: Some(self.lost), ..Record::default() };
+            let notice = Record {
+                ts: record::now(),
+                event: "lost",
+                scope: Some(self.scope),
+                count: Some(self.lost),
+                ..Record::default()
+            };
             match self.tx.try_send(to_line(&notice)) {
                 Ok(()) => self.lost = 0,
                 Err(mpsc::error::TrySendError::Full(_)) => {}
@@ -102,7 +110,14 @@ fn stdout_sink() -> (Sink, std::thread::JoinHandle<()>) {
         }
         let _ = out.flush();
     });
-    (Sink { tx, scope: "stdout", lost: 0 }, thread)
+    (
+        Sink {
+            tx,
+            scope: "stdout",
+            lost: 0,
+        },
+        thread,
+    )
 }
 
 /// Every sink, and the recent lines new subscribers may ask for.
@@ -116,7 +131,9 @@ impl Fanout {
     fn offer(&mut self, line: Bytes) {
         let stats = &self.stats;
         self.sinks.retain_mut(|s| s.offer(&line, stats));
-        self.stats.subscribers.store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        self.stats
+            .subscribers
+            .store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
@@ -124,14 +141,20 @@ impl Fanout {
     }
 
     fn subscribe(&mut self, sub: Subscribe) {
-        let mut sink = Sink { tx: sub.tx, scope: "subscriber", lost: 0 };
+        let mut sink = Sink {
+            tx: sub.tx,
+            scope: "subscriber",
+            lost: 0,
+        };
         if let Some(since) = sub.since_unix_ns {
             for (_, line) in self.history.iter().filter(|(t, _)| *t >= since) {
                 sink.offer(line, &self.stats);
             }
         }
         self.sinks.push(sink);
-        self.stats.subscribers.store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        self.stats
+            .subscribers
+            .store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
     }
 }
 
@@ -143,7 +166,11 @@ pub async fn run(
     stats: Arc<Stats>,
 ) {
     let (stdout, stdout_thread) = stdout_sink();
-    let mut out = Fanout { sinks: vec![stdout], history: VecDeque::with_capacity(HISTORY), stats: stats.clone() };
+    let mut out = Fanout {
+        sinks: vec![stdout],
+        history: VecDeque::with_capacity(HISTORY),
+        stats: stats.clone(),
+    };
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, which
     // deregisters it before dropping (and so closing) it.
     let mut fd = match unsafe { AsyncFd::register(events) } {

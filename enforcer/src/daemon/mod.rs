@@ -18,7 +18,11 @@ use tracing::info;
 use crate::{
     control::{self, protocol, protocol::Request, server::Call},
     events::enrich::Enricher,
-    kernel::{host, pins::{self, PinDir}, Loaded},
+    kernel::{
+        host,
+        pins::{self, PinDir},
+        Loaded,
+    },
     policy,
 };
 
@@ -62,12 +66,27 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let cookie = host::netns_cookie().context("reading this network namespace's cookie")?;
     let mut facts = loaded.maps.host.get(&0, 0).context("reading host facts")?;
     facts.netns_cookie = cookie;
-    loaded.maps.host.set(0, facts, 0).context("writing host facts")?;
-    let events = loaded.events.take().ok_or_else(|| anyhow!("ring buffer missing"))?;
+    loaded
+        .maps
+        .host
+        .set(0, facts, 0)
+        .context("writing host facts")?;
+    let events = loaded
+        .events
+        .take()
+        .ok_or_else(|| anyhow!("ring buffer missing"))?;
 
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(audit::Stats::default());
-    let mut st = State::start(loaded, policy, grants, cgroup_mount.clone(), opts.config.clone(), audit_tx, stats.clone())?;
+    let mut st = State::start(
+        loaded,
+        policy,
+        grants,
+        cgroup_mount.clone(),
+        opts.config.clone(),
+        audit_tx,
+        stats.clone(),
+    )?;
     let mut enricher = Enricher::new(Some(cgroup_mount));
     // Names first: the pinned ring buffer may hold an earlier daemon's events.
     for (generation, names) in history::load(&opts.state_dir) {

@@ -20,10 +20,10 @@ use tracing::{info, warn};
 
 use super::audit::{Control, Stats};
 use crate::{
-    grants::{describe, now_unix, Grant, Store},
     events::{record, Record},
+    grants::{describe, now_unix, Grant, Store},
     kernel::{counters, host, programs, writer::Writer, Loaded},
-    policy::{self, compile, Compiled, Policy},
+    policy::{self, compile, compile_after, Compiled, Policy},
 };
 
 /// How often held-back events are summed up in `suppressed` events.
@@ -113,11 +113,19 @@ impl State {
             st.kernel_lost = counters::events_lost(maps);
             st.suppressed_total = counters::suppressed(maps, GLOBAL_BUCKET);
             let n = st.policy.verdict.rules.len() as u32;
-            st.suppressed_seen = (0..n).chain([NO_RULE_INDEX]).map(|i| (i, counters::suppressed(maps, i))).collect();
+            st.suppressed_seen = (0..n)
+                .chain([NO_RULE_INDEX])
+                .map(|i| (i, counters::suppressed(maps, i)))
+                .collect();
         }
         st.sync_local_addrs()?;
         st.cgroup_ids = resolve_cgroups(&st.cgroup_mount, &st.compiled);
-        st.writer.apply(&mut st.loaded.maps, &st.compiled, &st.cgroup_ids, st.generation)?;
+        st.writer.apply(
+            &mut st.loaded.maps,
+            &st.compiled,
+            &st.cgroup_ids,
+            st.generation,
+        )?;
         st.attach()?;
         st.next_expiry = st.compute_next_expiry();
         Ok(st)
@@ -125,7 +133,10 @@ impl State {
 
     fn compute_next_expiry(&self) -> Option<u64> {
         let now = now_unix();
-        [self.policy.next_expiry(now), self.grants.next_expiry()].into_iter().flatten().min()
+        [self.policy.next_expiry(now), self.grants.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn generation(&self) -> u64 {
@@ -141,17 +152,28 @@ impl State {
     }
 
     fn tell_audit(&self) {
-        let names: Vec<String> = self.policy.verdict.rules.iter().map(|r| r.name.clone()).collect();
+        let names: Vec<String> = self
+            .policy
+            .verdict
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
         if let Err(e) = super::history::remember(self.grants.dir(), self.generation, &names) {
             warn!("remembering rule names: {e:#}");
         }
         let _ = self.audit.send(Control::RuleNames(self.generation, names));
-        let ids = self.cgroup_ids.iter().map(|(p, i)| (*i, p.clone())).collect();
+        let ids = self
+            .cgroup_ids
+            .iter()
+            .map(|(p, i)| (*i, p.clone()))
+            .collect();
         let _ = self.audit.send(Control::Cgroups(ids));
     }
 
     fn attach(&mut self) -> anyhow::Result<()> {
-        self.loaded.attach_cgroup(&self.cgroup_mount, &self.policy.attach.cgroup)?;
+        self.loaded
+            .attach_cgroup(&self.cgroup_mount, &self.policy.attach.cgroup)?;
         self.sync_interfaces()
     }
 
@@ -160,13 +182,23 @@ impl State {
     fn sync_interfaces(&mut self) -> anyhow::Result<()> {
         let patterns = &self.policy.attach.interfaces;
         let present = host::interfaces();
-        let wanted: BTreeSet<String> =
-            present.iter().filter(|n| patterns.iter().any(|p| host::glob_match(p, n))).cloned().collect();
-        let attached: Vec<String> = self.loaded.xdp_attachments().map(|(k, _)| k.clone()).collect();
+        let wanted: BTreeSet<String> = present
+            .iter()
+            .filter(|n| patterns.iter().any(|p| host::glob_match(p, n)))
+            .cloned()
+            .collect();
+        let attached: Vec<String> = self
+            .loaded
+            .xdp_attachments()
+            .map(|(k, _)| k.clone())
+            .collect();
         for iface in attached {
             if !wanted.contains(&iface) {
                 self.loaded.detach_xdp(&iface);
-                info!(iface, "XDP detached (interface gone or no longer in the policy)");
+                info!(
+                    iface,
+                    "XDP detached (interface gone or no longer in the policy)"
+                );
             }
         }
         let mut first_error = None;
@@ -188,7 +220,11 @@ impl State {
     fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
         let now = host::local_addrs().context("listing this host's addresses")?;
         for a in now.difference(&self.local_addrs) {
-            self.loaded.maps.local_addrs.insert(host::addr_key(*a), 1, 0).context("adding a host address")?;
+            self.loaded
+                .maps
+                .local_addrs
+                .insert(host::addr_key(*a), 1, 0)
+                .context("adding a host address")?;
         }
         for a in self.local_addrs.difference(&now) {
             let _ = self.loaded.maps.local_addrs.remove(&host::addr_key(*a));
@@ -200,10 +236,12 @@ impl State {
     /// Applies `new` as the next generation; returns the policy it replaced.
     fn apply(&mut self, new: Policy) -> anyhow::Result<Policy> {
         let effective = new.effective(now_unix(), &self.grants.entries(&new));
-        let compiled = compile(&effective).with_context(|| new.path.display().to_string())?;
+        let compiled = compile_after(&effective, Some(&self.compiled))
+            .with_context(|| new.path.display().to_string())?;
         let ids = resolve_cgroups(&self.cgroup_mount, &compiled);
         let generation = self.generation + 1;
-        self.writer.apply(&mut self.loaded.maps, &compiled, &ids, generation)?;
+        self.writer
+            .apply(&mut self.loaded.maps, &compiled, &ids, generation)?;
         let old = std::mem::replace(&mut self.policy, new);
         self.effective = effective;
         self.compiled = compiled;
@@ -221,10 +259,16 @@ impl State {
     /// Re-reads the policy file and applies it. A policy that cannot be used is refused
     /// with its diagnostics and the policy in force stays.
     pub fn reload(&mut self, confirm_within: Option<Duration>) -> Result<Value, String> {
-        let result = policy::load(&self.config_path).map_err(anyhow::Error::from).and_then(|p| self.apply(p));
+        let result = policy::load(&self.config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| self.apply(p));
         match result {
             Ok(old) => {
-                let action = if confirm_within.is_some() { "applied-pending-confirmation" } else { "applied" };
+                let action = if confirm_within.is_some() {
+                    "applied-pending-confirmation"
+                } else {
+                    "applied"
+                };
                 let r = self.policy_record(action, Some(&old));
                 let _ = self.audit.send(Control::Record(Box::new(r)));
                 info!(generation = self.generation, hash = %self.policy.hash, "policy reloaded");
@@ -244,16 +288,24 @@ impl State {
                     }
                     None => self.pending = None,
                 }
-                Ok(json!({"generation": self.generation, "hash": self.policy.hash, "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone())}))
+                Ok(
+                    json!({"generation": self.generation, "hash": self.policy.hash, "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone())}),
+                )
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                warn!(generation = self.generation, "reload refused; the policy in force stays:\n{msg}");
+                warn!(
+                    generation = self.generation,
+                    "reload refused; the policy in force stays:\n{msg}"
+                );
                 let mut r = self.policy_record("refused", None);
                 r.error = Some(msg.clone());
                 r.file = Some(self.config_path.display().to_string());
                 let _ = self.audit.send(Control::Record(Box::new(r)));
-                Err(format!("reload refused; generation {} stays in force:\n{msg}", self.generation))
+                Err(format!(
+                    "reload refused; generation {} stays in force:\n{msg}",
+                    self.generation
+                ))
             }
         }
     }
@@ -280,7 +332,10 @@ impl State {
         let _ = self.sync_interfaces();
         let ids = resolve_cgroups(&self.cgroup_mount, &self.compiled);
         if ids != self.cgroup_ids {
-            match self.writer.apply(&mut self.loaded.maps, &self.compiled, &ids, self.generation) {
+            match self
+                .writer
+                .apply(&mut self.loaded.maps, &self.compiled, &ids, self.generation)
+            {
                 Ok(_) => {
                     info!(?ids, "allowed cgroups changed on the host; entries updated");
                     self.cgroup_ids = ids;
@@ -297,11 +352,18 @@ impl State {
             self.last_suppressed_report = Instant::now();
             self.report_suppressed();
         }
-        if self.pending.as_ref().is_some_and(|p| Instant::now() >= p.deadline) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| Instant::now() >= p.deadline)
+        {
             let p = self.pending.take().expect("checked");
             match self.apply(p.previous) {
                 Ok(old) => {
-                    warn!(generation = self.generation, "not confirmed in time: previous policy restored");
+                    warn!(
+                        generation = self.generation,
+                        "not confirmed in time: previous policy restored"
+                    );
                     let r = self.policy_record("rolled-back", Some(&old));
                     let _ = self.audit.send(Control::Record(Box::new(r)));
                 }
@@ -326,9 +388,20 @@ impl State {
                 for g in &expired {
                     self.grant_record("expired", g);
                 }
-                let r = self.policy_record(if expired.is_empty() { "entry-expired" } else { "grant-expired" }, None);
+                let r = self.policy_record(
+                    if expired.is_empty() {
+                        "entry-expired"
+                    } else {
+                        "grant-expired"
+                    },
+                    None,
+                );
                 let _ = self.audit.send(Control::Record(Box::new(r)));
-                info!(generation = self.generation, grants = expired.len(), "expired entries removed");
+                info!(
+                    generation = self.generation,
+                    grants = expired.len(),
+                    "expired entries removed"
+                );
             }
             Err(e) => warn!("applying the policy without expired entries: {e:#}"),
         }
@@ -347,8 +420,17 @@ impl State {
     }
 
     /// `enforcer grant`: allow a source or cgroup on a rule until a deadline.
-    pub fn grant(&mut self, rule: &str, from: Option<&str>, cgroup: Option<&str>, secs: u64, reason: &str) -> Result<Value, String> {
-        let g = self.grants.add(&self.policy, rule, from, cgroup, secs, reason)?;
+    pub fn grant(
+        &mut self,
+        rule: &str,
+        from: Option<&str>,
+        cgroup: Option<&str>,
+        secs: u64,
+        reason: &str,
+    ) -> Result<Value, String> {
+        let g = self
+            .grants
+            .add(&self.policy, rule, from, cgroup, secs, reason)?;
         let persisted = self.grants.save().map_err(|e| format!("{e:#}"));
         let applied = persisted.and_then(|_| {
             let p = self.policy.clone();
@@ -365,7 +447,10 @@ impl State {
     }
 
     pub fn revoke(&mut self, id: &str) -> Result<Value, String> {
-        let g = self.grants.remove(id).ok_or_else(|| format!("no grant {id:?} (see `enforcer grants`)"))?;
+        let g = self
+            .grants
+            .remove(id)
+            .ok_or_else(|| format!("no grant {id:?} (see `enforcer grants`)"))?;
         if let Err(e) = self.grants.save() {
             warn!("saving grants: {e:#}");
         }
@@ -394,7 +479,12 @@ impl State {
 
     /// Reports grants that expired while no daemon was running.
     pub fn expire_stale_grants(&mut self) {
-        if self.grants.grants.iter().any(|g| g.expires_unix <= now_unix()) {
+        if self
+            .grants
+            .grants
+            .iter()
+            .any(|g| g.expires_unix <= now_unix())
+        {
             self.expire();
         }
     }
@@ -439,7 +529,12 @@ impl State {
                 let r = Record {
                     ts: record::now(),
                     event: "suppressed",
-                    rule: self.policy.verdict.rules.get(idx as usize).map(|r| r.name.clone()),
+                    rule: self
+                        .policy
+                        .verdict
+                        .rules
+                        .get(idx as usize)
+                        .map(|r| r.name.clone()),
                     count: Some(now - *seen),
                     policy: Some(self.generation),
                     ..Record::default()
@@ -465,11 +560,35 @@ impl State {
             ..Record::default()
         };
         if let Some(old) = old {
-            let by_name = |p: &Policy| p.verdict.rules.iter().map(|r| (r.name.clone(), r.clone())).collect::<BTreeMap<_, _>>();
+            let by_name = |p: &Policy| {
+                p.verdict
+                    .rules
+                    .iter()
+                    .map(|r| (r.name.clone(), r.clone()))
+                    .collect::<BTreeMap<_, _>>()
+            };
             let (before, after) = (by_name(old), by_name(&self.policy));
-            r.rules_added = Some(after.keys().filter(|k| !before.contains_key(*k)).cloned().collect());
-            r.rules_removed = Some(before.keys().filter(|k| !after.contains_key(*k)).cloned().collect());
-            r.rules_changed = Some(after.iter().filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v)).map(|(k, _)| k.clone()).collect());
+            r.rules_added = Some(
+                after
+                    .keys()
+                    .filter(|k| !before.contains_key(*k))
+                    .cloned()
+                    .collect(),
+            );
+            r.rules_removed = Some(
+                before
+                    .keys()
+                    .filter(|k| !after.contains_key(*k))
+                    .cloned()
+                    .collect(),
+            );
+            r.rules_changed = Some(
+                after
+                    .iter()
+                    .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            );
         }
         r
     }
@@ -505,7 +624,11 @@ impl State {
                 })
             })
             .collect();
-        let xdp: Vec<Value> = self.loaded.xdp_attachments().map(|(i, a)| json!({"iface": i, "mode": a.mode})).collect();
+        let xdp: Vec<Value> = self
+            .loaded
+            .xdp_attachments()
+            .map(|(i, a)| json!({"iface": i, "mode": a.mode}))
+            .collect();
         let mut warnings = Vec::new();
         let present = host::interfaces();
         for i in &self.policy.attach.interfaces {
@@ -513,13 +636,21 @@ impl State {
                 warnings.push(if i.contains(['*', '?']) {
                     format!("no interface matches {i} (XDP attaches when one appears)")
                 } else {
-                    format!("interface {i} in the policy does not exist (XDP attaches when it appears)")
+                    format!(
+                        "interface {i} in the policy does not exist (XDP attaches when it appears)"
+                    )
                 });
             }
         }
         for (_, path) in self.compiled.cgroups.keys() {
-            if !self.cgroup_ids.contains_key(path) && !warnings.iter().any(|w| w.contains(&format!("cgroup {path} "))) {
-                warnings.push(format!("cgroup {path} does not exist yet (its rule applies once it is created)"));
+            if !self.cgroup_ids.contains_key(path)
+                && !warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("cgroup {path} ")))
+            {
+                warnings.push(format!(
+                    "cgroup {path} does not exist yet (its rule applies once it is created)"
+                ));
             }
         }
         json!({

@@ -30,7 +30,13 @@ mod tests {
 
     fn bytes(ev: &PacketEvent) -> Vec<u8> {
         // SAFETY: reading a repr(C) struct without padding as bytes.
-        unsafe { std::slice::from_raw_parts((ev as *const PacketEvent).cast::<u8>(), std::mem::size_of::<PacketEvent>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const PacketEvent).cast::<u8>(),
+                std::mem::size_of::<PacketEvent>(),
+            )
+        }
+        .to_vec()
     }
 
     #[test]
@@ -38,7 +44,10 @@ mod tests {
         let mut ev = PacketEvent::EMPTY;
         ev.dport = 5432;
         assert_eq!(decode(&bytes(&ev)).unwrap(), ev);
-        assert_eq!(decode(&[0; 3]), Err(DecodeError::Size(3, std::mem::size_of::<PacketEvent>())));
+        assert_eq!(
+            decode(&[0; 3]),
+            Err(DecodeError::Size(3, std::mem::size_of::<PacketEvent>()))
+        );
         ev.kind = 9;
         assert_eq!(decode(&bytes(&ev)), Err(DecodeError::Kind(9)));
     }

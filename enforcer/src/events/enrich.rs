@@ -31,7 +31,10 @@ impl RuleNames {
     }
 
     fn name(&self, generation: u64, rule: u32) -> Option<String> {
-        self.by_generation.get(&generation)?.get(rule as usize).cloned()
+        self.by_generation
+            .get(&generation)?
+            .get(rule as usize)
+            .cloned()
     }
 }
 
@@ -69,7 +72,10 @@ impl Enricher {
             let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])).to_string();
             (a(&ev.src), a(&ev.dst))
         } else {
-            (IpAddr::V6(Ipv6Addr::from(ev.src)).to_string(), IpAddr::V6(Ipv6Addr::from(ev.dst)).to_string())
+            (
+                IpAddr::V6(Ipv6Addr::from(ev.src)).to_string(),
+                IpAddr::V6(Ipv6Addr::from(ev.dst)).to_string(),
+            )
         };
         let proto = match ev.proto {
             IPPROTO_TCP => "tcp".to_string(),
@@ -81,16 +87,23 @@ impl Enricher {
             match self.ifnames.get(&ev.ifindex) {
                 Some((name, at)) if now.duration_since(*at) < IFNAME_TTL => name.clone(),
                 _ => {
-                    let name = host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
+                    let name =
+                        host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
                     self.ifnames.insert(ev.ifindex, (name.clone(), now));
                     name
                 }
             }
         });
-        let cgroup = (ev.cgroup_id != 0).then(|| self.cgroup_path(ev.cgroup_id)).flatten();
+        let cgroup = (ev.cgroup_id != 0)
+            .then(|| self.cgroup_path(ev.cgroup_id))
+            .flatten();
         let pid = (ev.pid_tgid != 0).then_some((ev.pid_tgid >> 32) as u32);
         let comm = (ev.pid_tgid != 0).then(|| {
-            let end = ev.comm.iter().position(|&c| c == 0).unwrap_or(ev.comm.len());
+            let end = ev
+                .comm
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(ev.comm.len());
             String::from_utf8_lossy(&ev.comm[..end]).into_owned()
         });
         Record {
@@ -98,7 +111,9 @@ impl Enricher {
             event: "packet",
             verdict: Verdict::from_u8(ev.verdict).map(Verdict::name),
             reason: Reason::from_u8(ev.reason).map(Reason::name),
-            rule: (ev.rule != NO_RULE).then(|| self.rules.name(ev.generation, ev.rule)).flatten(),
+            rule: (ev.rule != NO_RULE)
+                .then(|| self.rules.name(ev.generation, ev.rule))
+                .flatten(),
             hook: Hook::from_u8(ev.hook).map(Hook::name),
             proto: Some(proto),
             src: Some(src),

@@ -41,7 +41,10 @@ impl PcapWriter {
             .and_then(|t| humantime::parse_rfc3339(t).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .unwrap_or_default();
-        let orig = v["len"].as_u64().unwrap_or(pkt.len() as u64).max(pkt.len() as u64) as u32;
+        let orig = v["len"]
+            .as_u64()
+            .unwrap_or(pkt.len() as u64)
+            .max(pkt.len() as u64) as u32;
         let mut rec = Vec::with_capacity(16 + pkt.len());
         rec.extend_from_slice(&(ns.as_secs() as u32).to_le_bytes());
         rec.extend_from_slice(&ns.subsec_nanos().to_le_bytes());

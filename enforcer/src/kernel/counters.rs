@@ -22,7 +22,10 @@ pub fn by_rule(maps: &Maps, rule: u32, verdict: Verdict) -> u64 {
     if rule >= MAX_RULES {
         return 0;
     }
-    sum(&maps.rule_counts, rule * RULE_COUNTER_KINDS + verdict as u32)
+    sum(
+        &maps.rule_counts,
+        rule * RULE_COUNTER_KINDS + verdict as u32,
+    )
 }
 
 /// Events the kernel could not put in the ring buffer.

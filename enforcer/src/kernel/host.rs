@@ -13,16 +13,21 @@ use anyhow::{anyhow, Context as _};
 
 /// Where cgroup v2 is mounted, from /proc/self/mountinfo (never assumed).
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         if post.split_whitespace().next() == Some("cgroup2") {
             if let Some(mnt) = pre.split_whitespace().nth(4) {
                 return Ok(PathBuf::from(unescape_mount(mnt)));
             }
         }
     }
-    Err(anyhow!("no cgroup v2 filesystem is mounted (see /proc/self/mountinfo)"))
+    Err(anyhow!(
+        "no cgroup v2 filesystem is mounted (see /proc/self/mountinfo)"
+    ))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -65,7 +70,9 @@ pub fn find_cgroup(mount: &Path, under: &str, id: u64, max_dirs: usize) -> Optio
         if seen > max_dirs {
             return None;
         }
-        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
         if meta.ino() == id {
             let rel = dir.strip_prefix(mount).ok()?;
             return Some(format!("/{}", rel.display()));
@@ -92,7 +99,13 @@ pub fn netns_cookie() -> io::Result<u64> {
         }
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
         let err = io::Error::last_os_error();
         libc::close(fd);
         if rc != 0 {
@@ -139,7 +152,9 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
         match (*sa).sa_family as i32 {
             libc::AF_INET => {
                 let sin = &*(sa as *const libc::sockaddr_in);
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))))
             }
             libc::AF_INET6 => {
                 let sin6 = &*(sa as *const libc::sockaddr_in6);
@@ -159,7 +174,11 @@ pub fn if_name(ifindex: u32) -> Option<String> {
         return None;
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// The index of interface `name`, if it exists.
@@ -173,7 +192,10 @@ pub fn if_index(name: &str) -> Option<u32> {
 /// CLOCK_REALTIME - CLOCK_MONOTONIC, to turn bpf_ktime_get_ns() into wall time.
 pub fn monotonic_to_realtime_offset_ns() -> i128 {
     let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes the timespec we pass.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -195,7 +217,10 @@ pub fn addr_key(a: IpAddr) -> enforcer_common::maps::LocalAddrKey {
             AF_INET6
         }
     };
-    enforcer_common::maps::LocalAddrKey { family: family as u32, addr }
+    enforcer_common::maps::LocalAddrKey {
+        family: family as u32,
+        addr,
+    }
 }
 
 /// Names of the interfaces in this namespace.
@@ -209,7 +234,11 @@ pub fn interfaces() -> Vec<String> {
         }
         let mut cur = head;
         while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
-            out.push(CStr::from_ptr((*cur).if_name).to_string_lossy().into_owned());
+            out.push(
+                CStr::from_ptr((*cur).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             cur = cur.add(1);
         }
         libc::if_freenameindex(head);

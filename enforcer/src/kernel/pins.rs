@@ -32,13 +32,19 @@ impl PinDir {
                 mount_bpffs().context("mounting bpffs at /sys/fs/bpf")?;
             }
             if !is_bpffs(parent) {
-                bail!("{} is not on a bpf filesystem (mount one with `mount -t bpf bpf {}`)", root.display(), parent.display());
+                bail!(
+                    "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf {}`)",
+                    root.display(),
+                    parent.display()
+                );
             }
         }
         for d in [root.to_path_buf(), root.join("maps"), root.join("links")] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        Ok(PinDir { root: root.to_path_buf() })
+        Ok(PinDir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -51,8 +57,13 @@ impl PinDir {
 
     /// Names of the pinned links.
     pub fn links(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.root.join("links")) else { return Vec::new() };
-        let mut v: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let Ok(entries) = std::fs::read_dir(self.root.join("links")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -70,7 +81,8 @@ pub fn remove_all(root: &Path) -> anyhow::Result<usize> {
         let dir = root.join(sub);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
-                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
                 n += 1;
             }
         }
@@ -83,7 +95,9 @@ pub fn remove_all(root: &Path) -> anyhow::Result<usize> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes the struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a valid out pointer.
@@ -94,7 +108,15 @@ fn mount_bpffs() -> io::Result<()> {
     std::fs::create_dir_all("/sys/fs/bpf")?;
     let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
     // SAFETY: NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -111,7 +133,14 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 3];
     attr[0] = c.as_ptr() as u64;
     // SAFETY: the attr buffer is larger than the kernel reads for this command.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -127,7 +156,14 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     attr[0] = link.as_raw_fd() as u32;
     attr[1] = prog.as_raw_fd() as u32;
     // SAFETY: the attr buffer is what the kernel reads for this command.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_UPDATE, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -166,7 +202,12 @@ pub fn array_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> 
         };
         // SAFETY: keys and values outlive the call and hold `count` entries each.
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut Batch, std::mem::size_of::<Batch>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut Batch,
+                std::mem::size_of::<Batch>(),
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());

@@ -57,8 +57,22 @@ pub struct XdpAttachment {
 
 /// Every map in the object, pinned under `maps/` by name.
 const MAP_NAMES: [&str; 16] = [
-    "ACTIVE", "SLOT_INFO", "HOST", "PORTS", "GROUPS", "ALLOW", "CGROUPS", "LOCAL_ADDRS", "FLOWS",
-    "REASONS", "RULE_COUNTS", "EVENT_LOSS", "EVENTS", "SOCK_OWNERS", "BUCKETS", "SUPPRESSED",
+    "ACTIVE",
+    "SLOT_INFO",
+    "HOST",
+    "PORTS",
+    "GROUPS",
+    "ALLOW",
+    "CGROUPS",
+    "LOCAL_ADDRS",
+    "FLOWS",
+    "REASONS",
+    "RULE_COUNTS",
+    "EVENT_LOSS",
+    "EVENTS",
+    "SOCK_OWNERS",
+    "BUCKETS",
+    "SUPPRESSED",
 ];
 
 /// Loaded programs, their maps, and where they are attached. Attachments are links pinned
@@ -79,7 +93,10 @@ pub struct Loaded {
 
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             anyhow!("the kernel refused program {name}: {io_error}\nverifier log:\n{verifier_log}")
         }
         other => anyhow!(other).context(format!("loading program {name}")),
@@ -90,7 +107,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -154,8 +173,17 @@ impl Loaded {
         let events = Some(take(&mut ebpf, "EVENTS")?);
         let mut host = maps.host.get(&0, 0).context("reading host facts")?;
         let adopted = if host.layout == LAYOUT_VERSION {
-            let slot = maps.active.get(&0, 0).context("reading the active slot")?.slot & 1;
-            let generation = maps.slot_info.get(&slot, 0).context("reading the policy generation")?.generation;
+            let slot = maps
+                .active
+                .get(&0, 0)
+                .context("reading the active slot")?
+                .slot
+                & 1;
+            let generation = maps
+                .slot_info
+                .get(&slot, 0)
+                .context("reading the policy generation")?
+                .generation;
             Some((slot, generation))
         } else {
             host.layout = LAYOUT_VERSION;
@@ -176,18 +204,29 @@ impl Loaded {
 
     /// Switches every link pinned by an earlier daemon to this daemon's programs.
     fn adopt_links(&mut self) -> anyhow::Result<()> {
-        let Some(pins) = self.pins.clone() else { return Ok(()) };
+        let Some(pins) = self.pins.clone() else {
+            return Ok(());
+        };
         for name in pins.links() {
             let unknown = || anyhow!("unknown pinned link {name} in {}", pins.root.display());
             let parts: Vec<&str> = name.split('@').collect();
             let prog = match parts.as_slice() {
                 ["xdp", _, _] => XDP,
-                ["cgroup", _, prog] => [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR).find(|p| p == prog).ok_or_else(unknown)?,
+                ["cgroup", _, prog] => [INGRESS, EGRESS]
+                    .into_iter()
+                    .chain(SOCK_ADDR)
+                    .find(|p| p == prog)
+                    .ok_or_else(unknown)?,
                 _ => return Err(unknown()),
             };
             let path = pins.link(&name);
-            let link = pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
-            let prog_fd = self.ebpf.program(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.fd()?;
+            let link =
+                pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
+            let prog_fd = self
+                .ebpf
+                .program(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing"))?
+                .fd()?;
             if let Err(e) = pins::link_update(link.as_fd(), prog_fd.as_fd()) {
                 // The attach point went away (an interface was removed): forget it.
                 tracing::info!("pinned link {name} is gone ({e}); removing it");
@@ -196,7 +235,15 @@ impl Loaded {
             }
             match parts.as_slice() {
                 ["xdp", iface, mode] => {
-                    self.xdp_links.insert(iface.to_string(), (name.clone(), XdpAttachment { mode: mode_label(mode) }));
+                    self.xdp_links.insert(
+                        iface.to_string(),
+                        (
+                            name.clone(),
+                            XdpAttachment {
+                                mode: mode_label(mode),
+                            },
+                        ),
+                    );
                 }
                 ["cgroup", id, _] => {
                     let id: u64 = id.parse().with_context(|| format!("pinned link {name}"))?;
@@ -210,7 +257,9 @@ impl Loaded {
     }
 
     fn pins(&self) -> anyhow::Result<&PinDir> {
-        self.pins.as_ref().ok_or_else(|| anyhow!("programs loaded without a pin directory cannot be attached"))
+        self.pins
+            .as_ref()
+            .ok_or_else(|| anyhow!("programs loaded without a pin directory cannot be attached"))
     }
 
     /// Whether XDP is attached to `iface`.
@@ -219,7 +268,11 @@ impl Loaded {
     }
 
     /// Attaches XDP to `iface`: `mode` "native", "generic", or "auto" (native, else generic).
-    pub fn attach_xdp(&mut self, iface: &str, mode: XdpModeSetting) -> anyhow::Result<XdpAttachment> {
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: XdpModeSetting,
+    ) -> anyhow::Result<XdpAttachment> {
         if let Some((_, a)) = self.xdp_links.get(iface) {
             return Ok(a.clone());
         }
@@ -236,7 +289,8 @@ impl Loaded {
                 Ok(id) => {
                     let link: FdLink = prog.take_link(id)?.try_into()?;
                     let name = xdp_pin_name(iface, label);
-                    link.pin(pins.link(&name)).with_context(|| format!("pinning the XDP link of {iface}"))?;
+                    link.pin(pins.link(&name))
+                        .with_context(|| format!("pinning the XDP link of {iface}"))?;
                     let a = XdpAttachment { mode: label };
                     self.xdp_links.insert(iface.to_string(), (name, a.clone()));
                     return Ok(a);
@@ -244,7 +298,8 @@ impl Loaded {
                 Err(e) => last = Some(e),
             }
         }
-        Err(anyhow!(last.expect("at least one mode tried")).context(format!("attaching XDP to {iface}")))
+        Err(anyhow!(last.expect("at least one mode tried"))
+            .context(format!("attaching XDP to {iface}")))
     }
 
     /// Detaches XDP from `iface` (nothing if it is not attached or already gone).
@@ -262,7 +317,8 @@ impl Loaded {
     /// attached elsewhere before stay until the new ones are in, so there is no gap.
     pub fn attach_cgroup(&mut self, mount: &Path, path: &str) -> anyhow::Result<()> {
         let dir = super::host::cgroup_dir(mount, path);
-        let id = super::host::cgroup_id(mount, path).ok_or_else(|| anyhow!("cgroup {path} does not exist ({})", dir.display()))?;
+        let id = super::host::cgroup_id(mount, path)
+            .ok_or_else(|| anyhow!("cgroup {path} does not exist ({})", dir.display()))?;
         if let Some((p, current)) = &mut self.cgroup {
             if *current == id {
                 *p = path.to_string();
@@ -277,20 +333,29 @@ impl Loaded {
         let mode = CgroupAttachMode::Single;
         let mut new_links = Vec::new();
         let attached = (|| -> anyhow::Result<()> {
-            for (name, kind) in [(INGRESS, CgroupSkbAttachType::Ingress), (EGRESS, CgroupSkbAttachType::Egress)] {
+            for (name, kind) in [
+                (INGRESS, CgroupSkbAttachType::Ingress),
+                (EGRESS, CgroupSkbAttachType::Egress),
+            ] {
                 let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-                let lid = p.attach(&fd, kind, mode).with_context(|| format!("attaching {name} to cgroup {path}"))?;
+                let lid = p
+                    .attach(&fd, kind, mode)
+                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
                 let link: FdLink = p.take_link(lid)?.try_into()?;
                 let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin)).with_context(|| format!("pinning {pin}"))?;
+                link.pin(pins.link(&pin))
+                    .with_context(|| format!("pinning {pin}"))?;
                 new_links.push(pin);
             }
             for name in SOCK_ADDR {
                 let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let lid = p.attach(&fd, mode).with_context(|| format!("attaching {name} to cgroup {path}"))?;
+                let lid = p
+                    .attach(&fd, mode)
+                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
                 let link: FdLink = p.take_link(lid)?.try_into()?;
                 let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin)).with_context(|| format!("pinning {pin}"))?;
+                link.pin(pins.link(&pin))
+                    .with_context(|| format!("pinning {pin}"))?;
                 new_links.push(pin);
             }
             Ok(())
@@ -350,12 +415,15 @@ fn check_layout(pins: &PinDir) -> anyhow::Result<()> {
             pins.root.display()
         )
     };
-    let data = MapData::from_pin(pins.map("HOST")).map_err(|e| incompatible(format!("its HOST map cannot be read: {e}")))?;
+    let data = MapData::from_pin(pins.map("HOST"))
+        .map_err(|e| incompatible(format!("its HOST map cannot be read: {e}")))?;
     let host: Array<MapData, HostInfo> = Array::try_from(aya::maps::Map::Array(data))
         .map_err(|e| incompatible(format!("its HOST map has another shape: {e}")))?;
     let layout = host.get(&0, 0).map(|h| h.layout).unwrap_or(0);
     if layout != LAYOUT_VERSION {
-        return Err(incompatible(format!("map layout {layout}, this daemon uses {LAYOUT_VERSION}")));
+        return Err(incompatible(format!(
+            "map layout {layout}, this daemon uses {LAYOUT_VERSION}"
+        )));
     }
     Ok(())
 }
@@ -365,6 +433,9 @@ pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut 
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    p.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }

@@ -105,7 +105,14 @@ impl Writer {
         let old = self.slots[target as usize].take();
         let stats = write_slot(maps, target, old.as_ref(), &new)?;
         maps.active
-            .set(0, ActiveSlot { slot: target, _pad: 0 }, 0)
+            .set(
+                0,
+                ActiveSlot {
+                    slot: target,
+                    _pad: 0,
+                },
+                0,
+            )
             .context("switching to the new policy")?;
         self.active = target;
         self.last_flip = Some(Instant::now());
@@ -123,14 +130,29 @@ fn content_for(
     let allow = compiled
         .allow
         .iter()
-        .map(|(k, r)| (AllowKey { group: slot_group(slot, k.group), ..*k }, *r))
+        .map(|(k, r)| {
+            (
+                AllowKey {
+                    group: slot_group(slot, k.group),
+                    ..*k
+                },
+                *r,
+            )
+        })
         .collect();
     let cgroups = compiled
         .cgroups
         .iter()
         .filter_map(|((g, path), r)| {
             let id = *cgroup_ids.get(path)?;
-            Some((CgroupKey { group: slot_group(slot, *g), _pad: 0, cgroup_id: id }, *r))
+            Some((
+                CgroupKey {
+                    group: slot_group(slot, *g),
+                    _pad: 0,
+                    cgroup_id: id,
+                },
+                *r,
+            ))
         })
         .collect();
     SlotContent {
@@ -185,11 +207,27 @@ fn write_slot(
             .context("writing port groups")?;
         stats.entries_written += 1;
     }
-    sync_hash(&mut maps.allow, slot, old.map(|o| &o.allow), &new.allow, |k| k.group >> 16, &mut stats)
-        .context("writing allow entries")?;
-    sync_hash(&mut maps.cgroups, slot, old.map(|o| &o.cgroups), &new.cgroups, |k| k.group >> 16, &mut stats)
-        .context("writing allowed cgroups")?;
-    maps.slot_info.set(slot, new.info, 0).context("writing the policy generation")?;
+    sync_hash(
+        &mut maps.allow,
+        slot,
+        old.map(|o| &o.allow),
+        &new.allow,
+        |k| k.group >> 16,
+        &mut stats,
+    )
+    .context("writing allow entries")?;
+    sync_hash(
+        &mut maps.cgroups,
+        slot,
+        old.map(|o| &o.cgroups),
+        &new.cgroups,
+        |k| k.group >> 16,
+        &mut stats,
+    )
+    .context("writing allowed cgroups")?;
+    maps.slot_info
+        .set(slot, new.info, 0)
+        .context("writing the policy generation")?;
     Ok(stats)
 }
 
@@ -205,7 +243,11 @@ where
     K: aya::Pod + Eq + std::hash::Hash,
 {
     let stale: Vec<K> = match old {
-        Some(old) => old.keys().filter(|k| !new.contains_key(*k)).copied().collect(),
+        Some(old) => old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .copied()
+            .collect(),
         // Unknown: whatever the kernel holds for this slot that is not wanted.
         None => map
             .keys()

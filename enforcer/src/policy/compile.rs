@@ -28,6 +28,9 @@ pub struct Compiled {
     pub allow: HashMap<AllowKey, u32>,
     /// (group, cgroup path) -> rule id; the writer resolves paths to cgroup ids.
     pub cgroups: HashMap<(u32, String), u32>,
+    /// Per group id, the names of its rules (None: an unused id). The next compile keeps
+    /// these ids for the same sets of rules, so a reload rewrites only what changed.
+    pub group_names: Vec<Option<Vec<String>>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +50,14 @@ fn covers(rule_proto: Protocol, table_proto: Protocol) -> bool {
 }
 
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    compile_after(policy, None)
+}
+
+/// Compiles `policy`, giving each set of rules the group id it had in `previous`.
+pub fn compile_after(
+    policy: &Policy,
+    previous: Option<&Compiled>,
+) -> Result<Compiled, CompileError> {
     let rules = &policy.verdict.rules;
     let mut ports = vec![0u32; 2 * 65536];
     // Each distinct set of rules covering some (protocol, port) becomes a group.
@@ -62,7 +73,10 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             }
             for range in &r.ports {
                 enter.entry(range.first as u32).or_default().push(i as u32);
-                leave.entry(range.last as u32 + 1).or_default().push(i as u32);
+                leave
+                    .entry(range.last as u32 + 1)
+                    .or_default()
+                    .push(i as u32);
             }
         }
         // Ranges of one rule may overlap: count entries per rule.
@@ -85,7 +99,12 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                 current = if active.is_empty() {
                     None
                 } else {
-                    let set: Vec<u32> = active.keys().copied().collect::<BTreeSet<_>>().into_iter().collect();
+                    let set: Vec<u32> = active
+                        .keys()
+                        .copied()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
                     let next = group_sets.len() as u32;
                     let id = *group_ids.entry(set.clone()).or_insert_with(|| {
                         group_sets.push(set);
@@ -99,8 +118,48 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
             }
         }
     }
-    if group_sets.len() > MAX_GROUPS as usize {
-        return Err(CompileError::TooManyGroups(group_sets.len()));
+    // Stable ids: a set of rules keeps the id it had before, new sets take free ids.
+    let names_of = |set: &Vec<u32>| -> Vec<String> {
+        let mut n: Vec<String> = set
+            .iter()
+            .map(|&r| rules[r as usize].name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let set_names: Vec<Vec<String>> = group_sets.iter().map(names_of).collect();
+    let before: HashMap<&Vec<String>, u32> = previous
+        .map(|p| {
+            p.group_names
+                .iter()
+                .enumerate()
+                .filter_map(|(id, n)| Some((n.as_ref()?, id as u32)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut remap = vec![u32::MAX; group_sets.len()];
+    let mut taken = std::collections::HashSet::new();
+    for (i, n) in set_names.iter().enumerate() {
+        if let Some(&id) = before.get(n) {
+            if taken.insert(id) {
+                remap[i] = id;
+            }
+        }
+    }
+    let mut free = (0u32..).filter(|id| !taken.contains(id));
+    for id in remap.iter_mut().filter(|id| **id == u32::MAX) {
+        *id = free.next().expect("unbounded");
+    }
+    let n_ids = remap.iter().max().map_or(0, |m| *m as usize + 1);
+    if n_ids > MAX_GROUPS as usize {
+        return Err(CompileError::TooManyGroups(n_ids));
+    }
+    for v in ports.iter_mut().filter(|v| **v != 0) {
+        *v = remap[*v as usize - 1] + 1;
+    }
+    let mut group_names = vec![None; n_ids];
+    for (i, n) in set_names.into_iter().enumerate() {
+        group_names[remap[i] as usize] = Some(n);
     }
     for (proto, range) in &policy.verdict.failsafe {
         for (table_proto, idx) in PROTOS {
@@ -112,12 +171,15 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         }
     }
 
-    let mut groups = Vec::with_capacity(group_sets.len());
+    let mut groups = vec![GroupInfo::default(); n_ids];
     let mut allow: HashMap<AllowKey, u32> = HashMap::new();
     let mut cgroups: HashMap<(u32, String), u32> = HashMap::new();
-    for (g, set) in group_sets.iter().enumerate() {
-        let g = g as u32;
-        let mut info = GroupInfo { primary_rule: set[0], ..GroupInfo::default() };
+    for (i, set) in group_sets.iter().enumerate() {
+        let g = remap[i];
+        let mut info = GroupInfo {
+            primary_rule: set[0],
+            ..GroupInfo::default()
+        };
         if set.iter().any(|&r| rules[r as usize].mode == Mode::Enforce) {
             info.flags |= GROUP_ENFORCE;
         }
@@ -138,7 +200,11 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
                         (AF_INET6, a.octets())
                     }
                 };
-                let mut key = AllowKey { group: g, family_len: (family as u32) << 8 | p.len as u32, addr };
+                let mut key = AllowKey {
+                    group: g,
+                    family_len: (family as u32) << 8 | p.len as u32,
+                    addr,
+                };
                 mask_addr(&mut key.addr, p.len);
                 allow.entry(key).or_insert(r);
             }
@@ -156,7 +222,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         }
         info.n_v4 = v4.len() as u32;
         info.n_v6 = v6.len() as u32;
-        groups.push(info);
+        groups[g as usize] = info;
     }
     if allow.len() > (MAX_ALLOW_ENTRIES / 2) as usize {
         return Err(CompileError::TooManyPrefixes(allow.len()));
@@ -171,7 +237,13 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
     if policy.report_allowed {
         slot_flags |= SLOT_REPORT_ALLOWED;
     }
-    let cost = |rate: u32| if rate == 0 { 0 } else { 1_000_000_000 / rate as u64 };
+    let cost = |rate: u32| {
+        if rate == 0 {
+            0
+        } else {
+            1_000_000_000 / rate as u64
+        }
+    };
     Ok(Compiled {
         slot_flags,
         burst: policy.rates.burst,
@@ -181,6 +253,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
         groups,
         allow,
         cgroups,
+        group_names,
     })
 }
 
@@ -222,8 +295,35 @@ mod tests {
     }
 
     #[test]
+    fn group_ids_stay_put_across_compiles() {
+        let a = "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [100]\nallow_from = [\"10.0.0.0/8\"]\n[[rule]]\nname = \"b\"\nprotocol = \"tcp\"\nports = [200]\nallow_from = [\"10.1.0.0/16\"]\n";
+        let first = compiled(a);
+        // Rule "a" moves to another port and a new rule arrives before it: "b"'s group
+        // and its allow entries stay exactly as they were.
+        let b = a.replace("ports = [100]", "ports = [150]").replace(
+            "[[rule]]\nname = \"a\"",
+            "[[rule]]\nname = \"z\"\nprotocol = \"tcp\"\nports = [50]\n[[rule]]\nname = \"a\"",
+        );
+        let p = parse_str(Path::new("t.toml"), &b).unwrap();
+        let second = compile_after(&p, Some(&first)).unwrap();
+        assert_eq!(second.ports[200], first.ports[200]);
+        assert_eq!(second.ports[150], first.ports[100]);
+        let b_entries = |c: &Compiled| {
+            c.allow
+                .keys()
+                .filter(|k| k.group == c.ports[200] - 1)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(b_entries(&second), b_entries(&first));
+        assert_eq!(second.groups.len(), 3);
+    }
+
+    #[test]
     fn a_port_covered_twice_by_one_rule_stays_one_group() {
-        let c = compiled("[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"1-10\", \"5-20\", 7]\n");
+        let c = compiled(
+            "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"1-10\", \"5-20\", 7]\n",
+        );
         let g = c.ports[1];
         assert!((1..=20).all(|p| c.ports[p] == g));
         assert_eq!(c.ports[21], 0);

@@ -24,7 +24,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -50,21 +54,27 @@ impl fmt::Display for PolicyError {
 pub struct Locator<'a> {
     pub file: String,
     pub text: &'a str,
+    /// Byte offset where each line starts: a lookup is a binary search, so locating every
+    /// entry of a large policy stays linear overall.
+    line_starts: Vec<usize>,
 }
 
 impl<'a> Locator<'a> {
     pub fn new(path: &Path, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Locator {
             file: path.display().to_string(),
             text,
+            line_starts,
         }
     }
 
     pub fn at(&self, offset: usize, severity: Severity, message: impl Into<String>) -> Diagnostic {
         let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let col = offset - self.line_starts[line - 1] + 1;
         Diagnostic {
             file: self.file.clone(),
             line,

@@ -42,7 +42,10 @@ pub struct HostFacts {
 impl HostFacts {
     /// Reads the facts of this host (and of the caller's network namespace).
     pub fn gather() -> HostFacts {
-        let mut facts = HostFacts { now_unix: crate::grants::now_unix(), ..HostFacts::default() };
+        let mut facts = HostFacts {
+            now_unix: crate::grants::now_unix(),
+            ..HostFacts::default()
+        };
         match read_ephemeral_range() {
             Ok(r) => facts.ephemeral = Some(r),
             Err(e) => facts
@@ -624,10 +627,28 @@ mod tests {
     #[test]
     fn lapsed_entries_are_named() {
         let text = "[[rule]]\nname = \"pg\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\", { from = \"192.0.2.0/24\", expires = \"2026-01-01T00:00:00Z\" }]\n";
-        let jan2 = humantime::parse_rfc3339("2026-01-02T00:00:00Z").unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let w = warnings(text, &HostFacts { now_unix: jan2, ..HostFacts::default() });
+        let jan2 = humantime::parse_rfc3339("2026-01-02T00:00:00Z")
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let w = warnings(
+            text,
+            &HostFacts {
+                now_unix: jan2,
+                ..HostFacts::default()
+            },
+        );
         assert!(w.iter().any(|w| w.starts_with("p.toml:4:29: warning: allow_from entry 192.0.2.0/24 of rule \"pg\" expired at 2026-01-01T00:00:00Z")), "{w:?}");
-        assert!(warnings(text, &HostFacts { now_unix: jan2 - 2 * 86400, ..HostFacts::default() }).iter().all(|w| !w.contains("expired")));
+        assert!(warnings(
+            text,
+            &HostFacts {
+                now_unix: jan2 - 2 * 86400,
+                ..HostFacts::default()
+            }
+        )
+        .iter()
+        .all(|w| !w.contains("expired")));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod lint;
 pub mod selftest;
 pub mod validate;
 
-pub use compile::{compile, Compiled};
+pub use compile::{compile, compile_after, Compiled};
 pub use diag::{Diagnostic, PolicyError};
-pub use validate::{load, parse_str, Attach, Entry, Expiring, Loc, Locations, Policy, Rates, XdpModeSetting};
+pub use validate::{
+    load, parse_str, Attach, Entry, Expiring, Loc, Locations, Policy, Rates, XdpModeSetting,
+};

@@ -16,14 +16,31 @@ use crate::explain::{explain, Query};
 pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     // Judged as the policy applies now: lapsed entries no longer allow anything.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let policy = policy.effective(now, &[]);
     let mut err = |at: usize, msg: String| out.push(loc.at(at, Severity::Error, msg));
     for t in tests {
         let name = t.name.get_ref();
         let start = t.name.span().start;
-        let addr = |s: &Spanned<String>| s.get_ref().parse::<IpAddr>().map_err(|_| (s.span().start, format!("test {name:?}: {:?} is not an IP address", s.get_ref())));
-        let port = |p: &Spanned<i64>| u16::try_from(*p.get_ref()).ok().filter(|p| *p > 0).ok_or((p.span().start, format!("test {name:?}: port {} is out of range (1 to 65535)", p.get_ref())));
+        let addr = |s: &Spanned<String>| {
+            s.get_ref().parse::<IpAddr>().map_err(|_| {
+                (
+                    s.span().start,
+                    format!("test {name:?}: {:?} is not an IP address", s.get_ref()),
+                )
+            })
+        };
+        let port = |p: &Spanned<i64>| {
+            u16::try_from(*p.get_ref()).ok().filter(|p| *p > 0).ok_or((
+                p.span().start,
+                format!(
+                    "test {name:?}: port {} is out of range (1 to 65535)",
+                    p.get_ref()
+                ),
+            ))
+        };
         let query = (|| {
             Ok::<_, (usize, String)>(Query {
                 proto: t.proto.get_ref().clone(),
@@ -53,7 +70,9 @@ pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagno
                 format!(
                     "test {name:?} fails: expected {expect}, got {} (decided by {}; {})",
                     e.verdict,
-                    e.rule.as_deref().map_or("no rule".to_string(), |r| format!("rule {r:?}")),
+                    e.rule
+                        .as_deref()
+                        .map_or("no rule".to_string(), |r| format!("rule {r:?}")),
                     e.text
                 ),
             ),
@@ -96,8 +115,14 @@ allow_cgroups = ["/system.slice/api.service"]
     #[test]
     fn bad_test_values_are_located() {
         let text = format!("{POLICY}\n[[test]]\nname = \"t\"\nproto = \"tcp\"\nsrc = \"nope\"\ndport = 5432\nexpect = \"allow\"\n");
-        assert!(parse_str(Path::new("p.toml"), &text).unwrap_err().to_string().contains("p.toml:12:7: error: test \"t\": \"nope\" is not an IP address"));
+        assert!(parse_str(Path::new("p.toml"), &text)
+            .unwrap_err()
+            .to_string()
+            .contains("p.toml:12:7: error: test \"t\": \"nope\" is not an IP address"));
         let text = format!("{POLICY}\n[[test]]\nname = \"t\"\nproto = \"tcp\"\nsrc = \"10.0.0.1\"\ndport = 5432\nexpect = \"maybe\"\n");
-        assert!(parse_str(Path::new("p.toml"), &text).unwrap_err().to_string().contains("expect must be"));
+        assert!(parse_str(Path::new("p.toml"), &text)
+            .unwrap_err()
+            .to_string()
+            .contains("expect must be"));
     }
 }

@@ -8,9 +8,7 @@ use std::{
 
 use enforcer_common::{
     consts::{MAX_CGROUP_LEVEL, MAX_RULES},
-    model::{
-        policy::cgroup_level, Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy,
-    },
+    model::{policy::cgroup_level, Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy},
 };
 use toml::Spanned;
 
@@ -118,7 +116,9 @@ impl Policy {
             }
         }
         for (i, entry) in extra {
-            let Some(rule) = p.verdict.rules.get_mut(*i) else { continue };
+            let Some(rule) = p.verdict.rules.get_mut(*i) else {
+                continue;
+            };
             match entry {
                 Entry::From(s) => {
                     if let Ok(prefix) = parse_prefix(s) {
@@ -139,7 +139,11 @@ impl Policy {
 
     /// The next time an expiring entry lapses, after `now_unix`.
     pub fn next_expiry(&self, now_unix: u64) -> Option<u64> {
-        self.expiring.iter().map(|e| e.expires_unix).filter(|t| *t > now_unix).min()
+        self.expiring
+            .iter()
+            .map(|e| e.expires_unix)
+            .filter(|t| *t > now_unix)
+            .min()
     }
 }
 
@@ -166,7 +170,12 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
             diagnostics: vec![loc.at(offset, Severity::Error, e.message().trim().to_string())],
         }
     })?;
-    let mut v = Validator { loc: &loc, errors: Vec::new(), expiring: Vec::new(), rule_index: 0 };
+    let mut v = Validator {
+        loc: &loc,
+        errors: Vec::new(),
+        expiring: Vec::new(),
+        rule_index: 0,
+    };
     let tests = std::mem::take(&mut file.tests);
     let mut policy = v.policy(path, text, file);
     policy.tests = tests.len();
@@ -177,7 +186,9 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     if v.errors.is_empty() {
         Ok(policy)
     } else {
-        Err(PolicyError { diagnostics: v.errors })
+        Err(PolicyError {
+            diagnostics: v.errors,
+        })
     }
 }
 
@@ -190,27 +201,35 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
-        self.errors.push(self.loc.at(at.span().start, Severity::Error, message));
+        self.errors
+            .push(self.loc.at(at.span().start, Severity::Error, message));
     }
 
     fn policy(&mut self, path: &Path, text: &str, file: PolicyFile) -> Policy {
         let mode = file.mode.as_ref().map_or(Mode::Enforce, |m| self.mode(m));
         let xdp_mode = match &file.attach.xdp_mode {
             None => XdpModeSetting::Auto,
-            Some(m) => match m.get_ref().as_str() {
-                "auto" => XdpModeSetting::Auto,
-                "native" => XdpModeSetting::Native,
-                "generic" => XdpModeSetting::Generic,
-                other => {
-                    self.error(m, format!("xdp_mode must be \"auto\", \"native\" or \"generic\", not {other:?}"));
-                    XdpModeSetting::Auto
+            Some(m) => {
+                match m.get_ref().as_str() {
+                    "auto" => XdpModeSetting::Auto,
+                    "native" => XdpModeSetting::Native,
+                    "generic" => XdpModeSetting::Generic,
+                    other => {
+                        self.error(m, format!("xdp_mode must be \"auto\", \"native\" or \"generic\", not {other:?}"));
+                        XdpModeSetting::Auto
+                    }
                 }
-            },
+            }
         };
         let mut interfaces = Vec::new();
         for i in &file.attach.interfaces {
             let name = i.get_ref();
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\t', '\n', ':']) || name == "." || name == ".." {
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', ' ', '\t', '\n', ':'])
+                || name == "."
+                || name == ".."
+            {
                 self.error(i, format!("{name:?} is not a valid interface name or pattern (1 to 15 characters, no '/', ':' or spaces; '*' and '?' match)"));
             } else if interfaces.contains(name) {
                 self.error(i, format!("interface {name:?} is listed twice"));
@@ -223,25 +242,52 @@ impl Validator<'_> {
             Some(c) => self.cgroup_path(c).unwrap_or_default(),
         };
         let failsafe = match &file.failsafe {
-            None => vec![(Protocol::Tcp, PortRange { first: 22, last: 22 })],
-            Some(f) => f.ports.get_ref().iter().filter_map(|p| self.failsafe_port(p)).collect(),
+            None => vec![(
+                Protocol::Tcp,
+                PortRange {
+                    first: 22,
+                    last: 22,
+                },
+            )],
+            Some(f) => f
+                .ports
+                .get_ref()
+                .iter()
+                .filter_map(|p| self.failsafe_port(p))
+                .collect(),
         };
         if file.rules.len() > MAX_RULES as usize {
-            self.errors.push(self.loc.at(0, Severity::Error, format!(
-                "{} rules; at most {MAX_RULES} are supported", file.rules.len())));
+            self.errors.push(self.loc.at(
+                0,
+                Severity::Error,
+                format!(
+                    "{} rules; at most {MAX_RULES} are supported",
+                    file.rules.len()
+                ),
+            ));
         }
         let rate = |v: &mut Self, r: &Option<Spanned<i64>>, default: u32| match r {
             None => default,
             Some(x) if (0..=10_000_000).contains(x.get_ref()) => *x.get_ref() as u32,
             Some(x) => {
-                v.error(x, format!("{} is not a rate (0 to 10000000 events per second; 0 for no limit)", x.get_ref()));
+                v.error(
+                    x,
+                    format!(
+                        "{} is not a rate (0 to 10000000 events per second; 0 for no limit)",
+                        x.get_ref()
+                    ),
+                );
                 default
             }
         };
         let per_rule = rate(self, &file.audit.rate_per_rule, 1000);
         let global = rate(self, &file.audit.rate_global, 20_000);
         let burst = rate(self, &file.audit.burst, per_rule.max(1));
-        let rates = Rates { per_rule, global, burst: burst.max(1) };
+        let rates = Rates {
+            per_rule,
+            global,
+            burst: burst.max(1),
+        };
         let mut names = HashSet::new();
         let rules = file
             .rules
@@ -249,7 +295,13 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, r)| {
                 if !names.insert(r.name.get_ref().clone()) {
-                    self.error(&r.name, format!("a rule named {:?} already exists; rule names must be unique", r.name.get_ref()));
+                    self.error(
+                        &r.name,
+                        format!(
+                            "a rule named {:?} already exists; rule names must be unique",
+                            r.name.get_ref()
+                        ),
+                    );
                 }
                 self.rule_index = i;
                 self.rule(r, mode)
@@ -257,25 +309,57 @@ impl Validator<'_> {
             .collect();
         let at = |offset: usize| {
             let d = self.loc.at(offset, Severity::Warning, "");
-            Loc { line: d.line, col: d.col }
+            Loc {
+                line: d.line,
+                col: d.col,
+            }
         };
         let locations = Locations {
             rules: file.rules.iter().map(|r| at(r.name.span().start)).collect(),
-            allow_from: file.rules.iter().map(|r| r.allow_from.iter().map(|a| at(a.span().start)).collect()).collect(),
-            allow_cgroups: file.rules.iter().map(|r| r.allow_cgroups.iter().map(|a| at(a.span().start)).collect()).collect(),
-            ports: file.rules.iter().map(|r| at(r.ports.span().start)).collect(),
-            interfaces: file.attach.interfaces.iter().map(|i| at(i.span().start)).collect(),
-            cgroup: file.attach.cgroup.as_ref().map_or(Loc { line: 1, col: 1 }, |c| at(c.span().start)),
+            allow_from: file
+                .rules
+                .iter()
+                .map(|r| r.allow_from.iter().map(|a| at(a.span().start)).collect())
+                .collect(),
+            allow_cgroups: file
+                .rules
+                .iter()
+                .map(|r| r.allow_cgroups.iter().map(|a| at(a.span().start)).collect())
+                .collect(),
+            ports: file
+                .rules
+                .iter()
+                .map(|r| at(r.ports.span().start))
+                .collect(),
+            interfaces: file
+                .attach
+                .interfaces
+                .iter()
+                .map(|i| at(i.span().start))
+                .collect(),
+            cgroup: file
+                .attach
+                .cgroup
+                .as_ref()
+                .map_or(Loc { line: 1, col: 1 }, |c| at(c.span().start)),
             failsafe: file.failsafe.as_ref().map(|f| at(f.ports.span().start)),
         };
         Policy {
             path: path.to_path_buf(),
             locations,
             hash: sha256_hex(text.as_bytes()),
-            attach: Attach { interfaces, xdp_mode, cgroup },
+            attach: Attach {
+                interfaces,
+                xdp_mode,
+                cgroup,
+            },
             report_allowed: file.audit.allowed,
             rates,
-            verdict: VerdictPolicy { mode, rules, failsafe },
+            verdict: VerdictPolicy {
+                mode,
+                rules,
+                failsafe,
+            },
             tests: 0,
             expiring: std::mem::take(&mut self.expiring),
         }
@@ -286,7 +370,10 @@ impl Validator<'_> {
             "enforce" => Mode::Enforce,
             "audit" => Mode::Audit,
             other => {
-                self.error(m, format!("mode must be \"enforce\" or \"audit\", not {other:?}"));
+                self.error(
+                    m,
+                    format!("mode must be \"enforce\" or \"audit\", not {other:?}"),
+                );
                 Mode::Enforce
             }
         }
@@ -298,7 +385,10 @@ impl Validator<'_> {
             "udp" => Some(Protocol::Udp),
             "any" => Some(Protocol::Any),
             other => {
-                self.error(p, format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"));
+                self.error(
+                    p,
+                    format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"),
+                );
                 None
             }
         }
@@ -306,18 +396,35 @@ impl Validator<'_> {
 
     fn rule(&mut self, r: &RuleFile, global: Mode) -> Rule {
         let name = r.name.get_ref();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             self.error(&r.name, format!("rule name {name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"));
         }
-        let protocol = r.protocol.as_ref().map_or(Some(Protocol::Any), |p| self.protocol(p)).unwrap_or(Protocol::Any);
+        let protocol = r
+            .protocol
+            .as_ref()
+            .map_or(Some(Protocol::Any), |p| self.protocol(p))
+            .unwrap_or(Protocol::Any);
         if r.ports.get_ref().is_empty() {
             self.error(&r.ports, format!("rule {name:?} lists no ports"));
         }
-        let ports = r.ports.get_ref().iter().filter_map(|p| self.port(p)).collect();
+        let ports = r
+            .ports
+            .get_ref()
+            .iter()
+            .filter_map(|p| self.port(p))
+            .collect();
         let mut allow_from = Vec::new();
         for p in &r.allow_from {
-            let Some((text, expires)) = self.entry(p, "from") else { continue };
-            let Some(prefix) = self.prefix(&text) else { continue };
+            let Some((text, expires)) = self.entry(p, "from") else {
+                continue;
+            };
+            let Some(prefix) = self.prefix(&text) else {
+                continue;
+            };
             if let Some(t) = expires {
                 self.expire(Entry::From(prefix.to_string()), t, p.span().start);
             }
@@ -325,7 +432,9 @@ impl Validator<'_> {
         }
         let mut allow_cgroups: Vec<String> = Vec::new();
         for c in &r.allow_cgroups {
-            let Some((text, expires)) = self.entry(c, "cgroup") else { continue };
+            let Some((text, expires)) = self.entry(c, "cgroup") else {
+                continue;
+            };
             if let Some(path) = self.cgroup_path(&text) {
                 if let Some(t) = expires {
                     self.expire(Entry::Cgroup(path.clone()), t, c.span().start);
@@ -336,11 +445,22 @@ impl Validator<'_> {
             }
         }
         let mode = r.mode.as_ref().map_or(global, |m| self.mode(m));
-        Rule { name: name.clone(), protocol, ports, allow_from, allow_cgroups, mode }
+        Rule {
+            name: name.clone(),
+            protocol,
+            ports,
+            allow_from,
+            allow_cgroups,
+            mode,
+        }
     }
 
     /// An allow entry: "TEXT", or { KEY = "TEXT", expires = "RFC 3339" }.
-    fn entry(&mut self, v: &Spanned<toml::Value>, key: &str) -> Option<(Spanned<String>, Option<u64>)> {
+    fn entry(
+        &mut self,
+        v: &Spanned<toml::Value>,
+        key: &str,
+    ) -> Option<(Spanned<String>, Option<u64>)> {
         let spanned = |s: &str| Spanned::new(v.span(), s.to_string());
         match v.get_ref() {
             toml::Value::String(s) => Some((spanned(s), None)),
@@ -362,7 +482,10 @@ impl Validator<'_> {
                             _ => String::new(),
                         };
                         match humantime::parse_rfc3339_weak(&text_time) {
-                            Ok(t) => Some(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())),
+                            Ok(t) => Some(
+                                t.duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_secs()),
+                            ),
                             Err(_) => {
                                 self.error(v, format!("expires must be an RFC 3339 time like \"2026-12-01T00:00:00Z\", not {e}"));
                                 return None;
@@ -381,14 +504,27 @@ impl Validator<'_> {
 
     fn expire(&mut self, entry: Entry, expires_unix: u64, offset: usize) {
         let d = self.loc.at(offset, Severity::Warning, "");
-        self.expiring.push(Expiring { rule: self.rule_index, entry, expires_unix, at: Loc { line: d.line, col: d.col } });
+        self.expiring.push(Expiring {
+            rule: self.rule_index,
+            entry,
+            expires_unix,
+            at: Loc {
+                line: d.line,
+                col: d.col,
+            },
+        });
     }
 
     fn port(&mut self, p: &Spanned<toml::Value>) -> Option<PortRange> {
         let parsed = match p.get_ref() {
-            toml::Value::Integer(n) => parse_port_number(*n).map(|n| PortRange { first: n, last: n }),
+            toml::Value::Integer(n) => {
+                parse_port_number(*n).map(|n| PortRange { first: n, last: n })
+            }
             toml::Value::String(s) => parse_port_range(s),
-            other => Err(format!("a port is a number or a \"first-last\" string, not {}", other.type_str())),
+            other => Err(format!(
+                "a port is a number or a \"first-last\" string, not {}",
+                other.type_str()
+            )),
         };
         parsed.map_err(|e| self.error(p, e)).ok()
     }
@@ -404,11 +540,17 @@ impl Validator<'_> {
             "udp" => Protocol::Udp,
             "any" => Protocol::Any,
             other => {
-                self.error(p, format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"));
+                self.error(
+                    p,
+                    format!("protocol must be \"tcp\", \"udp\" or \"any\", not {other:?}"),
+                );
                 return None;
             }
         };
-        parse_port_range(ports).map_err(|e| self.error(p, e)).ok().map(|r| (proto, r))
+        parse_port_range(ports)
+            .map_err(|e| self.error(p, e))
+            .ok()
+            .map(|r| (proto, r))
     }
 
     fn prefix(&mut self, p: &Spanned<String>) -> Option<Prefix> {
@@ -437,7 +579,9 @@ fn parse_port_number(n: i64) -> Result<u16, String> {
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
     let num = |t: &str| -> Result<u16, String> {
         let t = t.trim();
-        let n: i64 = t.parse().map_err(|_| format!("{t:?} is not a port number"))?;
+        let n: i64 = t
+            .parse()
+            .map_err(|_| format!("{t:?} is not a port number"))?;
         parse_port_number(n)
     };
     match s.split_once('-') {
@@ -445,7 +589,9 @@ fn parse_port_range(s: &str) -> Result<PortRange, String> {
         Some((a, b)) => {
             let (first, last) = (num(a)?, num(b)?);
             if first > last {
-                Err(format!("port range {s:?} runs backwards; write \"{last}-{first}\""))
+                Err(format!(
+                    "port range {s:?} runs backwards; write \"{last}-{first}\""
+                ))
             } else {
                 Ok(PortRange { first, last })
             }
@@ -460,11 +606,18 @@ pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
-    let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address or prefix"))?;
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address or prefix"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
-        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
             .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
     };
     let prefix = Prefix { addr, len };
@@ -483,11 +636,19 @@ pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
 fn mask(p: Prefix) -> IpAddr {
     match p.addr {
         IpAddr::V4(a) => {
-            let m = if p.len == 0 { 0 } else { u32::MAX << (32 - p.len as u32) };
+            let m = if p.len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - p.len as u32)
+            };
             IpAddr::V4((u32::from(a) & m).into())
         }
         IpAddr::V6(a) => {
-            let m = if p.len == 0 { 0 } else { u128::MAX << (128 - p.len as u32) };
+            let m = if p.len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - p.len as u32)
+            };
             IpAddr::V6((u128::from(a) & m).into())
         }
     }
@@ -497,14 +658,23 @@ fn mask(p: Prefix) -> IpAddr {
 /// components, no trailing slash.
 pub fn normalize_cgroup(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
-        return Err(format!("cgroup path {s:?} must start with '/' (as in /proc/PID/cgroup)"));
+        return Err(format!(
+            "cgroup path {s:?} must start with '/' (as in /proc/PID/cgroup)"
+        ));
     }
     let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.iter().any(|p| *p == "." || *p == ".." || p.contains('\0')) {
-        return Err(format!("cgroup path {s:?} must not contain \".\" or \"..\""));
+    if parts
+        .iter()
+        .any(|p| *p == "." || *p == ".." || p.contains('\0'))
+    {
+        return Err(format!(
+            "cgroup path {s:?} must not contain \".\" or \"..\""
+        ));
     }
     if parts.len() > MAX_CGROUP_LEVEL as usize {
-        return Err(format!("cgroup path {s:?} is deeper than {MAX_CGROUP_LEVEL} levels"));
+        return Err(format!(
+            "cgroup path {s:?} is deeper than {MAX_CGROUP_LEVEL} levels"
+        ));
     }
     let path = format!("/{}", parts.join("/"));
     debug_assert!(cgroup_level(&path) == parts.len());
@@ -513,7 +683,10 @@ pub fn normalize_cgroup(s: &str) -> Result<String, String> {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -547,24 +720,51 @@ allow_cgroups = ["/system.slice/api.service"]
         let p = parse(GOOD).expect("valid");
         assert_eq!(p.attach.interfaces, vec!["eth0"]);
         let r = &p.verdict.rules[0];
-        assert_eq!(r.ports, vec![PortRange { first: 5432, last: 5432 }, PortRange { first: 6000, last: 6010 }]);
+        assert_eq!(
+            r.ports,
+            vec![
+                PortRange {
+                    first: 5432,
+                    last: 5432
+                },
+                PortRange {
+                    first: 6000,
+                    last: 6010
+                }
+            ]
+        );
         assert_eq!(r.allow_from.len(), 2);
         assert_eq!(r.allow_cgroups, vec!["/system.slice/api.service"]);
-        assert_eq!(p.verdict.failsafe, vec![(Protocol::Tcp, PortRange { first: 22, last: 22 })]);
+        assert_eq!(
+            p.verdict.failsafe,
+            vec![(
+                Protocol::Tcp,
+                PortRange {
+                    first: 22,
+                    last: 22
+                }
+            )]
+        );
         assert_eq!(p.hash.len(), 64);
     }
 
     #[test]
     fn errors_name_file_line_and_column() {
         let text = "[[rule]]\nname = \"x\"\nports = [70000]\n";
-        assert_eq!(first_error(text), "p.toml:3:10: error: port 70000 is out of range (1 to 65535)");
+        assert_eq!(
+            first_error(text),
+            "p.toml:3:10: error: port 70000 is out of range (1 to 65535)"
+        );
     }
 
     #[test]
     fn syntax_errors_and_unknown_keys_are_located() {
         assert!(first_error("mode = \n").starts_with("p.toml:1:"));
         let e = first_error("[[rule]]\nname = \"x\"\nports = [1]\nallow_form = []\n");
-        assert!(e.starts_with("p.toml:4:1: error: unknown field `allow_form`"), "{e}");
+        assert!(
+            e.starts_with("p.toml:4:1: error: unknown field `allow_form`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -574,17 +774,41 @@ allow_cgroups = ["/system.slice/api.service"]
             ("[attach]\nxdp_mode = \"fast\"", "xdp_mode must be"),
             ("[attach]\ncgroup = \"system.slice\"", "must start with '/'"),
             ("[attach]\ncgroup = \"/a/../b\"", "must not contain"),
-            ("[[rule]]\nname = \"x\"\nports = [\"10-5\"]", "runs backwards"),
+            (
+                "[[rule]]\nname = \"x\"\nports = [\"10-5\"]",
+                "runs backwards",
+            ),
             ("[[rule]]\nname = \"x\"\nports = [0]", "out of range"),
             ("[[rule]]\nname = \"x\"\nports = []", "lists no ports"),
-            ("[[rule]]\nname = \"x\"\nports = [1.5]", "a port is a number"),
-            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.1/8\"]", "host bits set; write \"10.0.0.0/8\""),
-            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.0/33\"]", "prefix length must be 0 to 32"),
-            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"banana\"]", "not an IPv4 or IPv6"),
-            ("[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"::ffff:10.0.0.0/104\"]", "IPv4-mapped"),
-            ("[[rule]]\nname = \"x\"\nprotocol = \"sctp\"\nports = [1]", "protocol must be"),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1.5]",
+                "a port is a number",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.1/8\"]",
+                "host bits set; write \"10.0.0.0/8\"",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"10.0.0.0/33\"]",
+                "prefix length must be 0 to 32",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"banana\"]",
+                "not an IPv4 or IPv6",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1]\nallow_from = [\"::ffff:10.0.0.0/104\"]",
+                "IPv4-mapped",
+            ),
+            (
+                "[[rule]]\nname = \"x\"\nprotocol = \"sctp\"\nports = [1]",
+                "protocol must be",
+            ),
             ("[[rule]]\nname = \"x y\"\nports = [1]", "must be non-empty"),
-            ("[[rule]]\nname = \"x\"\nports = [1]\n[[rule]]\nname = \"x\"\nports = [2]", "already exists"),
+            (
+                "[[rule]]\nname = \"x\"\nports = [1]\n[[rule]]\nname = \"x\"\nports = [2]",
+                "already exists",
+            ),
             ("[failsafe]\nports = [\"22\"]", "PROTOCOL/PORT"),
             ("[[rule]]\nname = \"x\"", "missing field `ports`"),
         ];

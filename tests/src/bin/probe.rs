@@ -16,7 +16,13 @@ fn outcome(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EPERM) => "eperm".into(),
         Some(libc::ECONNREFUSED) => "refused".into(),
-        _ if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => "timeout".into(),
+        _ if matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) =>
+        {
+            "timeout".into()
+        }
         _ => format!("error: {e}"),
     }
 }
@@ -44,7 +50,11 @@ fn main() {
             Err(e) => say(&outcome(&e)),
         },
         "udp-send" => {
-            let bind: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let bind: SocketAddr = if ip.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
             let s = UdpSocket::bind(bind).expect("bind");
             s.set_read_timeout(Some(timeout)).expect("timeout");
             match s.send_to(b"probe", sa) {
@@ -63,7 +73,10 @@ fn main() {
             say("listening");
             for c in l.incoming() {
                 match c {
-                    Ok(c) => say(&format!("accepted {}", c.peer_addr().map(|a| a.to_string()).unwrap_or_default())),
+                    Ok(c) => say(&format!(
+                        "accepted {}",
+                        c.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+                    )),
                     Err(e) => say(&format!("error: {e}")),
                 }
             }
