@@ -13,7 +13,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use enforcer::{
     kernel::{writer::Writer, Loaded},
-    policy::{compile, Policy},
+    policy::{compile_after, Compiled, Policy},
 };
 
 use crate::{
@@ -81,20 +81,23 @@ fn policy_of(n: usize) -> (Vec<Vec<(Ipv4Addr, u8)>>, Vec<u16>) {
     (rules, ports)
 }
 
-/// Compile + write, timed per phase (ms), with the entries written and removed.
+/// Compile + write, timed per phase (ms), with the entries written and removed. Compiles
+/// as the daemon does: after the previous policy, so its port groups keep their ids.
 fn apply(
     writer: &mut Writer,
     loaded: &mut Loaded,
     policy: &Policy,
     generation: u64,
+    previous: &mut Option<Compiled>,
 ) -> anyhow::Result<serde_json::Value> {
     // The writer waits out a 20 ms grace period after its last flip; keep it out of the timing.
     std::thread::sleep(Duration::from_millis(25));
     let t1 = Instant::now();
-    let compiled = compile(policy).map_err(|e| anyhow!("compile: {e}"))?;
+    let compiled = compile_after(policy, previous.as_ref()).map_err(|e| anyhow!("compile: {e}"))?;
     let t2 = Instant::now();
     let stats = writer.apply(&mut loaded.maps, &compiled, &BTreeMap::new(), generation)?;
     let t3 = Instant::now();
+    *previous = Some(compiled);
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(serde_json::json!({
         "compile_ms": ms(t1, t2),
@@ -143,11 +146,12 @@ pub fn child(n: usize) -> anyhow::Result<()> {
     let (rules, mut ports) = policy_of(n);
     let policy = policy_built(&rules, &ports)?;
     let mut w = Writer::new();
+    let mut prev = None;
     // 1: the first apply, into empty maps. 2: a reload of the same policy, which fills the
     // other (still empty) slot. 3: the same again: steady state, both slots hold it.
-    let first = apply(&mut w, &mut loaded, &policy, 1)?;
-    let second = apply(&mut w, &mut loaded, &policy, 2)?;
-    let steady = apply(&mut w, &mut loaded, &policy, 3)?;
+    let first = apply(&mut w, &mut loaded, &policy, 1, &mut prev)?;
+    let second = apply(&mut w, &mut loaded, &policy, 2, &mut prev)?;
+    let steady = apply(&mut w, &mut loaded, &policy, 3, &mut prev)?;
     let mut out = serde_json::json!({
         "n": n,
         "load_ms": load_ms,
@@ -166,11 +170,11 @@ pub fn child(n: usize) -> anyhow::Result<()> {
             .find(|p| !taken.contains(p))
             .context("a fresh prefix")?;
         changed[mid][0] = pick;
-        let one_prefix = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 4)?;
-        apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 5)?;
+        let one_prefix = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 4, &mut prev)?;
+        apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 5, &mut prev)?;
         // One rule's port moved (its 1,000 prefixes belong to another port group now).
         ports[mid] = 30000;
-        let one_rule = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 6)?;
+        let one_rule = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 6, &mut prev)?;
         out["one_prefix"] = one_prefix;
         out["one_rule_port"] = one_rule;
     }

@@ -59,7 +59,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Removed however this function ends (a refused start leaves no stale socket).
     let _socket = SocketFile(opts.socket.clone());
     let pins = PinDir::open(&opts.pin_dir)?;
-    let mut loaded = Loaded::load_pinned(pins)?;
+    let fresh = !pins.has_maps();
+    let mut loaded = match Loaded::load_pinned(pins) {
+        Ok(l) => l,
+        Err(e) => {
+            // What this attempt pinned goes; an earlier daemon's state (still enforcing)
+            // is never touched here.
+            if fresh {
+                let _ = pins::remove_all(&opts.pin_dir);
+            }
+            return Err(e);
+        }
+    };
     if let Some((_, generation)) = loaded.adopted {
         info!(generation, pin_dir = %opts.pin_dir.display(), "adopted the pinned programs and policy of an earlier daemon");
     }
