@@ -89,7 +89,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
     let stats = Arc::new(audit::Stats::default());
-    let mut st = State::start(
+    let started = State::start(
         loaded,
         policy,
         grants,
@@ -97,7 +97,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.config.clone(),
         audit_tx,
         stats.clone(),
-    )?;
+    );
+    let mut st = match started {
+        Ok(st) => st,
+        Err(e) => {
+            if fresh {
+                let _ = pins::remove_all(&opts.pin_dir);
+            }
+            return Err(e);
+        }
+    };
     let mut enricher = Enricher::new(Some(cgroup_mount));
     // Names first: the pinned ring buffer may hold an earlier daemon's events.
     for (generation, names) in history::load(&opts.state_dir) {
