@@ -170,11 +170,29 @@ pub fn child(n: usize) -> anyhow::Result<()> {
             .find(|p| !taken.contains(p))
             .context("a fresh prefix")?;
         changed[mid][0] = pick;
-        let one_prefix = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 4, &mut prev)?;
-        apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 5, &mut prev)?;
+        let one_prefix = apply(
+            &mut w,
+            &mut loaded,
+            &policy_built(&changed, &ports)?,
+            4,
+            &mut prev,
+        )?;
+        apply(
+            &mut w,
+            &mut loaded,
+            &policy_built(&changed, &ports)?,
+            5,
+            &mut prev,
+        )?;
         // One rule's port moved (its 1,000 prefixes belong to another port group now).
         ports[mid] = 30000;
-        let one_rule = apply(&mut w, &mut loaded, &policy_built(&changed, &ports)?, 6, &mut prev)?;
+        let one_rule = apply(
+            &mut w,
+            &mut loaded,
+            &policy_built(&changed, &ports)?,
+            6,
+            &mut prev,
+        )?;
         out["one_prefix"] = one_prefix;
         out["one_rule_port"] = one_rule;
     }
