@@ -242,6 +242,20 @@ impl Daemon {
         )
     }
 
+    /// `enforcer status --json` of this daemon.
+    pub fn status(&self) -> Value {
+        let (ok, out, err) = self.cli(&["status", "--json"]);
+        assert!(ok, "enforcer status: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
+    }
+
+    /// The generation of the policy in force, from `status`.
+    pub fn generation(&self) -> u64 {
+        self.status()["policy"]["generation"]
+            .as_u64()
+            .expect("generation")
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }

@@ -22,6 +22,18 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// Ends a test early, saying so, when it does not run as root (`cargo xtask test` refuses
+/// to run without root, so under it every test runs).
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
+            return;
+        }
+    };
+}
+
 /// Whether this process may do what the tests need (root).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -31,7 +31,6 @@ use testbed::{
         now_ns, parse_rfc3339_utc_ns, rule_status, status_json, udp_once, udp_send, ControlConn,
         Tail,
     },
-    is_root,
     net::{Cgroup, NetNs, Veth},
 };
 
@@ -40,14 +39,7 @@ const PORT_N: u64 = 7000;
 const PROBE_MS: &str = "1000";
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 /// Fields drop in order: cgroups first (their processes are killed), then namespaces.
 struct Bed {

@@ -14,19 +14,12 @@ use std::{
 use serde_json::Value;
 use testbed::{
     daemon::{place, TempDir},
-    enforcer_bin, is_root,
+    enforcer_bin,
     net::{Cgroup, NetNs},
     unique,
 };
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, cgroups)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 struct Out {
     code: i32,

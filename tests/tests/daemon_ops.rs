@@ -32,7 +32,6 @@ use testbed::{
         http_get, numbered_stream, parse_rfc3339_utc_ns, rule_status, status_json, udp_once,
         udp_send, ControlConn, StopOnDrop,
     },
-    is_root,
     net::{Cgroup, NetNs, Veth},
 };
 
@@ -41,14 +40,7 @@ const PORT_N: u64 = 7000;
 const PROBE_MS: &str = "800";
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 struct Bed {
     allowed: Cgroup,

@@ -24,7 +24,6 @@ use std::{
 use serde_json::Value;
 use testbed::{
     daemon::{probe, Daemon, Probe},
-    is_root,
     net::{Cgroup, NetNs, Veth},
 };
 
@@ -40,14 +39,7 @@ const AT_ONCE: Duration = Duration::from_millis(1000);
 /// How long an event may take to reach the audit stream.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 /// The namespaces, veths and cgroups of one test. Fields drop in order: cgroups first
 /// (their processes are killed), then the namespaces (taking the veths with them).

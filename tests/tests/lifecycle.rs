@@ -15,36 +15,16 @@ use serde_json::Value;
 use testbed::{
     bed::{check, checked_hash, Bed, A4, A6, HOST_A4, HOST_A6, HOST_R4, HOST_R6, R4, R6},
     daemon::Daemon,
-    is_root,
     traffic::{count_from, Flow, Pinger},
 };
 
 const PORT: u16 = 7000;
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("address"), port)
-}
-
-fn status(d: &Daemon) -> Value {
-    let (ok, out, err) = d.cli(&["status", "--json"]);
-    assert!(ok, "enforcer status: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-fn generation(d: &Daemon) -> u64 {
-    status(d)["policy"]["generation"]
-        .as_u64()
-        .expect("generation")
 }
 
 fn is_policy(v: &Value, action: &str) -> bool {
@@ -131,7 +111,7 @@ fn reloads_under_traffic_drop_nothing_allowed_and_pass_nothing_refused() {
     let bed = Bed::new();
     let l = bed.listen("udp-listen", PORT);
     let mut d = Daemon::start(&bed.host, &variant(&bed, 0));
-    let gen0 = generation(&d);
+    let gen0 = d.generation();
 
     let every = Duration::from_millis(2);
     let (max, max_time) = (30_000, Duration::from_secs(40));
@@ -185,7 +165,7 @@ fn reloads_under_traffic_drop_nothing_allowed_and_pass_nothing_refused() {
     let reload_time = started.elapsed();
     // Some traffic after the last reload, too.
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(generation(&d), gen0 + RELOADS as u64);
+    assert_eq!(d.generation(), gen0 + RELOADS as u64);
 
     let reports: Vec<_> = flows
         .into_iter()
@@ -257,7 +237,7 @@ fn bad_policies_are_refused_and_the_policy_in_force_stays() {
     let _l = bed.listen("udp-listen", PORT);
     let good = bed.policy("", &format!("[[rule]]\nname = \"svc\"\nprotocol = \"udp\"\nports = [{PORT}]\nallow_from = [\"10.1.0.0/24\"]\n"));
     let mut d = Daemon::start(&bed.host, &good);
-    let before = status(&d)["policy"].clone();
+    let before = d.status()["policy"].clone();
     let gen = before["generation"].as_u64().expect("generation");
     let mut from_a = Pinger::new(&bed.a, sa(HOST_A4, PORT));
     let mut from_r = Pinger::new(&bed.r, sa(HOST_R4, PORT));
@@ -354,7 +334,7 @@ fn bad_policies_are_refused_and_the_policy_in_force_stays() {
         );
     }
     // Still the same policy, still enforcing.
-    let after = status(&d)["policy"].clone();
+    let after = d.status()["policy"].clone();
     assert_eq!(after["generation"], before["generation"]);
     assert_eq!(after["hash"], before["hash"]);
     assert!(
@@ -384,7 +364,7 @@ fn a_cgroup_created_later_and_recreated_keeps_its_rule() {
     let d = Daemon::start(&bed.host, &policy);
     let missing = format!("cgroup {later_path} does not exist yet");
     let warned = |d: &Daemon| {
-        status(d)["warnings"]
+        d.status()["warnings"]
             .as_array()
             .expect("warnings")
             .iter()
@@ -393,7 +373,7 @@ fn a_cgroup_created_later_and_recreated_keeps_its_rule() {
     assert!(
         warned(&d),
         "no warning about the missing cgroup: {}",
-        status(&d)
+        d.status()
     );
     assert_eq!(
         bed.tcp(&bed.host, Some(&bed.refused), "127.0.0.1", PORT, 500),
@@ -418,7 +398,7 @@ fn a_cgroup_created_later_and_recreated_keeps_its_rule() {
             took < Duration::from_secs(2),
             "{round}: the rule took {took:?} to apply"
         );
-        assert!(!warned(&d), "{round}: still warned: {}", status(&d));
+        assert!(!warned(&d), "{round}: still warned: {}", d.status());
         // Only that cgroup: its sibling is still refused, over IPv6 too.
         assert_eq!(
             bed.tcp(&bed.host, Some(&later), "::1", PORT, 500),
@@ -436,7 +416,7 @@ fn a_cgroup_created_later_and_recreated_keeps_its_rule() {
         assert!(
             until(Duration::from_secs(3), true, || warned(&d)).is_some(),
             "the removal was not noticed: {}",
-            status(&d)
+            d.status()
         );
     }
 }
@@ -472,7 +452,7 @@ fn the_failsafe_keeps_ssh_reachable_unless_removed() {
         "eperm"
     );
 
-    let gen = generation(&d);
+    let gen = d.generation();
     d.reload(&bed.policy("", &format!("[failsafe]\nports = []\n\n{rule}")));
     wait_policy(&mut d, "applied", gen + 1);
     for dst in [HOST_R4, HOST_R6] {
@@ -504,13 +484,13 @@ fn confirm_within_rolls_back_unless_confirmed() {
     let closed = bed.policy("", &format!("[[rule]]\nname = \"svc\"\nprotocol = \"udp\"\nports = [{PORT}]\nallow_from = [\"10.1.0.0/24\"]\n"));
     let open = bed.policy("", &format!("[[rule]]\nname = \"svc\"\nprotocol = \"udp\"\nports = [{PORT}]\nallow_from = [\"10.1.0.0/24\", \"10.2.0.0/24\"]\n"));
     let mut d = Daemon::start(&bed.host, &closed);
-    let closed_hash = status(&d)["policy"]["hash"].clone();
+    let closed_hash = d.status()["policy"]["hash"].clone();
     let mut from_r = Pinger::new(&bed.r, sa(HOST_R4, PORT));
     let mut from_a = Pinger::new(&bed.a, sa(HOST_A4, PORT));
     assert!(!reaches(&mut from_r, sa(HOST_R4, PORT)));
 
     // Not confirmed: rolled back.
-    let gen = generation(&d);
+    let gen = d.generation();
     std::fs::write(&d.policy_path, &open).expect("write policy");
     let (ok, out, err) = d.cli(&["reload", "--confirm-within", "2s"]);
     let reloaded = Instant::now();
@@ -518,7 +498,7 @@ fn confirm_within_rolls_back_unless_confirmed() {
     assert!(out.contains("enforcer confirm"), "{out}");
     let ev = wait_policy(&mut d, "applied-pending-confirmation", gen + 1);
     assert_ne!(ev["hash"], closed_hash);
-    assert!(status(&d)["policy"]["confirm_by"].is_string());
+    assert!(d.status()["policy"]["confirm_by"].is_string());
     assert!(
         reaches(&mut from_r, sa(HOST_R4, PORT)),
         "the pending policy does not apply"
@@ -536,7 +516,7 @@ fn confirm_within_rolls_back_unless_confirmed() {
         "R still let in after the rollback"
     );
     assert!(reaches(&mut from_a, sa(HOST_A4, PORT)));
-    let st = status(&d)["policy"].clone();
+    let st = d.status()["policy"].clone();
     assert_eq!(
         (st["generation"].as_u64(), &st["hash"], &st["confirm_by"]),
         (Some(gen + 2), &closed_hash, &Value::Null)
@@ -563,8 +543,8 @@ fn confirm_within_rolls_back_unless_confirmed() {
     wait_policy(&mut d, "confirmed", gen + 3);
     std::thread::sleep(Duration::from_millis(2800));
     assert_eq!(count_policy(&d, "rolled-back"), 1, "{:#?}", d.events());
-    assert_eq!(generation(&d), gen + 3);
-    assert!(status(&d)["policy"]["confirm_by"].is_null());
+    assert_eq!(d.generation(), gen + 3);
+    assert!(d.status()["policy"]["confirm_by"].is_null());
     assert!(
         reaches(&mut from_r, sa(HOST_R4, PORT)),
         "the confirmed policy no longer applies"
@@ -631,7 +611,7 @@ fn a_rule_in_audit_mode_overrides_global_enforce() {
     // Allowed sources are allowed either way.
     assert_eq!(bed.udp(&bed.a, None, HOST_A4, PORT, 1000), "reply");
     assert_eq!(bed.udp(&bed.a, None, HOST_A4, PORT + 1, 1000), "reply");
-    let st = status(&d);
+    let st = d.status();
     let rule = |name: &str| {
         st["rules"]
             .as_array()
@@ -680,7 +660,7 @@ fn policy_identity_is_the_same_in_status_events_and_packets() {
     );
     let mut d = Daemon::start(&bed.host, &first);
     let expected_hash = checked_hash(&d.policy_path);
-    let st = status(&d);
+    let st = d.status();
     let (gen, hash) = (
         st["policy"]["generation"].as_u64().expect("generation"),
         st["policy"]["hash"].clone(),
@@ -705,7 +685,7 @@ fn policy_identity_is_the_same_in_status_events_and_packets() {
     d.reload(&second);
     let ev = wait_policy(&mut d, "applied", gen + 1);
     let expected_hash = checked_hash(&d.policy_path);
-    let st = status(&d);
+    let st = d.status();
     assert_eq!(st["policy"]["generation"], gen + 1);
     assert_eq!(st["policy"]["hash"], expected_hash.as_str());
     assert_eq!(ev["hash"], expected_hash.as_str(), "{ev}");

@@ -15,7 +15,6 @@ use serde_json::Value;
 use testbed::{
     bed::{check, enforcer, Bed, A4, A6, HOST_A4, HOST_A6, HOST_R4, HOST_R6, R4, R6},
     daemon::{Daemon, TempDir},
-    is_root,
     net::{Cgroup, NetNs},
     traffic::{now_unix_f64, parse_rfc3339, rfc3339, Pinger},
 };
@@ -25,29 +24,10 @@ const PORT: u16 = 7000;
 const OPEN: u16 = 7100;
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("address"), port)
-}
-
-fn status(d: &Daemon) -> Value {
-    let (ok, out, err) = d.cli(&["status", "--json"]);
-    assert!(ok, "enforcer status: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status is not JSON ({e}): {out}"))
-}
-
-fn generation(d: &Daemon) -> u64 {
-    status(d)["policy"]["generation"]
-        .as_u64()
-        .expect("generation")
 }
 
 /// Whether an echoing UDP listener at `dst` answers (a few tries, so one lost datagram
@@ -230,7 +210,7 @@ fn explain_agrees_with_the_kernel() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("live policy generation {}", generation(&d))),
+        text.contains(&format!("live policy generation {}", d.generation())),
         "{text}"
     );
     eprintln!("{text}");
@@ -254,7 +234,7 @@ fn a_policy_whose_own_test_fails_is_not_applied() {
     // The policy's tests pass: it is applied.
     let good = bed.policy("", &(rule("\"10.1.0.0/24\"") + &tests));
     let mut d = Daemon::start(&bed.host, &good);
-    let before = status(&d)["policy"].clone();
+    let before = d.status()["policy"].clone();
     let ok = check(&d.policy_path);
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
 
@@ -302,7 +282,7 @@ fn a_policy_whose_own_test_fails_is_not_applied() {
             && v["action"] == "refused"
             && v["error"].as_str() == Some(out.stderr.trim())
     });
-    let after = status(&d)["policy"].clone();
+    let after = d.status()["policy"].clone();
     assert_eq!(
         (&after["generation"], &after["hash"]),
         (&before["generation"], &before["hash"])
@@ -659,7 +639,7 @@ fn allow_entries_expire_on_time() {
     std::fs::write(&d.policy_path, rule(&entries)).expect("write policy");
     let (ok, _, err) = d.cli(&["reload"]);
     assert!(ok, "{err}");
-    let gen = generation(&d);
+    let gen = d.generation();
     let config = d.policy_path.clone();
     let (dst4, dst6) = (sa(HOST_R4, PORT), sa(HOST_R6, PORT));
     let mut r4 = Pinger::new(&bed.r, dst4);
@@ -703,7 +683,7 @@ fn allow_entries_expire_on_time() {
         v["event"] == "policy" && v["action"] == "entry-expired"
     });
     assert_eq!(ev["policy"], gen + 1, "{ev}");
-    assert_eq!(generation(&d), gen + 1);
+    assert_eq!(d.generation(), gen + 1);
     let (live, file) = explain_both(&d, &config, &q6);
     assert_eq!(
         (live["verdict"].as_str(), file["verdict"].as_str()),

@@ -8,18 +8,11 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 use testbed::{
     daemon::{place, Probe, TempDir},
-    enforcer_bin, is_root,
+    enforcer_bin,
     net::NetNs,
 };
 
-macro_rules! need_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, /proc/PID/fd of other processes)");
-            return;
-        }
-    };
-}
+use testbed::need_root;
 
 fn scan(ns: &NetNs, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(enforcer_bin());
