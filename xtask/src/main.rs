@@ -82,7 +82,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::setup()?;
             require_root("cargo xtask test")?;
             setup::mount_bpffs()?;
-            setup::test_tools()?;
+            // Optional: the tests that use these tools skip those checks without them.
+            if let Err(e) = setup::test_tools() {
+                eprintln!("[setup] warning: test tools not installed ({e:#}); the checks that need them are skipped");
+            }
             cargo(&["build", "-p", "enforcer"], &[])?;
             let bin = workspace_root().join("target/debug/enforcer");
             let env = [("ENFORCER_BIN", bin.to_string_lossy().into_owned())];
