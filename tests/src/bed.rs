@@ -16,7 +16,7 @@ use std::{path::PathBuf, process::Command};
 use crate::{
     daemon::{probe, Probe},
     enforcer_bin,
-    net::{Cgroup, NetNs, Veth},
+    net::{link, Cgroup, NetNs, Veth},
 };
 
 pub const A4: &str = "10.1.0.2";
@@ -46,18 +46,8 @@ impl Bed {
         let host = NetNs::new();
         let a = NetNs::new();
         let r = NetNs::new();
-        let v_a = Veth::new(
-            &host,
-            &["10.1.0.1/24", "fd01::1/64"],
-            &a,
-            &["10.1.0.2/24", "fd01::2/64"],
-        );
-        let v_r = Veth::new(
-            &host,
-            &["10.2.0.1/24", "fd02::1/64"],
-            &r,
-            &["10.2.0.2/24", "fd02::2/64"],
-        );
+        let v_a = link(&host, &a, 1);
+        let v_r = link(&host, &r, 2);
         let cg = Cgroup::new();
         let srv = cg.child("srv");
         let allowed = cg.child("allowed");

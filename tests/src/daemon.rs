@@ -2,7 +2,7 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -139,28 +139,8 @@ impl Daemon {
             .env("RUST_LOG", "info");
         place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("stdout");
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().expect("lines").push(line);
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock()
-                    .expect("stderr")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let lines = collect_lines(child.stdout.take().expect("stdout"));
+        let stderr = collect_text(child.stderr.take().expect("stderr"));
         let mut d = Daemon {
             child: Some(child),
             lines,
@@ -308,6 +288,36 @@ impl Drop for Daemon {
     }
 }
 
+/// Gathers a child's output lines in the background, as they come.
+pub fn collect_lines(out: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            l.lock().expect("lines").push(line);
+        }
+    });
+    lines
+}
+
+/// Gathers a child's error output in the background, as it comes.
+pub fn collect_text(mut err: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let t = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            t.lock()
+                .expect("text")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
 /// Runs the probe binary (see src/bin/probe.rs) in an optional namespace and cgroup and
 /// returns its first line of output ("connected", "eperm", "timeout", ...).
 pub fn probe(ns: Option<&NetNs>, cgroup_procs: Option<&Path>, args: &[&str]) -> String {
@@ -337,14 +347,7 @@ impl Probe {
             .stderr(Stdio::inherit());
         place(&mut cmd, ns.map(|n| n.path()).as_deref(), cgroup_procs);
         let mut child = cmd.spawn().expect("spawn probe");
-        let out = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().expect("lines").push(line);
-            }
-        });
+        let lines = collect_lines(child.stdout.take().expect("stdout"));
         let p = Probe { child, lines };
         let start = Instant::now();
         while p.lines().is_empty() {

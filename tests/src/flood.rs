@@ -152,22 +152,8 @@ impl Tail {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn enforcer tail");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().expect("stdout");
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().expect("lines").push(line);
-            }
-        });
-        let mut err = child.stderr.take().expect("stderr");
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            e.lock().expect("stderr").push_str(&s);
-        });
+        let lines = crate::daemon::collect_lines(child.stdout.take().expect("stdout"));
+        let stderr = crate::daemon::collect_text(child.stderr.take().expect("stderr"));
         Tail {
             child,
             lines,

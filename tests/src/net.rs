@@ -118,6 +118,32 @@ impl Veth {
     }
 }
 
+/// Joins `peer` to `host` on test subnet `n` (1 to 9): the host's end is 10.n.0.1/24 and
+/// fd0n::1/64, the peer's 10.n.0.2/24 and fd0n::2/64.
+pub fn link(host: &NetNs, peer: &NetNs, n: u8) -> Veth {
+    assert!((1..=9).contains(&n), "test subnet {n} out of 1..=9");
+    Veth::new(
+        host,
+        &[&format!("10.{n}.0.1/24"), &format!("fd0{n}::1/64")],
+        peer,
+        &[&format!("10.{n}.0.2/24"), &format!("fd0{n}::2/64")],
+    )
+}
+
+/// Gives `ns` (joined on subnet `n` by `link`) default routes through the host, as a
+/// container has.
+pub fn route_via_host(ns: &NetNs, n: u8) {
+    ns.ip(&["route", "add", "default", "via", &format!("10.{n}.0.1")]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("fd0{n}::1"),
+    ]);
+}
+
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
 pub fn cgroup_mount() -> PathBuf {
     enforcer::kernel::host::cgroup2_mount().expect("cgroup v2 mounted")

@@ -31,7 +31,7 @@ use testbed::{
         now_ns, parse_rfc3339_utc_ns, rule_status, status_json, udp_once, udp_send, ControlConn,
         Tail,
     },
-    net::{Cgroup, NetNs, Veth},
+    net::{link, route_via_host, Cgroup, NetNs, Veth},
 };
 
 const PORT: &str = "7000";
@@ -65,32 +65,11 @@ impl Bed {
         let bad = NetNs::new();
         let ctr = NetNs::new();
         let plain = NetNs::new();
-        let v_ok = Veth::new(
-            &host,
-            &["10.1.0.1/24", "fd01::1/64"],
-            &ok,
-            &["10.1.0.2/24", "fd01::2/64"],
-        );
-        let v_bad = Veth::new(
-            &host,
-            &["10.2.0.1/24", "fd02::1/64"],
-            &bad,
-            &["10.2.0.2/24", "fd02::2/64"],
-        );
-        let v_ctr = Veth::new(
-            &host,
-            &["10.3.0.1/24", "fd03::1/64"],
-            &ctr,
-            &["10.3.0.2/24", "fd03::2/64"],
-        );
-        let v_plain = Veth::new(
-            &host,
-            &["10.4.0.1/24", "fd04::1/64"],
-            &plain,
-            &["10.4.0.2/24", "fd04::2/64"],
-        );
-        ctr.ip(&["route", "add", "default", "via", "10.3.0.1"]);
-        ctr.ip(&["-6", "route", "add", "default", "via", "fd03::1"]);
+        let v_ok = link(&host, &ok, 1);
+        let v_bad = link(&host, &bad, 2);
+        let v_ctr = link(&host, &ctr, 3);
+        let v_plain = link(&host, &plain, 4);
+        route_via_host(&ctr, 3);
         let cg = Cgroup::new();
         let srv = cg.child("srv");
         let allowed = cg.child("allowed");

@@ -32,7 +32,7 @@ use testbed::{
         http_get, numbered_stream, parse_rfc3339_utc_ns, rule_status, status_json, udp_once,
         udp_send, ControlConn, StopOnDrop,
     },
-    net::{Cgroup, NetNs, Veth},
+    net::{link, Cgroup, NetNs, Veth},
 };
 
 const PORT: &str = "7000";
@@ -59,18 +59,8 @@ impl Bed {
         let host = NetNs::new();
         let ok = NetNs::new();
         let bad = NetNs::new();
-        let v_ok = Veth::new(
-            &host,
-            &["10.1.0.1/24", "fd01::1/64"],
-            &ok,
-            &["10.1.0.2/24", "fd01::2/64"],
-        );
-        let v_bad = Veth::new(
-            &host,
-            &["10.2.0.1/24", "fd02::1/64"],
-            &bad,
-            &["10.2.0.2/24", "fd02::2/64"],
-        );
+        let v_ok = link(&host, &ok, 1);
+        let v_bad = link(&host, &bad, 2);
         let cg = Cgroup::new();
         let srv = cg.child("srv");
         let allowed = cg.child("allowed");

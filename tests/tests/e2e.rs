@@ -24,7 +24,7 @@ use std::{
 use serde_json::Value;
 use testbed::{
     daemon::{probe, Daemon, Probe},
-    net::{Cgroup, NetNs, Veth},
+    net::{link, route_via_host, Cgroup, NetNs, Veth},
 };
 
 const PORT: &str = "7000";
@@ -64,28 +64,12 @@ impl Bed {
         let ok = NetNs::new();
         let bad = NetNs::new();
         let ctr = NetNs::new();
-        let v_ok = Veth::new(
-            &host,
-            &["10.1.0.1/24", "fd01::1/64"],
-            &ok,
-            &["10.1.0.2/24", "fd01::2/64"],
-        );
-        let v_bad = Veth::new(
-            &host,
-            &["10.2.0.1/24", "fd02::1/64"],
-            &bad,
-            &["10.2.0.2/24", "fd02::2/64"],
-        );
-        let v_ctr = Veth::new(
-            &host,
-            &["10.3.0.1/24", "fd03::1/64"],
-            &ctr,
-            &["10.3.0.2/24", "fd03::2/64"],
-        );
+        let v_ok = link(&host, &ok, 1);
+        let v_bad = link(&host, &bad, 2);
+        let v_ctr = link(&host, &ctr, 3);
         // The container reaches the host through its veth (default routes, as a container
         // runtime would set them up).
-        ctr.ip(&["route", "add", "default", "via", "10.3.0.1"]);
-        ctr.ip(&["-6", "route", "add", "default", "via", "fd03::1"]);
+        route_via_host(&ctr, 3);
         let cg = Cgroup::new();
         let srv = cg.child("srv");
         let allowed = cg.child("allowed");
