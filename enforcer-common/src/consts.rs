@@ -15,7 +15,7 @@ pub const MAX_CGROUP_LEVEL: u32 = 31;
 
 /// Version of the maps' layout and meaning. Bump it with any change to a map's key, value,
 /// size or semantics: a daemon refuses pinned state of another layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Two copies ("slots") of every policy map: the programs read the active one while the
 /// daemon writes the other, then flips `ACTIVE` in one 4-byte store.
@@ -36,6 +36,10 @@ pub const MAX_FLOWS: u32 = 1 << 16;
 /// last packet was judged at egress (every packet is judged there first, so the receiving
 /// side sees it microseconds later).
 pub const FLOW_FRESH_NS: u64 = 1_000_000_000;
+/// Host-side devices of other network namespaces (container veths), for `PATHS`.
+pub const MAX_PATHS: u32 = 4096;
+/// Loopback's interface index in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Sockets whose sending task is remembered for events.
 pub const MAX_SOCK_OWNERS: u32 = 1 << 14;
 /// Ring buffer for audit events.

@@ -3,8 +3,9 @@
 //!
 //! Policy maps are double-buffered: every policy key carries a slot (0 or 1); `ACTIVE`
 //! names the slot the programs read. The daemon fills the idle slot completely, flips
-//! `ACTIVE` in one 4-byte store, and only then clears the old slot, so a packet is judged
-//! by one whole policy, old or new, never a mix and never an empty one.
+//! `ACTIVE` in one 4-byte store, and keeps the old slot as it was (the base of the next
+//! write), so a packet is judged by one whole policy, old or new, never a mix and never an
+//! empty one.
 
 use crate::consts::MAX_EXT_HDRS;
 
@@ -102,7 +103,28 @@ impl Default for GroupInfo {
 /// Some rule in the group enforces: a refusal drops (else would-drop).
 pub const GROUP_ENFORCE: u32 = 1;
 
-/// `ALLOW`: (slot, group, family, prefix length, masked address) -> rule id.
+/// The value of an `ALLOW` or `CGROUPS` entry: the rule it belongs to, and when it stops
+/// applying. The programs check the deadline themselves, so a grant or an expiring entry
+/// lapses on time whether or not a daemon is running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllowValue {
+    pub rule: u32,
+    pub _pad: u32,
+    /// `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns`) after which the entry no longer applies;
+    /// 0: never. Boottime keeps counting across suspend, as wall-clock deadlines do.
+    pub expires_boot_ns: u64,
+}
+
+impl AllowValue {
+    /// Whether the entry still applies at boottime `now`.
+    #[inline(always)]
+    pub fn live(&self, now_boot_ns: u64) -> bool {
+        self.expires_boot_ns == 0 || now_boot_ns < self.expires_boot_ns
+    }
+}
+
+/// `ALLOW`: (slot, group, family, prefix length, masked address) -> `AllowValue`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllowKey {
@@ -114,7 +136,7 @@ pub struct AllowKey {
     pub addr: [u8; 16],
 }
 
-/// `CGROUPS`: (slot, group, cgroup id) -> rule id.
+/// `CGROUPS`: (slot, group, cgroup id) -> `AllowValue`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CgroupKey {
@@ -134,7 +156,10 @@ pub struct LocalAddrKey {
 }
 
 /// `FLOWS`: a flow (client to server direction) authorized at a local sender's socket ->
-/// the time it was last judged there (`bpf_ktime_get_ns`).
+/// the time it was last judged there (`bpf_ktime_get_ns`). The sender's network namespace
+/// is part of the flow: the receiving side honours it only for packets that arrive by that
+/// namespace's own path (loopback for the host's, `PATHS` for a container's), so the same
+/// tuple forged on any other device is judged like any remote packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -146,6 +171,8 @@ pub struct FlowKey {
     pub dport: u16,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// Network namespace cookie of the sending socket.
+    pub netns: u64,
 }
 
 /// `SOCK_OWNERS`: socket cookie -> the task that connected or sent on it, recorded by the
@@ -200,4 +227,5 @@ const _: () = assert!(MAX_EXT_HDRS < 255);
 const _: () = assert!(core::mem::size_of::<GroupInfo>() == 188);
 const _: () = assert!(core::mem::size_of::<AllowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CgroupKey>() == 16);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+const _: () = assert!(core::mem::size_of::<AllowValue>() == 16);

@@ -37,14 +37,17 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, SOCK_OWNERS},
+    maps::{FLOWS, PATHS, SOCK_OWNERS},
     packet::{Skb, Xdp},
     parse::{Parsed, K_NOT_IP, K_PORTS},
     verdict::{cgroup_rule, host_netns, is_host_addr, is_loopback, judge, HookEnv},
 };
 
-/// Remote senders, judged by source address: the destination must be the host's.
-struct XdpEnv;
+/// Remote senders, judged by source address: the destination must be the host's. XDP is
+/// never attached to loopback, so only a container's own device carries flows here.
+struct XdpEnv {
+    ifindex: u32,
+}
 
 impl HookEnv for XdpEnv {
     #[inline(always)]
@@ -54,7 +57,11 @@ impl HookEnv for XdpEnv {
 
     #[inline(always)]
     fn flow_authorized(&self, p: &Parsed) -> bool {
-        flow_authorized(p)
+        // SAFETY: a hash map lookup; the value is copied out at once.
+        match unsafe { PATHS.get(&self.ifindex) } {
+            Some(netns) => flow_authorized(p, *netns),
+            None => false,
+        }
     }
 }
 
@@ -62,9 +69,10 @@ impl HookEnv for XdpEnv {
 pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
     let pkt = Xdp(&ctx);
     let p = parse::parse_frame(&pkt);
-    let out = judge(&XdpEnv, &p);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let out = judge(&XdpEnv { ifindex }, &p);
     report::finish(Hook::Xdp, &out, &p, |e| {
-        e.ifindex = ctx.ingress_ifindex() as u32;
+        e.ifindex = ifindex;
         e.pkt_len = packet::Packet::len(&pkt) as u32;
     });
     if out.verdict == Verdict::Drop {
@@ -104,7 +112,7 @@ fn skb_netns(ctx: &SkBuffContext) -> u64 {
 }
 
 #[inline(always)]
-fn flow_key(p: &Parsed) -> FlowKey {
+fn flow_key(p: &Parsed, netns: u64) -> FlowKey {
     FlowKey {
         proto: p.proto,
         family: p.family,
@@ -113,22 +121,26 @@ fn flow_key(p: &Parsed) -> FlowKey {
         dport: p.dport,
         src: p.src,
         dst: p.dst,
+        netns,
     }
 }
 
+/// Whether a socket in namespace `netns` was allowed to send this flow, lately.
 #[inline(always)]
-fn flow_authorized(p: &Parsed) -> bool {
+fn flow_authorized(p: &Parsed, netns: u64) -> bool {
     // SAFETY: a hash map lookup; the value is copied out at once.
-    match unsafe { FLOWS.get(&flow_key(p)) } {
+    match unsafe { FLOWS.get(&flow_key(p, netns)) } {
         // SAFETY: a helper with no arguments.
         Some(ts) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(*ts) < FLOW_FRESH_NS,
         None => false,
     }
 }
 
-/// Receiving sockets: in scope when they are the host's (not a container's).
+/// Receiving sockets: in scope when they are the host's (not a container's). What arrives
+/// over loopback was sent by a process of the host's namespace.
 struct IngressEnv {
     host_socket: bool,
+    ifindex: u32,
 }
 
 impl HookEnv for IngressEnv {
@@ -138,8 +150,20 @@ impl HookEnv for IngressEnv {
     }
 
     #[inline(always)]
+    fn host_process(&self) -> bool {
+        self.ifindex == LOOPBACK_IFINDEX
+    }
+
+    #[inline(always)]
     fn flow_authorized(&self, p: &Parsed) -> bool {
-        flow_authorized(p)
+        if self.ifindex == LOOPBACK_IFINDEX {
+            return flow_authorized(p, host_netns());
+        }
+        // SAFETY: a hash map lookup; the value is copied out at once.
+        match unsafe { PATHS.get(&self.ifindex) } {
+            Some(netns) => flow_authorized(p, *netns),
+            None => false,
+        }
     }
 }
 
@@ -148,6 +172,8 @@ pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
     let p = parse_skb(&ctx);
     let env = IngressEnv {
         host_socket: skb_netns(&ctx) == host_netns(),
+        // SAFETY: the kernel passes a valid __sk_buff; ingress_ifindex is readable here.
+        ifindex: unsafe { (*ctx.skb.skb).ingress_ifindex },
     };
     let out = judge(&env, &p);
     report::finish(Hook::CgroupIngress, &out, &p, |e| {
@@ -179,6 +205,11 @@ impl HookEnv for EgressEnv<'_> {
     }
 
     #[inline(always)]
+    fn host_process(&self) -> bool {
+        self.host_socket
+    }
+
+    #[inline(always)]
     fn cgroup_rule(&self, sg: u32, levels: u32) -> Option<u32> {
         let skb = self.ctx.skb.skb;
         // SAFETY: the helper takes the program's __sk_buff.
@@ -191,20 +222,23 @@ impl HookEnv for EgressEnv<'_> {
 #[cgroup_skb(egress)]
 pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
     let p = parse_skb(&ctx);
+    let netns = skb_netns(&ctx);
     let env = EgressEnv {
         ctx: &ctx,
-        host_socket: skb_netns(&ctx) == host_netns(),
+        host_socket: netns == host_netns(),
     };
     let out = judge(&env, &p);
     if out.verdict == Verdict::Allow
         && matches!(out.reason, Reason::AllowedSource | Reason::AllowedCgroup)
     {
-        // Remembered so the receiving side (XDP on a veth, cgroup ingress over loopback)
-        // does not refuse what the sender's socket was allowed. A lookup is cheaper than
-        // an update: the entry is rewritten only when missing or a quarter-window old.
+        // Remembered, with the sender's namespace, so the receiving side (cgroup ingress
+        // over loopback, XDP or cgroup ingress on the container's own veth) does not refuse
+        // what the sender's socket was allowed, and nothing arriving by another path can
+        // ride on it. A lookup is cheaper than an update: the entry is rewritten only when
+        // missing or a quarter-window old.
         // SAFETY: a helper with no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let key = flow_key(&p);
+        let key = flow_key(&p, netns);
         // SAFETY: a hash map lookup; the value is copied out at once.
         let fresh =
             unsafe { FLOWS.get(&key) }.is_some_and(|ts| now.wrapping_sub(*ts) < FLOW_FRESH_NS / 4);
@@ -238,6 +272,11 @@ impl HookEnv for SockAddrEnv {
     #[inline(always)]
     fn in_scope(&self, p: &Parsed) -> bool {
         sender_scope(self.host_socket, p)
+    }
+
+    #[inline(always)]
+    fn host_process(&self) -> bool {
+        self.host_socket
     }
 
     #[inline(always)]

@@ -32,11 +32,11 @@ pub static GROUPS: Array<GroupInfo> = Array::with_max_entries(SLOTS * MAX_GROUPS
 /// Allow prefixes, one hash probe per distinct prefix length (flat cost at any size,
 /// unlike an LPM trie whose cost grows with its entries).
 #[map]
-pub static ALLOW: HashMap<AllowKey, u32> =
+pub static ALLOW: HashMap<AllowKey, AllowValue> =
     HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static CGROUPS: HashMap<CgroupKey, u32> =
+pub static CGROUPS: HashMap<CgroupKey, AllowValue> =
     HashMap::with_max_entries(MAX_CGROUP_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -44,6 +44,12 @@ pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(M
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Host-side interface index -> cookie of the network namespace on its other end (a
+/// container's veth), kept by the daemon: the only devices where a container's flows are
+/// honoured.
+#[map]
+pub static PATHS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PATHS, 0);
 
 /// Per-(hook, reason) packet counts.
 #[map]

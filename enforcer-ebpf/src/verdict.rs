@@ -1,5 +1,6 @@
 //! The decision, as `enforcer_common::model::verdict::judge` defines it, on map lookups.
 
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
 use enforcer_common::{
     consts::*,
     maps::*,
@@ -23,6 +24,11 @@ pub struct Outcome {
 pub trait HookEnv {
     /// Whether the packet is bound for one of the host's own sockets.
     fn in_scope(&self, p: &Parsed) -> bool;
+    /// Whether the sender is a process of the host's own namespace, which is judged by its
+    /// cgroup (or the flow its cgroup opened), never by its source address.
+    fn host_process(&self) -> bool {
+        false
+    }
     /// Sending hooks: the rule allowing the sender's cgroup, if any.
     fn cgroup_rule(&self, _slot_group: u32, _levels: u32) -> Option<u32> {
         None
@@ -126,15 +132,22 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
         return out;
     }
     let sg = slot_group(slot, group);
-    let by_source = if p.family == AF_INET {
-        allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src)
-    } else {
-        allow_by_source::<132>(sg, AF_INET6, g.n_v6, &g.v6_lens, &p.src)
-    };
-    if let Some(rule) = by_source {
-        out.rule = rule;
-        out.reason = Reason::AllowedSource;
-        return out;
+    if !env.host_process() {
+        let by_source = if p.family == AF_INET {
+            allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src)
+        } else {
+            allow_by_source::<132>(sg, AF_INET6, g.n_v6, &g.v6_lens, &p.src)
+        };
+        // A source claiming one of the host's own addresses is a local process (or a
+        // forgery of one): a prefix holding the host's address must not admit it. Checked
+        // only on a match, so refusals pay nothing for it.
+        if let Some(rule) = by_source {
+            if !is_host_addr(p.family, &p.src) {
+                out.rule = rule;
+                out.reason = Reason::AllowedSource;
+                return out;
+            }
+        }
     }
     if let Some(rule) = env.cgroup_rule(sg, g.cgroup_levels) {
         out.rule = rule;
@@ -164,6 +177,7 @@ fn allow_by_source<const N: usize>(
         family_len: 0,
         addr: [0; 16],
     };
+    // An entry past its deadline is absent: a shorter prefix may still match.
     // A constant trip count the verifier can bound; `n` ends it early.
     for (i, &len) in lens.iter().enumerate() {
         if i as u32 >= n {
@@ -173,11 +187,22 @@ fn allow_by_source<const N: usize>(
         key.addr = *src;
         mask_addr(&mut key.addr, len);
         // SAFETY: a hash map lookup; the value is copied out at once.
-        if let Some(rule) = unsafe { ALLOW.get(&key) } {
-            return Some(*rule);
+        if let Some(v) = unsafe { ALLOW.get(&key) } {
+            if live(v) {
+                return Some(v.rule);
+            }
         }
     }
     None
+}
+
+/// Whether an allow entry still applies; reads the clock only for an entry with a
+/// deadline. (Not cached across probes: a cached clock doubles the states the verifier
+/// walks through the unrolled length loop.)
+#[inline(always)]
+fn live(v: &AllowValue) -> bool {
+    // SAFETY: a helper with no arguments.
+    v.expires_boot_ns == 0 || v.live(unsafe { bpf_ktime_get_boot_ns() })
 }
 
 /// The rule allowing the deepest allowed ancestor of a cgroup; `ancestor(level)` returns
@@ -198,8 +223,10 @@ pub fn cgroup_rule(sg: u32, levels: u32, ancestor: impl Fn(i32) -> u64) -> Optio
                     cgroup_id: id,
                 };
                 // SAFETY: a hash map lookup; the value is copied out at once.
-                if let Some(rule) = unsafe { CGROUPS.get(&key) } {
-                    return Some(*rule);
+                if let Some(v) = unsafe { CGROUPS.get(&key) } {
+                    if live(v) {
+                        return Some(v.rule);
+                    }
                 }
             }
         }

@@ -89,12 +89,11 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         },
     };
     let local = [dst];
+    // With a cgroup: a process of this host sending, judged by its cgroup. Without: a
+    // remote sender on an ordinary interface, judged by its address.
     let ctx = Context {
-        hook,
-        local_addrs: &local,
-        socket_in_host_netns: true,
         sender_cgroup: cgroup.as_deref(),
-        authorized_flow: false,
+        ..Context::remote(hook, &local)
     };
     let j = model::judge(policy, &ctx, &parsed);
     let covering: Vec<String> = policy

@@ -134,7 +134,7 @@ impl Store {
     }
 
     /// The grants in force as (rule index, entry) for `Policy::effective`.
-    pub fn entries(&self, policy: &Policy) -> Vec<(usize, Entry)> {
+    pub fn entries(&self, policy: &Policy) -> Vec<(usize, Entry, u64)> {
         self.grants
             .iter()
             .filter_map(|g| {
@@ -143,7 +143,7 @@ impl Store {
                     .rules
                     .iter()
                     .position(|r| r.name == g.rule)
-                    .map(|i| (i, g.entry.clone()))
+                    .map(|i| (i, g.entry.clone(), g.expires_unix))
             })
             .collect()
     }

@@ -181,13 +181,7 @@ impl TestKernel {
             Prog::Xdp => model::parse_frame(frame),
             _ => model_l3(frame),
         };
-        let ctx = Context {
-            hook: prog.hook(),
-            local_addrs: &self.local_addrs,
-            socket_in_host_netns: true,
-            sender_cgroup: None,
-            authorized_flow: false,
-        };
+        let ctx = Context::remote(prog.hook(), &self.local_addrs);
         model::judge(&self.policy.verdict, &ctx, &parsed)
     }
 }

@@ -6,6 +6,7 @@
 pub mod bed;
 pub mod daemon;
 pub mod flood;
+pub mod forge;
 pub mod kernel;
 pub mod net;
 pub mod packets;

@@ -131,6 +131,10 @@ enum Out {
     /// test_run refuses the input (see `test_run_refuses`); the model must say this (and
     /// a kernel that runs it anyway must do it).
     Refused(Verdict, Reason),
+    /// A host-namespace sender whose source the rules allow: refused all the same (a host
+    /// process is judged by its cgroup, never by its address), in its port's mode and
+    /// naming the port's first rule.
+    HostSender,
 }
 
 /// Input test_run refuses, in enforce mode.
@@ -149,6 +153,7 @@ impl Out {
     fn reason(self) -> Reason {
         match self {
             Out::Pass(r) | Out::Drop(r) | Out::WouldDrop(r) | Out::Refused(_, r) => r,
+            Out::HostSender => Denied,
         }
     }
 
@@ -158,6 +163,7 @@ impl Out {
             Out::Drop(_) => Verdict::Drop,
             Out::WouldDrop(_) => Verdict::WouldDrop,
             Out::Refused(v, _) => v,
+            Out::HostSender => Verdict::Drop,
         }
     }
 }
@@ -238,8 +244,11 @@ fn raw(name: impl Into<String>, frame: Vec<u8>) -> Row {
 }
 
 impl Row {
+    /// The same outcome at every hook; but a source-allowed packet sent by a socket of the
+    /// host's own namespace (test_run's egress socket) is not allowed by its source.
     fn all(mut self, o: Out) -> Self {
-        self.out = [Some(o); 3];
+        let egress = if o == allowed() { Out::HostSender } else { o };
+        self.out = [Some(o), Some(o), Some(egress)];
         self
     }
     fn xdp(mut self, o: Out) -> Self {
@@ -317,11 +326,8 @@ impl Bench {
             _ => model_l3(frame),
         };
         let ctx = Context {
-            hook: prog.hook(),
-            local_addrs: &self.k.local_addrs,
             socket_in_host_netns: false,
-            sender_cgroup: None,
-            authorized_flow: false,
+            ..Context::remote(prog.hook(), &self.k.local_addrs)
         };
         model::judge(&self.k.policy.verdict, &ctx, &parsed)
     }
@@ -360,7 +366,25 @@ impl Bench {
 
     fn check_prog(&mut self, prog: Prog, want: Out, row: &Row) -> Result<(), String> {
         let hook = prog.hook();
+        let (want, host_sender_rule) = match want {
+            Out::HostSender => {
+                let covering =
+                    |r: &&enforcer_common::model::Rule| r.covers(row.ev.proto, row.ev.dport);
+                let rules = &self.k.policy.verdict.rules;
+                let first = rules
+                    .iter()
+                    .position(|r| covering(&r))
+                    .expect("a host-sender row names a protected port");
+                let enforce = rules
+                    .iter()
+                    .filter(covering)
+                    .any(|r| r.mode == enforcer_common::model::Mode::Enforce);
+                (if enforce { D(Denied) } else { W(Denied) }, Some(first))
+            }
+            w => (w, None),
+        };
         let want_rule = match row.rule {
+            _ if host_sender_rule.is_some() => host_sender_rule,
             Some(name) if want.reason().is_judged() => Some(self.rule_index(name)),
             _ => None,
         };
@@ -1870,13 +1894,7 @@ fn model_limits_beyond_test_run() {
         } else {
             model_l3(frame)
         };
-        let ctx = Context {
-            hook,
-            local_addrs: &locals,
-            socket_in_host_netns: true,
-            sender_cgroup: None,
-            authorized_flow: false,
-        };
+        let ctx = Context::remote(hook, &locals);
         let j = model::judge(&policy.verdict, &ctx, &parsed);
         (j.verdict, j.reason, j.rule)
     };

@@ -11,4 +11,4 @@ pub mod verdict;
 
 pub use parse::{parse_frame, parse_l3, Parsed, L4};
 pub use policy::{Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy};
-pub use verdict::{judge, Context, Judgement};
+pub use verdict::{judge, Arrival, Context, Flow, Judgement};

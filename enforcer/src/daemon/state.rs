@@ -22,7 +22,7 @@ use super::audit::{Control, Stats};
 use crate::{
     events::{record, Record},
     grants::{describe, now_unix, Grant, Store},
-    kernel::{counters, host, programs, writer::Writer, Loaded},
+    kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
     policy::{self, compile, compile_after, Compiled, Policy},
 };
 
@@ -60,6 +60,10 @@ pub struct State {
     suppressed_seen: BTreeMap<u32, u64>,
     last_suppressed_report: Instant,
     pending: Option<Pending>,
+    /// Where containers' own packets arrive (`PATHS`).
+    paths: Paths,
+    /// Interfaces a glob matched that XDP cannot parse, and why.
+    xdp_skipped: BTreeMap<String, String>,
     audit: UnboundedSender<Control>,
     stats: Arc<Stats>,
 }
@@ -103,6 +107,8 @@ impl State {
             suppressed_seen: BTreeMap::new(),
             last_suppressed_report: Instant::now(),
             pending: None,
+            paths: Paths::default(),
+            xdp_skipped: BTreeMap::new(),
             audit,
             stats,
         };
@@ -179,14 +185,37 @@ impl State {
 
     /// XDP on exactly the interfaces that exist now and match the policy's names and
     /// globs: ones that appear get it, ones that go away (or no longer match) are forgotten.
+    /// Only Ethernet devices: the program reads an Ethernet header first, so on a tun,
+    /// WireGuard or IPIP device it would misread every frame. A glob skips such a device
+    /// (said in `status`); a device named outright is refused. Also keeps `PATHS` current.
     fn sync_interfaces(&mut self) -> anyhow::Result<()> {
+        let links = netlink::links().context("listing this host's interfaces")?;
+        self.paths.sync(&mut self.loaded.maps.paths, &links);
         let patterns = &self.policy.attach.interfaces;
-        let present = host::interfaces();
-        let wanted: BTreeSet<String> = present
-            .iter()
-            .filter(|n| patterns.iter().any(|p| host::glob_match(p, n)))
-            .cloned()
-            .collect();
+        let mut wanted = BTreeSet::new();
+        let mut skipped = BTreeMap::new();
+        let mut first_error = None;
+        for l in &links {
+            if !patterns.iter().any(|p| host::glob_match(p, &l.name)) {
+                continue;
+            }
+            if l.arphrd == netlink::ARPHRD_ETHER {
+                wanted.insert(l.name.clone());
+                continue;
+            }
+            let why = format!(
+                "XDP is not attached to {}: it is a {} device, whose frames do not start with the Ethernet header the XDP program parses (the cgroup programs still judge what reaches this host's sockets through it)",
+                l.name,
+                netlink::arphrd_name(l.arphrd)
+            );
+            if patterns.iter().any(|p| *p == l.name) {
+                first_error.get_or_insert(anyhow::anyhow!("interface {}: {why}", l.name));
+            } else if !self.xdp_skipped.contains_key(&l.name) {
+                warn!(iface = l.name, "{why}");
+            }
+            skipped.insert(l.name.clone(), why);
+        }
+        self.xdp_skipped = skipped;
         let attached: Vec<String> = self
             .loaded
             .xdp_attachments()
@@ -201,7 +230,6 @@ impl State {
                 );
             }
         }
-        let mut first_error = None;
         for iface in &wanted {
             if self.loaded.has_xdp(iface) {
                 continue;
@@ -642,6 +670,7 @@ impl State {
                 });
             }
         }
+        warnings.extend(self.xdp_skipped.values().cloned());
         for (_, path) in self.compiled.cgroups.keys() {
             if !self.cgroup_ids.contains_key(path)
                 && !warnings

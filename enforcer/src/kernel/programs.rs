@@ -13,7 +13,9 @@ use aya::{
 };
 use enforcer_common::{
     consts::LAYOUT_VERSION,
-    maps::{ActiveSlot, AllowKey, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo},
+    maps::{
+        ActiveSlot, AllowKey, AllowValue, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo,
+    },
 };
 
 use super::pins::{self, PinDir};
@@ -40,9 +42,11 @@ pub struct Maps {
     pub host: Array<MapData, HostInfo>,
     pub ports: Array<MapData, u32>,
     pub groups: Array<MapData, GroupInfo>,
-    pub allow: HashMap<MapData, AllowKey, u32>,
-    pub cgroups: HashMap<MapData, CgroupKey, u32>,
+    pub allow: HashMap<MapData, AllowKey, AllowValue>,
+    pub cgroups: HashMap<MapData, CgroupKey, AllowValue>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
+    /// Host-side interface index -> the network namespace cookie on its other end.
+    pub paths: HashMap<MapData, u32, u64>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub rule_counts: PerCpuArray<MapData, u64>,
     pub event_loss: PerCpuArray<MapData, u64>,
@@ -56,7 +60,7 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 16] = [
+const MAP_NAMES: [&str; 17] = [
     "ACTIVE",
     "SLOT_INFO",
     "HOST",
@@ -66,6 +70,7 @@ const MAP_NAMES: [&str; 16] = [
     "CGROUPS",
     "LOCAL_ADDRS",
     "FLOWS",
+    "PATHS",
     "REASONS",
     "RULE_COUNTS",
     "EVENT_LOSS",
@@ -165,6 +170,7 @@ impl Loaded {
             allow: take(&mut ebpf, "ALLOW")?,
             cgroups: take(&mut ebpf, "CGROUPS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
+            paths: take(&mut ebpf, "PATHS")?,
             reasons: take(&mut ebpf, "REASONS")?,
             rule_counts: take(&mut ebpf, "RULE_COUNTS")?,
             event_loss: take(&mut ebpf, "EVENT_LOSS")?,

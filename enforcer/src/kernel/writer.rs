@@ -14,14 +14,14 @@ use std::{
 use anyhow::Context as _;
 use enforcer_common::{
     consts::{port_index, MAX_GROUPS},
-    maps::{slot_group, ActiveSlot, AllowKey, CgroupKey, GroupInfo, SlotInfo},
+    maps::{slot_group, ActiveSlot, AllowKey, AllowValue, CgroupKey, GroupInfo, SlotInfo},
 };
 
 use aya::maps::IterableMap as _;
 use std::os::fd::AsFd as _;
 
-use super::{pins, programs::Maps};
-use crate::policy::Compiled;
+use super::{host, pins, programs::Maps};
+use crate::policy::{compile::Allowed, Compiled};
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
 /// stopped reading it (an RCU grace period with a wide margin).
@@ -33,8 +33,8 @@ struct SlotContent {
     info: SlotInfo,
     ports: Vec<u32>,
     groups: Vec<GroupInfo>,
-    allow: HashMap<AllowKey, u32>,
-    cgroups: HashMap<CgroupKey, u32>,
+    allow: HashMap<AllowKey, AllowValue>,
+    cgroups: HashMap<CgroupKey, AllowValue>,
 }
 
 /// How much one apply wrote.
@@ -127,6 +127,15 @@ fn content_for(
     cgroup_ids: &BTreeMap<String, u64>,
     generation: u64,
 ) -> SlotContent {
+    let to_boot = host::UnixToBoottime::now();
+    let value = |a: &Allowed| AllowValue {
+        rule: a.rule,
+        _pad: 0,
+        expires_boot_ns: match a.expires_unix {
+            0 => 0,
+            t => to_boot.convert(t),
+        },
+    };
     let allow = compiled
         .allow
         .iter()
@@ -136,7 +145,7 @@ fn content_for(
                     group: slot_group(slot, k.group),
                     ..*k
                 },
-                *r,
+                value(r),
             )
         })
         .collect();
@@ -151,7 +160,7 @@ fn content_for(
                     _pad: 0,
                     cgroup_id: id,
                 },
-                *r,
+                value(r),
             ))
         })
         .collect();
@@ -231,16 +240,17 @@ fn write_slot(
     Ok(stats)
 }
 
-fn sync_hash<K>(
-    map: &mut aya::maps::HashMap<aya::maps::MapData, K, u32>,
+fn sync_hash<K, V>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
     slot: u32,
-    old: Option<&HashMap<K, u32>>,
-    new: &HashMap<K, u32>,
+    old: Option<&HashMap<K, V>>,
+    new: &HashMap<K, V>,
     slot_of: impl Fn(&K) -> u32,
     stats: &mut ApplyStats,
 ) -> anyhow::Result<()>
 where
     K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
 {
     let stale: Vec<K> = match old {
         Some(old) => old

@@ -8,10 +8,10 @@ use std::{
 use enforcer_common::{
     consts::{AF_INET, AF_INET6, MAX_ALLOW_ENTRIES, MAX_CGROUP_ENTRIES, MAX_GROUPS, PORT_FAILSAFE},
     maps::{mask_addr, AllowKey, GroupInfo, GROUP_ENFORCE, SLOT_ENFORCE, SLOT_REPORT_ALLOWED},
-    model::{policy::cgroup_level, Mode, Protocol},
+    model::{policy::cgroup_level, Mode, Prefix, Protocol},
 };
 
-use super::Policy;
+use super::{validate::parse_prefix, Entry, Policy};
 
 /// Entries for one slot. Group ids here carry no slot bits; the writer adds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,10 +24,10 @@ pub struct Compiled {
     /// Indexed by `proto_idx << 16 | port`: 0, `PORT_FAILSAFE`, or group + 1.
     pub ports: Vec<u32>,
     pub groups: Vec<GroupInfo>,
-    /// Allow entries (key.group is the group id) -> rule id.
-    pub allow: HashMap<AllowKey, u32>,
-    /// (group, cgroup path) -> rule id; the writer resolves paths to cgroup ids.
-    pub cgroups: HashMap<(u32, String), u32>,
+    /// Allow entries (key.group is the group id).
+    pub allow: HashMap<AllowKey, Allowed>,
+    /// (group, cgroup path); the writer resolves paths to cgroup ids.
+    pub cgroups: HashMap<(u32, String), Allowed>,
     /// Per group id, the names of its rules (None: an unused id). The next compile keeps
     /// these ids for the same sets of rules, so a reload rewrites only what changed.
     pub group_names: Vec<Option<Vec<String>>>,
@@ -41,6 +41,27 @@ pub enum CompileError {
     TooManyPrefixes(usize),
     #[error("the policy needs {0} allowed cgroup entries; at most {max} are supported", max = MAX_CGROUP_ENTRIES / 2)]
     TooManyCgroups(usize),
+}
+
+/// What an allow entry admits for: a rule, until a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    pub rule: u32,
+    /// Seconds since the epoch when the entry lapses; 0: never. The writer turns it into
+    /// the kernel's clock, so the programs stop honouring it on time by themselves.
+    pub expires_unix: u64,
+}
+
+impl Allowed {
+    /// The same entry from another rule of the group: the earlier rule keeps it, and it
+    /// lasts as long as its longest-lived source.
+    fn merge(&mut self, later: Allowed) {
+        self.expires_unix = if self.expires_unix == 0 || later.expires_unix == 0 {
+            0
+        } else {
+            self.expires_unix.max(later.expires_unix)
+        };
+    }
 }
 
 const PROTOS: [(Protocol, usize); 2] = [(Protocol::Tcp, 0), (Protocol::Udp, 1)];
@@ -171,9 +192,24 @@ pub fn compile_after(
         }
     }
 
+    // Deadlines of expiring entries and grants, by (rule, entry).
+    let mut prefix_deadline: HashMap<(usize, Prefix), u64> = HashMap::new();
+    let mut cgroup_deadline: HashMap<(usize, &str), u64> = HashMap::new();
+    for e in &policy.expiring {
+        match &e.entry {
+            Entry::From(text) => {
+                if let Ok(p) = parse_prefix(text) {
+                    prefix_deadline.insert((e.rule, p), e.expires_unix);
+                }
+            }
+            Entry::Cgroup(c) => {
+                cgroup_deadline.insert((e.rule, c.as_str()), e.expires_unix);
+            }
+        }
+    }
     let mut groups = vec![GroupInfo::default(); n_ids];
-    let mut allow: HashMap<AllowKey, u32> = HashMap::new();
-    let mut cgroups: HashMap<(u32, String), u32> = HashMap::new();
+    let mut allow: HashMap<AllowKey, Allowed> = HashMap::new();
+    let mut cgroups: HashMap<(u32, String), Allowed> = HashMap::new();
     for (i, set) in group_sets.iter().enumerate() {
         let g = remap[i];
         let mut info = GroupInfo {
@@ -206,11 +242,28 @@ pub fn compile_after(
                     addr,
                 };
                 mask_addr(&mut key.addr, p.len);
-                allow.entry(key).or_insert(r);
+                let this = Allowed {
+                    rule: r,
+                    expires_unix: prefix_deadline.get(&(r as usize, *p)).copied().unwrap_or(0),
+                };
+                allow
+                    .entry(key)
+                    .and_modify(|a| a.merge(this))
+                    .or_insert(this);
             }
             for c in &rule.allow_cgroups {
                 info.cgroup_levels |= 1 << cgroup_level(c);
-                cgroups.entry((g, c.clone())).or_insert(r);
+                let this = Allowed {
+                    rule: r,
+                    expires_unix: cgroup_deadline
+                        .get(&(r as usize, c.as_str()))
+                        .copied()
+                        .unwrap_or(0),
+                };
+                cgroups
+                    .entry((g, c.clone()))
+                    .and_modify(|a| a.merge(this))
+                    .or_insert(this);
             }
         }
         // Longest first: the first hit is the longest match.
@@ -337,11 +390,43 @@ mod tests {
              [[rule]]\nname = \"b\"\nprotocol = \"udp\"\nports = [53]\nallow_from = [\"10.0.0.0/8\"]\nallow_cgroups = [\"/x\", \"/y/z\"]\nmode = \"enforce\"\n",
         );
         assert_eq!(c.allow.len(), 1);
-        assert_eq!(*c.allow.values().next().unwrap(), 0);
-        assert_eq!(c.cgroups[&(0, "/x".to_string())], 0);
-        assert_eq!(c.cgroups[&(0, "/y/z".to_string())], 1);
+        assert_eq!(c.allow.values().next().unwrap().rule, 0);
+        assert_eq!(c.cgroups[&(0, "/x".to_string())].rule, 0);
+        assert_eq!(c.cgroups[&(0, "/y/z".to_string())].rule, 1);
         assert_eq!(c.groups[0].cgroup_levels, (1 << 1) | (1 << 2));
         assert_eq!(c.groups[0].flags & GROUP_ENFORCE, GROUP_ENFORCE);
         assert_eq!(c.slot_flags & SLOT_ENFORCE, 0);
+    }
+
+    #[test]
+    fn deadlines_reach_the_entries_and_a_permanent_duplicate_wins() {
+        let text = "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [80]\nallow_from = [{ from = \"10.0.0.0/8\", expires = \"2099-01-01T00:00:00Z\" }, \"10.1.0.0/16\"]\nallow_cgroups = [{ cgroup = \"/x\", expires = \"2099-01-01T00:00:00Z\" }]\n\
+                    [[rule]]\nname = \"b\"\nprotocol = \"tcp\"\nports = [80]\nallow_from = [\"10.1.0.0/16\"]\n";
+        let p = parse_str(Path::new("t.toml"), text).unwrap();
+        let grant = (1, Entry::From("192.0.2.7/32".into()), 4_000_000_000);
+        let c = compile(&p.effective(1_000, &[grant])).unwrap();
+        let by_len = |len: u32| {
+            c.allow
+                .iter()
+                .find(|(k, _)| k.family_len & 0xff == len)
+                .map(|(_, v)| *v)
+                .unwrap()
+        };
+        assert_eq!(by_len(8).expires_unix, 4_070_908_800);
+        assert_eq!(by_len(16).expires_unix, 0);
+        assert_eq!(
+            by_len(32),
+            Allowed {
+                rule: 1,
+                expires_unix: 4_000_000_000
+            }
+        );
+        assert_eq!(
+            c.cgroups[&(0, "/x".to_string())].expires_unix,
+            4_070_908_800
+        );
+        // Past its deadline, the entry is gone from the compiled policy altogether.
+        let later = compile(&p.effective(4_070_908_800, &[])).unwrap();
+        assert!(!later.allow.values().any(|a| a.expires_unix != 0));
     }
 }

@@ -101,8 +101,9 @@ pub struct Policy {
 
 impl Policy {
     /// The policy as it applies at `now_unix`: lapsed entries removed, `extra` entries
-    /// (temporary grants: rule index and entry) added.
-    pub fn effective(&self, now_unix: u64, extra: &[(usize, Entry)]) -> Policy {
+    /// (temporary grants: rule index, entry and expiry) added, and listed in `expiring` so
+    /// their deadlines reach the kernel.
+    pub fn effective(&self, now_unix: u64, extra: &[(usize, Entry, u64)]) -> Policy {
         let mut p = self.clone();
         for e in self.expiring.iter().filter(|e| e.expires_unix <= now_unix) {
             let rule = &mut p.verdict.rules[e.rule];
@@ -115,23 +116,36 @@ impl Policy {
                 Entry::Cgroup(c) => rule.allow_cgroups.retain(|x| x != c),
             }
         }
-        for (i, entry) in extra {
+        p.expiring.retain(|e| e.expires_unix > now_unix);
+        for (i, entry, expires_unix) in extra {
+            if *expires_unix <= now_unix {
+                continue;
+            }
             let Some(rule) = p.verdict.rules.get_mut(*i) else {
                 continue;
             };
-            match entry {
-                Entry::From(s) => {
-                    if let Ok(prefix) = parse_prefix(s) {
-                        if !rule.allow_from.contains(&prefix) {
-                            rule.allow_from.push(prefix);
-                        }
+            // An entry the rule already has for good stays for good.
+            let added = match entry {
+                Entry::From(s) => match parse_prefix(s) {
+                    Ok(prefix) if !rule.allow_from.contains(&prefix) => {
+                        rule.allow_from.push(prefix);
+                        true
                     }
+                    _ => false,
+                },
+                Entry::Cgroup(c) if !rule.allow_cgroups.contains(c) => {
+                    rule.allow_cgroups.push(c.clone());
+                    true
                 }
-                Entry::Cgroup(c) => {
-                    if !rule.allow_cgroups.contains(c) {
-                        rule.allow_cgroups.push(c.clone());
-                    }
-                }
+                Entry::Cgroup(_) => false,
+            };
+            if added {
+                p.expiring.push(Expiring {
+                    rule: *i,
+                    entry: entry.clone(),
+                    expires_unix: *expires_unix,
+                    at: Loc::default(),
+                });
             }
         }
         p

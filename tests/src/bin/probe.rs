@@ -5,6 +5,10 @@
 //!   probe udp-send ADDR PORT [TIMEOUT_MS]     -> reply | sent | eperm | error: ...
 //!   probe tcp-listen ADDR PORT                -> listening, then "accepted FROM" per connection
 //!   probe udp-listen ADDR PORT                -> listening, then "received FROM" per datagram (echoed)
+//!   probe udp-record ADDR PORT                -> listening, then "got FROM PAYLOAD" per datagram
+//!   probe udp-from SRC SPORT ADDR PORT N PAYLOAD -> N datagrams from SRC:SPORT, 50 ms apart; "sent"
+//!   probe raw-udp SRC SPORT ADDR PORT PAYLOAD -> one IPv4 datagram with a forged source
+//!                                                (raw socket, IP_HDRINCL); "sent" | error
 
 use std::{
     io::Write as _,
@@ -33,8 +37,120 @@ fn say(s: &str) {
     let _ = out.flush();
 }
 
+/// The modes that take more than an address and a port.
+fn extended(args: &[String]) -> bool {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(0) {
+        "udp-from" => {
+            let src = SocketAddr::new(arg(1).parse().expect("src"), arg(2).parse().expect("sport"));
+            let dst = SocketAddr::new(arg(3).parse().expect("dst"), arg(4).parse().expect("port"));
+            let n: u32 = arg(5).parse().expect("count");
+            let s = UdpSocket::bind(src).expect("bind");
+            for _ in 0..n {
+                if let Err(e) = s.send_to(arg(6).as_bytes(), dst) {
+                    say(&outcome(&e));
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            say("sent");
+            true
+        }
+        "raw-udp" => {
+            let src: std::net::Ipv4Addr = arg(1).parse().expect("IPv4 src");
+            let dst: std::net::Ipv4Addr = arg(3).parse().expect("IPv4 dst");
+            let frame = ipv4_udp(
+                src,
+                arg(2).parse().expect("sport"),
+                dst,
+                arg(4).parse().expect("port"),
+                arg(5).as_bytes(),
+            );
+            // SAFETY: plain socket calls on a descriptor this function owns and closes.
+            let rc = unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                if fd < 0 {
+                    say(&outcome(&std::io::Error::last_os_error()));
+                    return true;
+                }
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(dst).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let rc = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if rc < 0 {
+                    Err(err)
+                } else {
+                    Ok(())
+                }
+            };
+            match rc {
+                Ok(()) => say("sent"),
+                Err(e) => say(&outcome(&e)),
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// An IPv4 header (checksummed) and a UDP datagram (checksum 0: none, valid for IPv4).
+fn ipv4_udp(
+    src: std::net::Ipv4Addr,
+    sport: u16,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut h = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let sum = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if extended(&args) {
+        return;
+    }
     let usage = "usage: probe (tcp-connect|udp-send|tcp-listen|udp-listen) ADDR PORT [TIMEOUT_MS]";
     let (Some(cmd), Some(addr), Some(port)) = (args.first(), args.get(1), args.get(2)) else {
         eprintln!("{usage}");
@@ -79,6 +195,17 @@ fn main() {
                     )),
                     Err(e) => say(&format!("error: {e}")),
                 }
+            }
+        }
+        "udp-record" => {
+            let s = UdpSocket::bind(sa).expect("bind");
+            say("listening");
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                say(&format!(
+                    "got {from} {}",
+                    String::from_utf8_lossy(&buf[..n])
+                ));
             }
         }
         "udp-listen" => {
