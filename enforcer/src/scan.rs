@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use enforcer_common::model::{PortRange, Protocol};
+use enforcer_common::model::{policy::cgroup_within, PortRange, Protocol};
 use procfs::{
     net::{TcpState, UdpState},
     process::FDTarget,
@@ -50,6 +50,8 @@ pub struct Owner {
     pub pid: i32,
     /// The process's comm (/proc/PID/comm).
     pub name: String,
+    /// Its cgroup v2 path (/proc/PID/cgroup), "" when unknown.
+    pub cgroup: String,
 }
 
 /// A TCP socket in LISTEN state, or an unconnected bound UDP socket.
@@ -61,9 +63,18 @@ pub struct Listener {
     pub inode: u64,
     pub uid: u32,
     pub owners: Vec<Owner>,
+    /// No process holds it, and every process's descriptors were read: the kernel's own.
+    pub kernel: bool,
 }
 
 impl Listener {
+    /// A UDP socket of the kernel's own: a tunnel's (VXLAN, GENEVE, WireGuard, FOU, L2TP).
+    /// The kernel hands its packets to the tunnel before any socket filter runs, so the
+    /// cgroup ingress program never sees them.
+    pub fn kernel_tunnel(&self) -> bool {
+        self.proto == Transport::Udp && self.kernel
+    }
+
     /// Bound to loopback only (127.0.0.0/8, ::1, or ::ffff:127.x): only this network
     /// namespace's own processes reach it.
     pub fn loopback_only(&self) -> bool {
@@ -121,6 +132,7 @@ pub fn listeners() -> anyhow::Result<Sockets> {
                     inode: e.inode,
                     uid: e.uid,
                     owners: Vec::new(),
+                    kernel: false,
                 }),
         );
     }
@@ -150,13 +162,15 @@ pub fn listeners() -> anyhow::Result<Sockets> {
                     inode: e.inode,
                     uid: e.uid,
                     owners: Vec::new(),
+                    kernel: false,
                 }),
         );
     }
     let (owners, unreadable_processes) = socket_owners();
     for l in &mut out {
-        if let Some(o) = owners.get(&l.inode) {
-            l.owners = o.clone();
+        match owners.get(&l.inode) {
+            Some(o) => l.owners = o.clone(),
+            None => l.kernel = unreadable_processes == 0,
         }
     }
     out.sort_by_key(|l| (l.proto, l.port, l.addr));
@@ -164,6 +178,27 @@ pub fn listeners() -> anyhow::Result<Sockets> {
         listeners: out,
         unreadable_processes,
     })
+}
+
+/// Where `policy`'s programs attach on this host: its cgroup, and the Ethernet interfaces
+/// (this network namespace's) its names and globs match.
+pub fn coverage_on_host(policy: &Policy) -> Coverage {
+    let links = crate::kernel::netlink::links().unwrap_or_default();
+    Coverage {
+        cgroup: policy.attach.cgroup.clone(),
+        xdp: links
+            .into_iter()
+            .filter(|l| l.arphrd == crate::kernel::netlink::ARPHRD_ETHER)
+            .filter(|l| {
+                policy
+                    .attach
+                    .interfaces
+                    .iter()
+                    .any(|p| crate::kernel::host::glob_match(p, &l.name))
+            })
+            .map(|l| l.name)
+            .collect(),
+    }
 }
 
 /// socket inode -> the processes holding it; and how many processes could not be read.
@@ -183,19 +218,21 @@ fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
             // Gone meanwhile, or a kernel thread.
             Err(_) => continue,
         };
-        let mut name = None;
+        let mut who = None;
         for fd in fds.flatten() {
             if let FDTarget::Socket(inode) = fd.target {
-                let name = name.get_or_insert_with(|| {
-                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                let (name, cgroup) = who.get_or_insert_with(|| {
+                    let name = std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
                         .map(|s| s.trim_end().to_string())
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    (name, cgroup_of(p.pid))
                 });
                 let owners = map.entry(inode).or_default();
                 if !owners.iter().any(|o| o.pid == p.pid) {
                     owners.push(Owner {
                         pid: p.pid,
                         name: name.clone(),
+                        cgroup: cgroup.clone(),
                     });
                 }
             }
@@ -207,12 +244,72 @@ fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
     (map, unreadable)
 }
 
+/// A process's cgroup v2 path ("0::/a/b" in /proc/PID/cgroup).
+fn cgroup_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+        })
+        .unwrap_or_default()
+}
+
+/// Where the programs are attached: what decides which listeners they can guard.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    /// The cgroup the cgroup programs are attached to (normalized path).
+    pub cgroup: String,
+    /// The interfaces XDP is (or would be) attached to.
+    pub xdp: Vec<String>,
+}
+
+impl Coverage {
+    fn xdp_guard(&self) -> String {
+        if self.xdp.is_empty() {
+            "nothing guards it (XDP is attached to no interface)".into()
+        } else {
+            format!("XDP on {} guards it", self.xdp.join(", "))
+        }
+    }
+
+    /// Why a protected listener is guarded less than its rule says, if it is.
+    fn gap(&self, l: &Listener) -> Option<String> {
+        if l.kernel_tunnel() {
+            return Some(format!(
+                "a kernel tunnel socket (VXLAN, GENEVE, WireGuard, FOU or L2TP): cgroup ingress never sees its packets; {} from the interfaces its packets arrive on",
+                self.xdp_guard()
+            ));
+        }
+        let outside: Vec<&Owner> = l
+            .owners
+            .iter()
+            .filter(|o| !o.cgroup.is_empty() && !cgroup_within(&o.cgroup, &self.cgroup))
+            .collect();
+        if outside.is_empty() || outside.len() < l.owners.len() {
+            return None;
+        }
+        let xdp = if self.xdp.is_empty() {
+            "nothing guards it (XDP is attached to no interface)".to_string()
+        } else {
+            format!("guarded by XDP on {} only", self.xdp.join(", "))
+        };
+        Some(format!(
+            "its process is in cgroup {}, outside the attached cgroup {}: {xdp}; local senders outside {} are not judged",
+            outside[0].cgroup, self.cgroup, self.cgroup
+        ))
+    }
+}
+
 /// How a listening socket stands under the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// A rule judges its port.
     Protected,
+    /// A rule covers its port, but the programs cannot judge all its traffic (`gap` says
+    /// why): a listener outside the attached cgroup, or a kernel tunnel socket.
+    Partial,
     /// Its port is a failsafe port: never judged, open to all by design.
     Failsafe,
     /// Unprotected, but bound to loopback only.
@@ -231,6 +328,24 @@ pub struct SocketFinding {
     pub status: Status,
     /// The rules protecting the port.
     pub rules: Vec<String>,
+    /// For `Partial`: what is not guarded, and what still guards it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<String>,
+}
+
+impl SocketFinding {
+    /// One line naming the socket and its gap, for `check` and `status`.
+    pub fn gap_line(&self) -> Option<String> {
+        let gap = self.gap.as_ref()?;
+        Some(format!(
+            "{}/{} on {} ({}), rule {}: {gap}",
+            self.proto.name(),
+            self.port,
+            self.addr,
+            processes(&self.processes),
+            self.rules.join(", ")
+        ))
+    }
 }
 
 /// A rule's ports of one protocol.
@@ -277,13 +392,26 @@ pub struct Report {
     pub ephemeral: Vec<PortFinding>,
 }
 
-/// Judges `sockets` against `policy` (none: no port is protected or failsafe).
+/// Judges `sockets` against `policy` (none: no port is protected or failsafe), with the
+/// programs attached as `coverage` says (default: the policy's own cgroup, no XDP).
 pub fn report(
     policy: Option<&Policy>,
     sockets: &[Listener],
+    coverage: Option<&Coverage>,
     ephemeral: Option<PortRange>,
     reserved: &[PortRange],
 ) -> Report {
+    let own;
+    let coverage = match (coverage, policy) {
+        (Some(c), _) => c,
+        (None, p) => {
+            own = Coverage {
+                cgroup: p.map_or_else(|| "/".into(), |p| p.attach.cgroup.clone()),
+                xdp: Vec::new(),
+            };
+            &own
+        }
+    };
     let mut found = Vec::new();
     for l in sockets {
         let (rules, failsafe) = match policy {
@@ -309,7 +437,10 @@ pub fn report(
                 (rules, failsafe)
             }
         };
-        let status = if !rules.is_empty() {
+        let gap = (!rules.is_empty()).then(|| coverage.gap(l)).flatten();
+        let status = if gap.is_some() {
+            Status::Partial
+        } else if !rules.is_empty() {
             Status::Protected
         } else if failsafe {
             Status::Failsafe
@@ -325,6 +456,7 @@ pub fn report(
             processes: l.owners.clone(),
             status,
             rules,
+            gap,
         });
     }
     let mut idle = Vec::new();
@@ -445,12 +577,18 @@ pub fn render(r: &Report) -> String {
         .map(|f| {
             let note = match f.status {
                 Status::Protected => format!("rule {}", f.rules.join(", ")),
+                Status::Partial => format!(
+                    "rule {}, but {}",
+                    f.rules.join(", "),
+                    f.gap.as_deref().unwrap_or_default()
+                ),
                 Status::Failsafe => "failsafe port, never judged".into(),
                 Status::Loopback => "loopback only".into(),
                 Status::Exposed => "no rule protects this port".into(),
             };
             let status = match f.status {
                 Status::Exposed => "EXPOSED".to_string(),
+                Status::Partial => "PARTLY".to_string(),
                 st => serde_json::to_value(st)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
@@ -504,10 +642,11 @@ pub fn render(r: &Report) -> String {
     }
     let count = |st: Status| r.sockets.iter().filter(|f| f.status == st).count();
     s += &format!(
-        "\n{}: {} exposed, {} protected, {} failsafe, {} loopback only; {} with nothing listening; {} in the ephemeral range\n",
+        "\n{}: {} exposed, {} protected, {} partly protected, {} failsafe, {} loopback only; {} with nothing listening; {} in the ephemeral range\n",
         plural(r.sockets.len(), "listening socket"),
         count(Status::Exposed),
         count(Status::Protected),
+        count(Status::Partial),
         count(Status::Failsafe),
         count(Status::Loopback),
         plural(r.idle_protected.len(), "protected port range"),
@@ -529,9 +668,11 @@ mod tests {
             port,
             inode: 1,
             uid: 0,
+            kernel: false,
             owners: vec![Owner {
                 pid: 10,
                 name: name.into(),
+                cgroup: "/".into(),
             }],
         }
     }
@@ -554,6 +695,7 @@ mod tests {
         let r = report(
             Some(&p),
             &socks,
+            None,
             Some(PortRange {
                 first: 32768,
                 last: 60999,
@@ -599,9 +741,59 @@ mod tests {
             l(Transport::Tcp, "0.0.0.0", 22, "sshd"),
             l(Transport::Udp, "::1", 53, "dns"),
         ];
-        let r = report(None, &socks, None, &[]);
+        let r = report(None, &socks, None, None, &[]);
         assert_eq!(r.exposed.len(), 1);
         assert_eq!(r.sockets[1].status, Status::Loopback);
         assert!(render(&r).contains("none given"));
+    }
+
+    #[test]
+    fn gaps_are_said_out_loud() {
+        let text = POLICY.replace(
+            "[[rule]]\nname = \"db\"",
+            "[attach]\ncgroup = \"/srv\"\n[[rule]]\nname = \"db\"",
+        );
+        let p = crate::policy::parse_str(Path::new("p.toml"), &text).unwrap();
+        let mut inside = l(Transport::Tcp, "::", 5432, "postgres");
+        inside.owners[0].cgroup = "/srv/pg".into();
+        let mut outside = l(Transport::Tcp, "0.0.0.0", 5432, "rogue");
+        outside.owners[0].cgroup = "/user.slice".into();
+        let mut tunnel = l(Transport::Udp, "0.0.0.0", 53, "");
+        tunnel.kernel = true;
+        tunnel.owners.clear();
+        let socks = [inside, outside, tunnel];
+        let none = Coverage {
+            cgroup: "/srv".into(),
+            xdp: vec![],
+        };
+        let r = report(Some(&p), &socks, Some(&none), None, &[]);
+        let st: Vec<Status> = r.sockets.iter().map(|f| f.status).collect();
+        assert_eq!(
+            st,
+            vec![Status::Protected, Status::Partial, Status::Partial]
+        );
+        let lines: Vec<String> = r.sockets.iter().filter_map(|f| f.gap_line()).collect();
+        assert!(
+            lines[0].contains("cgroup /user.slice, outside the attached cgroup /srv"),
+            "{lines:?}"
+        );
+        assert!(lines[0].contains("nothing guards it"), "{lines:?}");
+        assert!(
+            lines[1].contains("kernel tunnel socket") && lines[1].contains("nothing guards it"),
+            "{lines:?}"
+        );
+        let xdp = Coverage {
+            cgroup: "/srv".into(),
+            xdp: vec!["eth0".into()],
+        };
+        let r = report(Some(&p), &socks, Some(&xdp), None, &[]);
+        let lines: Vec<String> = r.sockets.iter().filter_map(|f| f.gap_line()).collect();
+        assert!(
+            lines[0]
+                .contains("guarded by XDP on eth0 only; local senders outside /srv are not judged"),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("XDP on eth0 guards it"), "{lines:?}");
+        assert!(render(&r).contains("PARTLY"));
     }
 }

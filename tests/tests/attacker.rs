@@ -457,3 +457,80 @@ fn xdp_is_refused_on_devices_without_an_ethernet_header() {
         .any(|w| w.contains(&tun) && w.contains("not attached"));
     assert!(warned, "status says nothing of the skipped {tun}: {st}");
 }
+
+/// `enforcer ARGS` run inside `ns`: (exit code, stdout + stderr).
+fn enforcer_in(ns: &NetNs, args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(testbed::enforcer_bin());
+    cmd.args(args);
+    testbed::daemon::place(&mut cmd, Some(&ns.path()), None);
+    let out = cmd.output().expect("run enforcer");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// What the programs cannot guard is said by `check`, `scan` and `status`: a listener on a
+/// protected port whose process is outside the attached cgroup, and a protected UDP port
+/// served by a kernel tunnel socket (VXLAN here).
+#[test]
+fn coverage_gaps_are_said_out_loud() {
+    need_root!();
+    let s = Scene::new();
+    let elsewhere = Cgroup::new();
+    let vx = testbed::unique("vx");
+    s.host.ip(&[
+        "link", "add", &vx, "type", "vxlan", "id", "42", "dstport", "4789", "local", "10.1.0.1",
+    ]);
+    s.host.ip(&["link", "set", &vx, "up"]);
+    let _outside = Probe::spawn(
+        Some(&s.host),
+        Some(&elsewhere.procs_file()),
+        &["tcp-listen", "::", &TCP_PORT.to_string()],
+    );
+    wait_lines(&_outside, "the listener", |l| {
+        l.iter().any(|x| x == "listening")
+    });
+    let policy = format!(
+        "{}\n[[rule]]\nname = \"vxlan\"\nprotocol = \"udp\"\nports = [4789]\nallow_from = [\"10.1.0.0/24\"]\n",
+        s.policy(true)
+    );
+    let dir = TempDir::new();
+    let file = write_file(&dir.0, "policy.toml", &policy);
+    let file = file.display().to_string();
+    let (code, out) = enforcer_in(&s.host, &["check", "--config", &file]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("tcp/{TCP_PORT}"))
+            && out.contains(&format!("outside the attached cgroup {}", s.cg.path))
+            && out.contains("local senders outside"),
+        "check says nothing of the listener outside the attached cgroup: {out}"
+    );
+    assert!(
+        out.contains("udp/4789") && out.contains("kernel tunnel socket"),
+        "check says nothing of the tunnel socket: {out}"
+    );
+    let (code, out) = enforcer_in(&s.host, &["scan", "--config", &file]);
+    assert_eq!(code, 0, "{out}");
+    let partly: Vec<&str> = out.lines().filter(|l| l.contains("PARTLY")).collect();
+    assert_eq!(partly.len(), 2, "scan still calls them protected: {out}");
+    let d = Daemon::start(&s.host, &policy);
+    let start = Instant::now();
+    loop {
+        let st = d.status();
+        let w = st["warnings"].to_string();
+        if w.contains("kernel tunnel socket") && w.contains("outside the attached cgroup") {
+            assert!(w.contains(&format!("XDP on {}", s.v1.a)), "{w}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "status names no coverage gap: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -20,7 +20,14 @@ pub fn scan(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let sockets = scan::listeners().context("reading the listening sockets")?;
     let ephemeral = lint::read_ephemeral_range().ok();
     let reserved = lint::read_reserved_ports().unwrap_or_default();
-    let report = scan::report(policy.as_ref(), &sockets.listeners, ephemeral, &reserved);
+    let coverage = policy.as_ref().map(scan::coverage_on_host);
+    let report = scan::report(
+        policy.as_ref(),
+        &sockets.listeners,
+        coverage.as_ref(),
+        ephemeral,
+        &reserved,
+    );
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["unreadable_processes"] = sockets.unreadable_processes.into();

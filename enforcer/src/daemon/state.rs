@@ -26,6 +26,9 @@ use crate::{
     policy::{self, compile, compile_after, Compiled, Policy},
 };
 
+/// How often the listeners are checked for coverage gaps.
+const GAPS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often held-back events are summed up in `suppressed` events.
 const SUPPRESSED_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,6 +67,10 @@ pub struct State {
     paths: Paths,
     /// Interfaces a glob matched that XDP cannot parse, and why.
     xdp_skipped: BTreeMap<String, String>,
+    /// Listeners on protected ports the programs cannot fully guard, and when that was
+    /// last looked at (a walk of /proc: not on every tick).
+    gaps: Vec<String>,
+    gaps_checked: Option<Instant>,
     audit: UnboundedSender<Control>,
     stats: Arc<Stats>,
 }
@@ -109,6 +116,8 @@ impl State {
             pending: None,
             paths: Paths::default(),
             xdp_skipped: BTreeMap::new(),
+            gaps: Vec::new(),
+            gaps_checked: None,
             audit,
             stats,
         };
@@ -373,6 +382,12 @@ impl State {
             }
         }
         self.report_lost();
+        if self
+            .gaps_checked
+            .is_none_or(|t| t.elapsed() >= GAPS_INTERVAL)
+        {
+            self.check_gaps();
+        }
         if self.next_expiry.is_some_and(|t| t <= now_unix()) {
             self.expire();
         }
@@ -398,6 +413,35 @@ impl State {
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
             }
         }
+    }
+
+    /// Finds the listeners on protected ports that only part of the programs can guard
+    /// (outside the attached cgroup, kernel tunnel sockets) and logs each new one.
+    fn check_gaps(&mut self) {
+        self.gaps_checked = Some(Instant::now());
+        let Ok(sockets) = crate::scan::listeners() else {
+            return;
+        };
+        let coverage = crate::scan::Coverage {
+            cgroup: self.policy.attach.cgroup.clone(),
+            xdp: self
+                .loaded
+                .xdp_attachments()
+                .map(|(i, _)| i.clone())
+                .collect(),
+        };
+        let report = crate::scan::report(
+            Some(&self.policy),
+            &sockets.listeners,
+            Some(&coverage),
+            None,
+            &[],
+        );
+        let gaps: Vec<String> = report.sockets.iter().filter_map(|f| f.gap_line()).collect();
+        for g in gaps.iter().filter(|g| !self.gaps.contains(g)) {
+            warn!("coverage gap: {g}");
+        }
+        self.gaps = gaps;
     }
 
     /// Grants and policy entries whose time is up stop applying: the policy is applied
@@ -671,6 +715,7 @@ impl State {
             }
         }
         warnings.extend(self.xdp_skipped.values().cloned());
+        warnings.extend(self.gaps.iter().cloned());
         for (_, path) in self.compiled.cgroups.keys() {
             if !self.cgroup_ids.contains_key(path)
                 && !warnings

@@ -37,6 +37,12 @@ pub struct HostFacts {
     pub notes: Vec<String>,
     /// Now, in seconds since the epoch: allow entries that expired before it have lapsed.
     pub now_unix: u64,
+    /// This host's own addresses (loopback's are always counted too).
+    pub local_addrs: Vec<std::net::IpAddr>,
+    /// The listening sockets, for the coverage gaps.
+    pub listeners: Vec<crate::scan::Listener>,
+    /// The Ethernet interfaces (XDP can attach only to those).
+    pub ethernet_ifaces: Vec<String>,
 }
 
 impl HostFacts {
@@ -63,9 +69,22 @@ impl HostFacts {
             }
             Err(e) => facts.notes.push(format!("cgroups not checked: {e:#}")),
         }
+        match crate::kernel::host::local_addrs() {
+            Ok(a) => facts.local_addrs = a.into_iter().collect(),
+            Err(e) => facts
+                .notes
+                .push(format!("this host's addresses not checked: {e}")),
+        }
+        facts.ethernet_ifaces = crate::kernel::netlink::links()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.arphrd == crate::kernel::netlink::ARPHRD_ETHER)
+            .map(|l| l.name)
+            .collect();
         match crate::scan::listeners() {
             Ok(s) => {
                 facts.sshd_ports = s.sshd_tcp_ports();
+                facts.listeners = s.listeners.clone();
                 if facts.sshd_ports.is_empty() && s.unreadable_processes > 0 {
                     facts.notes.push(format!(
                         "sshd's ports not checked for {} processes whose sockets could not be read (run as root)",
@@ -551,6 +570,74 @@ impl Linter<'_> {
 
 impl Linter<'_> {
     /// Allow entries whose `expires` has passed: they no longer allow anything.
+    /// A prefix that holds one of this host's own addresses admits remote senders in it,
+    /// never this host's processes (judged by their cgroup): say so where it is written.
+    fn host_addresses(&mut self, facts: &HostFacts) {
+        let loopback: [std::net::IpAddr; 2] = [
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ];
+        for (i, r) in self.policy.verdict.rules.iter().enumerate() {
+            for (j, p) in r.allow_from.iter().enumerate() {
+                if p.len == 0 {
+                    // Allow-all prefixes have their own warning.
+                    continue;
+                }
+                let Some(a) = loopback
+                    .iter()
+                    .chain(&facts.local_addrs)
+                    .find(|a| p.contains(**a))
+                else {
+                    continue;
+                };
+                let at = self.allow_from_loc(i, j);
+                self.warn(at, format!(
+                    "{p} in rule {:?} holds {a}, an address of this host: it admits remote senders in it, not this host's own processes (they are judged by allow_cgroups; allow_cgroups = [\"/\"] admits every local process)",
+                    r.name
+                ));
+            }
+        }
+    }
+
+    /// Listeners on protected ports that the programs cannot fully guard.
+    fn coverage(&mut self, facts: &HostFacts) {
+        if facts.listeners.is_empty() {
+            return;
+        }
+        let coverage = crate::scan::Coverage {
+            cgroup: self.policy.attach.cgroup.clone(),
+            xdp: facts
+                .ethernet_ifaces
+                .iter()
+                .filter(|n| {
+                    self.policy
+                        .attach
+                        .interfaces
+                        .iter()
+                        .any(|p| crate::kernel::host::glob_match(p, n))
+                })
+                .cloned()
+                .collect(),
+        };
+        let report = crate::scan::report(
+            Some(self.policy),
+            &facts.listeners,
+            Some(&coverage),
+            None,
+            &[],
+        );
+        for f in &report.sockets {
+            let Some(line) = f.gap_line() else { continue };
+            let rule = f
+                .rules
+                .first()
+                .and_then(|n| self.policy.verdict.rules.iter().position(|r| &r.name == n))
+                .unwrap_or(0);
+            let at = self.ports_loc(rule);
+            self.warn(at, line);
+        }
+    }
+
     fn lapsed(&mut self, facts: &HostFacts) {
         for e in &self.policy.expiring {
             if e.expires_unix <= facts.now_unix {
@@ -583,6 +670,8 @@ pub fn lint(policy: &Policy, facts: &HostFacts) -> Vec<Diagnostic> {
     l.sshd(facts);
     l.shadowed_by_failsafe();
     l.lapsed(facts);
+    l.host_addresses(facts);
+    l.coverage(facts);
     let mut out = l.out;
     out.sort_by_key(|d| (d.line, d.col));
     out
@@ -855,5 +944,30 @@ mod tests {
         let w = warnings(text, &f);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("tcp+udp/40000 are failsafe"), "{w:?}");
+    }
+
+    #[test]
+    fn a_prefix_holding_the_host_address_is_named() {
+        let text = "[[rule]]\nname = \"api\"\nports = [8080]\nallow_from = [\"10.0.0.0/8\", \"192.0.2.0/24\", \"127.0.0.0/8\"]\n";
+        let f = HostFacts {
+            local_addrs: vec!["10.1.2.3".parse().unwrap()],
+            ..HostFacts::default()
+        };
+        let w = warnings(text, &f);
+        let hits: Vec<&String> = w
+            .iter()
+            .filter(|w| w.contains("an address of this host"))
+            .collect();
+        assert_eq!(hits.len(), 2, "{w:?}");
+        assert!(
+            hits[0].starts_with("p.toml:4:")
+                && hits[0].contains("10.0.0.0/8")
+                && hits[0].contains("10.1.2.3"),
+            "{hits:?}"
+        );
+        assert!(
+            hits[1].contains("127.0.0.0/8") && hits[1].contains("127.0.0.1"),
+            "{hits:?}"
+        );
     }
 }
