@@ -16,7 +16,7 @@ use enforcer::{
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
     event::PacketEvent,
-    maps::HostInfo,
+    maps::{FlowKey, HostInfo},
     model::{self, Context, Judgement},
     reason::{Hook, Reason},
 };
@@ -127,6 +127,44 @@ impl TestKernel {
                 0,
             )
             .expect("host info");
+    }
+
+    /// Makes interface `ifindex` the path of the namespace with `cookie` (`PATHS`); None
+    /// removes it.
+    pub fn set_path(&mut self, ifindex: u32, cookie: Option<u64>) {
+        let paths = &mut self.loaded.maps.paths;
+        match cookie {
+            Some(c) => paths.insert(ifindex, c, 0).expect("PATHS"),
+            None => {
+                let _ = paths.remove(&ifindex);
+            }
+        }
+    }
+
+    /// Remembers `flow` as authorized at a sender's socket just now (as the egress program
+    /// would), or forgets it.
+    pub fn set_flow(&mut self, flow: FlowKey, fresh: bool) {
+        let map = self.loaded.ebpf.map_mut("FLOWS").expect("FLOWS");
+        let mut flows: aya::maps::HashMap<_, FlowKey, u64> =
+            aya::maps::HashMap::try_from(map).expect("FLOWS is a hash");
+        if fresh {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC is the
+            // clock of bpf_ktime_get_ns.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            flows.insert(flow, now, 0).expect("FLOWS insert");
+        } else {
+            let _ = flows.remove(&flow);
+        }
+    }
+
+    /// The host namespace's cookie, as the programs know it.
+    pub fn host_netns_cookie(&self) -> u64 {
+        self.loaded.maps.host.get(&0, 0).expect("host").netns_cookie
     }
 
     /// Runs `prog` on an Ethernet frame (the cgroup programs see it from L3, with the

@@ -778,10 +778,27 @@ pub fn hex_compact(b: &[u8]) -> String {
 /// Runs `prog` on `frame` through BPF_PROG_TEST_RUN like `TestKernel::run`, but returns
 /// the kernel's refusal of the input instead of panicking.
 pub fn try_run(k: &TestKernel, prog: Prog, frame: &[u8]) -> Result<u32, String> {
+    try_run_from(k, prog, frame, 0)
+}
+
+/// As `try_run`, with the cgroup ingress program seeing the packet arrive on interface
+/// `ingress_ifindex` (0: none given; XDP's test runs always arrive on loopback, 1).
+pub fn try_run_from(
+    k: &TestKernel,
+    prog: Prog,
+    frame: &[u8],
+    ingress_ifindex: u32,
+) -> Result<u32, String> {
     use aya::programs::{CgroupSkb, TestRun as _, TestRunOptions, Xdp};
     use enforcer::kernel::programs::{EGRESS, INGRESS, XDP};
+    // struct __sk_buff up to `ifindex`: test_run takes mark, priority, ingress_ifindex and
+    // ifindex from it and wants the rest zero; `ingress_ifindex` is at byte 36.
+    let mut ctx = [0u8; 44];
+    ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    let with_ctx = prog == Prog::Ingress && ingress_ifindex != 0;
     let opts = TestRunOptions {
         data_in: Some(frame),
+        ctx_in: with_ctx.then_some(&ctx[..]),
         repeat: 1,
         ..Default::default()
     };

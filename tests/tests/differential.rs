@@ -20,13 +20,14 @@ use enforcer::kernel::counters;
 use enforcer_common::{
     consts::{AF_INET, AF_INET6, ETH_HLEN, NO_RULE},
     event::PacketEvent,
-    model::{self, Judgement, Parsed, L4},
+    maps::FlowKey,
+    model::{self, Arrival, Context, Flow, Judgement, Parsed, L4},
     reason::{Hook, Reason, Verdict},
 };
 use testbed::{
     is_root,
     kernel::{dropped, model_l3, Prog, TestKernel},
-    packets::{generate, hex, hex_compact, test_run_refuses, try_run, Rng, Universe},
+    packets::{generate, hex, hex_compact, test_run_refuses, try_run_from, Rng, Universe},
 };
 
 const DEFAULT_PACKETS: u64 = 3000;
@@ -307,6 +308,93 @@ fn disagreement(
     }
 }
 
+/// Another namespace's cookie, and the interface the test makes its path (`PATHS`).
+const CONTAINER: u64 = 0xC0FF_EE00_0000_0001;
+const CONTAINER_IFINDEX: u32 = 1000;
+
+/// Which remembered flow a packet may ride on, and the path it arrives by: generated
+/// beside each packet so the flow decision is compared on every hook.
+#[derive(Debug, Clone, Copy)]
+struct Paths {
+    /// A flow for the packet's exact tuple, sent from this namespace (None: no flow).
+    flow_netns: Option<u64>,
+    /// XDP's test runs arrive on loopback (ifindex 1): whether 1 is made a container's path.
+    xdp_on_path: bool,
+    /// Where the cgroup ingress run says the packet arrived: 0 (no device), loopback, or
+    /// the container's path.
+    ingress_ifindex: u32,
+}
+
+impl Paths {
+    fn generate(rng: &mut Rng, host: u64) -> Paths {
+        Paths {
+            flow_netns: match rng.below(4) {
+                0 => None,
+                1 => Some(host),
+                2 => Some(CONTAINER),
+                _ => Some(0xBAD0_0000_0000_0002),
+            },
+            xdp_on_path: rng.below(2) == 0,
+            ingress_ifindex: [0, 1, CONTAINER_IFINDEX][rng.below(3) as usize],
+        }
+    }
+
+    fn arrival(&self, prog: Prog) -> Arrival {
+        match (prog, self.ingress_ifindex) {
+            (Prog::Xdp, _) if self.xdp_on_path => Arrival::Namespace(CONTAINER),
+            (Prog::Ingress, 1) => Arrival::Loopback,
+            (Prog::Ingress, CONTAINER_IFINDEX) => Arrival::Namespace(CONTAINER),
+            _ => Arrival::Other,
+        }
+    }
+}
+
+/// The flow of a parsed packet (client to server), in the model's and the map's forms.
+fn flow_of(parsed: &Parsed, netns: u64) -> Option<(Flow, FlowKey)> {
+    let Parsed::Ip {
+        src,
+        dst,
+        l4:
+            L4::Ports {
+                proto,
+                sport,
+                dport,
+                ..
+            },
+    } = *parsed
+    else {
+        return None;
+    };
+    let bytes = |a: IpAddr| match a {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    Some((
+        Flow {
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            netns,
+        },
+        FlowKey {
+            proto,
+            family: if src.is_ipv4() { AF_INET } else { AF_INET6 },
+            _pad: 0,
+            sport,
+            dport,
+            src: bytes(src),
+            dst: bytes(dst),
+            netns,
+        },
+    ))
+}
+
 struct Runner {
     k: TestKernel,
     /// Reason counters as last read, per hook.
@@ -315,9 +403,15 @@ struct Runner {
 
 impl Runner {
     /// Runs `prog` on `frame`; `Err` when test_run refuses the input.
-    fn run(&mut self, prog: Prog, frame: &[u8], expected: Reason) -> Result<KernelOutcome, String> {
+    fn run(
+        &mut self,
+        prog: Prog,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        expected: Reason,
+    ) -> Result<KernelOutcome, String> {
         let hook = prog.hook();
-        let ret = try_run(&self.k, prog, frame)?;
+        let ret = try_run_from(&self.k, prog, frame, ingress_ifindex)?;
         // Every run moves exactly one counter: read the expected one first (one lookup),
         // and all of the hook's only when it did not move by one.
         let now = counters::by_reason(&self.k.loaded.maps, hook, expected);
@@ -350,7 +444,10 @@ fn kernel_and_model_agree_on_generated_packets() {
     let packets = env_u64("ENFORCER_FUZZ_PACKETS", DEFAULT_PACKETS);
     let seed = env_u64("ENFORCER_FUZZ_SEED", DEFAULT_SEED);
     let u = universe();
-    let k = TestKernel::new(POLICY, &local_addrs());
+    let locals = local_addrs();
+    let mut k = TestKernel::new(POLICY, &locals);
+    k.set_path(CONTAINER_IFINDEX, Some(CONTAINER));
+    let host = k.host_netns_cookie();
     let counts = k.reason_counts();
     let mut r = Runner { k, counts };
 
@@ -361,15 +458,33 @@ fn kernel_and_model_agree_on_generated_packets() {
     let mut failures = 0usize;
     let start = Instant::now();
     for i in 0..packets {
-        let g = generate(&mut Rng::for_index(seed, i), &u);
+        let mut rng = Rng::for_index(seed, i);
+        let g = generate(&mut rng, &u);
+        let paths = Paths::generate(&mut rng, host);
+        r.k.set_path(1, paths.xdp_on_path.then_some(CONTAINER));
         *per_kind.entry(g.kind).or_default() += 1;
         for prog in [Prog::Xdp, Prog::Ingress, Prog::Egress] {
-            let want = r.k.model(prog, &g.frame);
             let parsed = match prog {
                 Prog::Xdp => model::parse_frame(&g.frame),
                 _ => model_l3(&g.frame),
             };
-            let problem = match r.run(prog, &g.frame, want.reason) {
+            let flow = paths.flow_netns.and_then(|n| flow_of(&parsed, n));
+            if let Some((_, key)) = flow {
+                r.k.set_flow(key, true);
+            }
+            let flows: Vec<Flow> = flow.iter().map(|(f, _)| *f).collect();
+            let ctx = Context {
+                host_netns: host,
+                arrival: paths.arrival(prog),
+                flows: &flows,
+                ..Context::remote(prog.hook(), &locals)
+            };
+            let want = model::judge(&r.k.policy.verdict, &ctx, &parsed);
+            let run = r.run(prog, &g.frame, paths.ingress_ifindex, want.reason);
+            if let Some((_, key)) = flow {
+                r.k.set_flow(key, false);
+            }
+            let problem = match run {
                 Ok(got) => {
                     compared += 1;
                     *per_reason
@@ -395,7 +510,7 @@ fn kernel_and_model_agree_on_generated_packets() {
                 failures += 1;
                 if failures <= MAX_PRINTED {
                     eprintln!(
-                        "DISAGREEMENT seed={seed:#x} index={i} kind={} hook={}\n  {why}\n  model: {want:?}\n  parsed: {parsed:?}\n  frame ({} bytes): {}\n{}",
+                        "DISAGREEMENT seed={seed:#x} index={i} kind={} hook={} paths={paths:?}\n  {why}\n  model: {want:?}\n  parsed: {parsed:?}\n  frame ({} bytes): {}\n{}",
                         g.kind,
                         prog.hook().name(),
                         g.frame.len(),
