@@ -706,3 +706,134 @@ fn allow_entries_expire_on_time() {
         .count();
     assert_eq!(n, 1, "{:#?}", d.events());
 }
+
+/// Issue 12.1: a grant and an expiring entry lapse in the kernel at their deadline with no
+/// daemon running, after a stop with `--on-stop keep` and after SIGKILL; the next daemon
+/// reports each expiry once, late, with its true time.
+#[test]
+fn deadlines_hold_with_no_daemon_watching() {
+    need_root!();
+    for stop in ["keep", "sigkill"] {
+        let bed = Bed::new();
+        let _l = bed.listen("udp-listen", PORT);
+        let state = TempDir::new();
+        let state_dir = state.0.display().to_string();
+        let policy_until = |expires: u64| {
+            bed.policy(
+                "",
+                &format!(
+                    "[[rule]]\nname = \"svc\"\nprotocol = \"udp\"\nports = [{PORT}]\n\
+                     allow_from = [\"fd01::/64\", {{ from = \"10.1.0.2/32\", expires = \"{}\" }}]\n",
+                    rfc3339(expires)
+                ),
+            )
+        };
+        let args = ["--state-dir", state_dir.as_str(), "--on-stop", "keep"];
+        // Started first, the deadline set after: a slow start cannot eat into it.
+        let mut d = Daemon::start_with(
+            &bed.host,
+            &policy_until(now_unix_f64() as u64 + 3600),
+            &args,
+        );
+        let expires = now_unix_f64() as u64 + 7;
+        let policy = policy_until(expires);
+        d.reload(&policy);
+        d.wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "policy" && v["action"] == "applied" && v["policy"] == 2
+        });
+        let (_, g) = grant(
+            &d,
+            &[
+                "--rule",
+                "svc",
+                "--from",
+                "10.2.0.2/32",
+                "--for",
+                "7s",
+                "--reason",
+                "deadline",
+            ],
+        );
+        let grant_expires = parse_rfc3339(g["expires"].as_str().expect("expires")).expect("time");
+        let (dst_a, dst_r) = (sa(HOST_A4, PORT), sa(HOST_R4, PORT));
+        let mut a = Pinger::new(&bed.a, dst_a);
+        let mut r = Pinger::new(&bed.r, dst_r);
+        assert!(
+            reaches(&mut a, dst_a),
+            "{stop}: the expiring entry does not let A in"
+        );
+        assert!(
+            reaches(&mut r, dst_r),
+            "{stop}: the grant does not let R in"
+        );
+
+        // The daemon goes away; the pins stay, with the policy and the grant in force.
+        let pins = match stop {
+            "keep" => {
+                let pins = d.pins.take().expect("pins");
+                assert!(d.stop().success());
+                pins
+            }
+            _ => d.kill9(),
+        };
+        assert!(
+            reaches(&mut a, dst_a),
+            "{stop}: A refused before its entry expired"
+        );
+        assert!(
+            reaches(&mut r, dst_r),
+            "{stop}: R refused before its grant expired"
+        );
+        assert_lapsed_on_time(
+            &format!("{stop}: entry"),
+            expires,
+            1.0,
+            until_refused(&mut a, dst_a, Duration::from_secs(20)),
+        );
+        assert_lapsed_on_time(
+            &format!("{stop}: grant"),
+            grant_expires,
+            1.0,
+            until_refused(&mut r, dst_r, Duration::from_secs(20)),
+        );
+        // A source the policy keeps stays in.
+        let dst6 = sa(HOST_A6, PORT);
+        let mut a6 = Pinger::new(&bed.a, dst6);
+        assert!(
+            reaches(&mut a6, dst6),
+            "{stop}: fd01::/64 lost with the expiries"
+        );
+
+        // The next daemon reports both expiries once, late, with their true times.
+        let mut d = Daemon::start_pinned(&bed.host, &policy, &args, pins);
+        let g_ev = d.wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "grant" && v["action"] == "expired"
+        });
+        assert_eq!(g_ev["late"], true, "{stop}: {g_ev}");
+        assert_eq!(
+            g_ev["expired_at"],
+            rfc3339(grant_expires).as_str(),
+            "{g_ev}"
+        );
+        assert_eq!(g_ev["from"], "10.2.0.2/32", "{g_ev}");
+        let e_ev = d.wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "entry" && v["action"] == "expired"
+        });
+        assert_eq!(e_ev["late"], true, "{stop}: {e_ev}");
+        assert_eq!(e_ev["expired_at"], rfc3339(expires).as_str(), "{e_ev}");
+        assert_eq!(e_ev["from"], "10.1.0.2/32", "{e_ev}");
+        assert_eq!(e_ev["rule"], "svc", "{e_ev}");
+        assert!(!reaches(&mut a, dst_a) && !reaches(&mut r, dst_r));
+        let pins = d.pins.take().expect("pins");
+        assert!(d.stop().success());
+        // Once: a third daemon has nothing more to report.
+        let mut d = Daemon::start_pinned(&bed.host, &policy, &args, pins);
+        d.wait_for(Duration::from_secs(10), |v| {
+            v["event"] == "policy" && v["action"] == "applied"
+        });
+        let again = d.poll_for(Duration::from_secs(2), |v| {
+            (v["event"] == "grant" || v["event"] == "entry") && v["action"] == "expired"
+        });
+        assert!(again.is_none(), "{stop}: reported twice: {again:?}");
+    }
+}

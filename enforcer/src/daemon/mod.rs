@@ -3,6 +3,7 @@
 //! (`audit`), and the control server.
 
 pub mod audit;
+mod expiries;
 mod history;
 mod state;
 
@@ -115,7 +116,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (sub_tx, sub_rx) = mpsc::channel(16);
     let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
     st.announce_initial();
-    st.expire_stale_grants();
+    st.report_late_expiries();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
     let metrics = opts.metrics.map(|addr| {

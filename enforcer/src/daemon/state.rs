@@ -18,12 +18,15 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use super::audit::{Control, Stats};
+use super::{
+    audit::{Control, Stats},
+    expiries::Ledger,
+};
 use crate::{
     events::{record, Record},
     grants::{describe, now_unix, Grant, Store},
     kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
-    policy::{self, compile, compile_after, Compiled, Policy},
+    policy::{self, compile, compile_after, Compiled, Entry, Policy},
 };
 
 /// How often the listeners are checked for coverage gaps.
@@ -47,6 +50,8 @@ pub struct State {
     /// What applies now: `policy` without lapsed entries, with the grants in force.
     pub effective: Policy,
     grants: Store,
+    /// Policy entries whose expiry was reported.
+    ledger: Ledger,
     /// When the next policy entry or grant lapses (unix seconds).
     next_expiry: Option<u64>,
     compiled: Compiled,
@@ -99,6 +104,7 @@ impl State {
             writer,
             policy,
             effective,
+            ledger: Ledger::open(grants.dir()),
             grants,
             next_expiry: None,
             compiled,
@@ -389,7 +395,7 @@ impl State {
             self.check_gaps();
         }
         if self.next_expiry.is_some_and(|t| t <= now_unix()) {
-            self.expire();
+            self.expire(false);
         }
         if self.last_suppressed_report.elapsed() >= SUPPRESSED_INTERVAL {
             self.last_suppressed_report = Instant::now();
@@ -446,7 +452,9 @@ impl State {
 
     /// Grants and policy entries whose time is up stop applying: the policy is applied
     /// again without them (atomically, as a new generation) and each is reported.
-    fn expire(&mut self) {
+    /// The kernel stopped honouring them at their deadline already; `late`: they expired
+    /// while no daemon ran (reported by the next one, once, with their true expiry time).
+    fn expire(&mut self, late: bool) {
         let now = now_unix();
         let expired = self.grants.take_expired(now);
         if !expired.is_empty() {
@@ -454,11 +462,33 @@ impl State {
                 warn!("saving grants: {e:#}");
             }
         }
+        let entries = self.ledger.due(&self.policy, now);
+        if !entries.is_empty() {
+            if let Err(e) = self.ledger.save() {
+                warn!("saving reported expiries: {e:#}");
+            }
+        }
         let policy = self.policy.clone();
         match self.apply(policy) {
             Ok(_) => {
                 for g in &expired {
-                    self.grant_record("expired", g);
+                    self.grant_record("expired", g, late);
+                }
+                for (rule, entry, at) in &entries {
+                    let (key, value) = match entry {
+                        Entry::From(f) => ("from", f),
+                        Entry::Cgroup(c) => ("cgroup", c),
+                    };
+                    let _ = self.audit.send(Control::Json(json!({
+                        "ts": record::now(),
+                        "event": "entry",
+                        "action": "expired",
+                        "rule": rule,
+                        key: value,
+                        "expired_at": crate::grants::rfc3339(*at),
+                        "late": late,
+                        "policy": self.generation,
+                    })));
                 }
                 let r = self.policy_record(
                     if expired.is_empty() {
@@ -479,7 +509,7 @@ impl State {
         }
     }
 
-    fn grant_record(&self, action: &'static str, g: &Grant) {
+    fn grant_record(&self, action: &'static str, g: &Grant, late: bool) {
         let mut v = describe(g, now_unix());
         if let Some(m) = v.as_object_mut() {
             m.insert("ts".into(), record::now().into());
@@ -487,6 +517,13 @@ impl State {
             m.insert("action".into(), action.into());
             m.insert("policy".into(), self.generation.into());
             m.remove("seconds_left");
+            if action == "expired" {
+                m.insert(
+                    "expired_at".into(),
+                    crate::grants::rfc3339(g.expires_unix).into(),
+                );
+                m.insert("late".into(), late.into());
+            }
         }
         let _ = self.audit.send(Control::Json(v));
     }
@@ -513,7 +550,7 @@ impl State {
             let _ = self.grants.save();
             return Err(format!("grant not applied: {e}"));
         }
-        self.grant_record("granted", &g);
+        self.grant_record("granted", &g, false);
         info!(id = g.id, rule, reason, "grant applied");
         Ok(json!({"grant": describe(&g, now_unix()), "generation": self.generation}))
     }
@@ -528,7 +565,7 @@ impl State {
         }
         let p = self.policy.clone();
         self.apply(p).map_err(|e| format!("{e:#}"))?;
-        self.grant_record("revoked", &g);
+        self.grant_record("revoked", &g, false);
         info!(id, "grant revoked");
         Ok(json!({"revoked": describe(&g, now_unix()), "generation": self.generation}))
     }
@@ -549,15 +586,14 @@ impl State {
         json!({"grants": list})
     }
 
-    /// Reports grants that expired while no daemon was running.
-    pub fn expire_stale_grants(&mut self) {
-        if self
-            .grants
-            .grants
-            .iter()
-            .any(|g| g.expires_unix <= now_unix())
-        {
-            self.expire();
+    /// Reports grants and entries that expired while no daemon was running (the kernel
+    /// stopped honouring them on time all the same).
+    pub fn report_late_expiries(&mut self) {
+        let now = now_unix();
+        let due = self.grants.grants.iter().any(|g| g.expires_unix <= now)
+            || self.policy.expiring.iter().any(|e| e.expires_unix <= now);
+        if due {
+            self.expire(true);
         }
     }
 

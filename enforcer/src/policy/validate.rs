@@ -66,7 +66,9 @@ pub struct Rates {
 }
 
 /// An allow entry: a source prefix or a cgroup.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Entry {
     From(String),
