@@ -14,3 +14,4 @@ pub mod grants;
 pub mod kernel;
 pub mod policy;
 pub mod scan;
+pub mod statefile;
