@@ -221,7 +221,8 @@ impl Ownership {
     /// Records `owner` beside the pins (replacing an earlier daemon's record in one rename).
     pub fn record(&self, owner: &Owner) -> io::Result<()> {
         let link = self.pins.owner_link();
-        let tmp = self.pins.root.join(format!("{OWNER_LINK}.{}", owner.pid));
+        // bpffs refuses names with dots.
+        let tmp = self.pins.root.join(format!("{OWNER_LINK}-new-{}", owner.pid));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(owner.encode(), &tmp)?;
         std::fs::rename(&tmp, &link)
