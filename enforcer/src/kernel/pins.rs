@@ -222,7 +222,10 @@ impl Ownership {
     pub fn record(&self, owner: &Owner) -> io::Result<()> {
         let link = self.pins.owner_link();
         // bpffs refuses names with dots.
-        let tmp = self.pins.root.join(format!("{OWNER_LINK}-new-{}", owner.pid));
+        let tmp = self
+            .pins
+            .root
+            .join(format!("{OWNER_LINK}-new-{}", owner.pid));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(owner.encode(), &tmp)?;
         std::fs::rename(&tmp, &link)
