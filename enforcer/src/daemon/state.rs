@@ -409,23 +409,26 @@ impl State {
             }))
         };
         let _ = self.audit.send(event("lost", None));
-        let restored = self.loaded.restore_pins().and_then(|_| self.attach());
-        if let Err(e) = restored {
+        if let Err(e) = self.loaded.restore_pins() {
             let msg = format!("{e:#}");
             let _ = self.audit.send(event("restore-failed", Some(msg.clone())));
             return Err(e.context(format!(
                 "restoring the pinned state at {pin_dir}; exiting so that a supervisor starts a daemon afresh"
             )));
         }
-        let _ = self.audit.send(event("restored", None));
+        // As at any time: an attach point that refuses is logged, and XDP is tried again
+        // on every tick.
+        let attached = self.attach().err().map(|e| format!("{e:#}"));
+        let _ = self.audit.send(event("restored", attached.clone()));
         info!(
             pin_dir,
             "pinned state restored: programs attached, policy in force"
         );
         self.pins_incident = Some(format!(
-            "pinned state at {pin_dir} was removed under this daemon at {at} ({}); restored at {}",
+            "pinned state at {pin_dir} was removed under this daemon at {at} ({}); restored at {}{}",
             lost.join(", "),
-            record::now()
+            record::now(),
+            attached.map_or_else(String::new, |e| format!(", but attaching failed: {e}"))
         ));
         Ok(())
     }
