@@ -45,6 +45,29 @@ fn r_connects(bed: &Bed) -> String {
 fn assert_enforcing(bed: &Bed, when: &str) {
     assert_eq!(a_connects(bed), "connected", "allowed source, {when}");
     assert_eq!(r_connects(bed), "timeout", "refused source, {when}");
+    // A local sender outside the allowed cgroups: judged by the cgroup programs alone.
+    assert_eq!(
+        bed.tcp(&bed.host, Some(&bed.refused), "127.0.0.1", PORT, 500),
+        "eperm",
+        "refused cgroup, {when}"
+    );
+}
+
+fn pins_events(d: &Daemon, action: &str) -> usize {
+    d.events()
+        .iter()
+        .filter(|v| v["event"] == "pins" && v["action"] == action)
+        .count()
+}
+
+fn linked(pins: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(pins.join("links"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The HOST facts pinned under `pins` (the namespace the programs treat as the host's).
@@ -236,40 +259,47 @@ fn unload_is_refused_under_a_live_owner_and_a_forced_one_is_restored() {
     );
     assert!(status["pins"]["restored"].is_string(), "{status}");
     assert!(pins.join("maps/HOST").exists(), "maps pinned again");
+    assert_eq!(linked(&pins, "cgroup@"), 6, "cgroup links pinned again");
+    assert_eq!(linked(&pins, "xdp@"), 2, "XDP links pinned again");
+    // Restored for good: no further loss on the next ticks.
     assert!(
-        pins.join("links").read_dir().unwrap().count() > 0,
-        "links pinned again"
+        d.poll_for(Duration::from_millis(1500), |v| v["event"] == "pins"
+            && v["action"] == "lost"
+            && v["ts"] != lost["ts"])
+            .is_none(),
+        "pins lost again after the restore: {}",
+        d.stderr()
     );
     assert_enforcing(&bed, "after the owner restored its pins");
     // Owned again: a plain unload is still refused.
     let (ok, _, err) = unload(&pins, false);
     assert!(!ok && err.contains(&format!("pid {}", d.pid())), "{err}");
 
-    // A single link removed by hand is noticed and restored too.
-    let link = std::fs::read_dir(pins.join("links"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("xdp@"))
-        .expect("an XDP link")
-        .path();
-    let restored_before = d
-        .events()
-        .iter()
-        .filter(|v| v["event"] == "pins" && v["action"] == "restored")
-        .count();
-    std::fs::remove_file(&link).expect("rm link");
+    // Links removed by hand (one cgroup program's, one interface's) are noticed and
+    // restored too.
+    let restored_before = pins_events(&d, "restored");
+    for prefix in ["cgroup@", "xdp@"] {
+        let link = std::fs::read_dir(pins.join("links"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .expect("a link")
+            .path();
+        std::fs::remove_file(&link).expect("rm link");
+    }
     let start = Instant::now();
-    while d
-        .events()
-        .iter()
-        .filter(|v| v["event"] == "pins" && v["action"] == "restored")
-        .count()
-        == restored_before
-    {
+    while pins_events(&d, "restored") == restored_before {
         assert!(start.elapsed() < Duration::from_secs(10), "{}", d.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_enforcing(&bed, "after a link was removed by hand");
+    // The XDP link comes back on the same tick's interface pass.
+    let start = Instant::now();
+    while linked(&pins, "xdp@") < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(linked(&pins, "cgroup@"), 6);
+    assert_enforcing(&bed, "after links were removed by hand");
     assert!(d.status()["programs"]["xdp"]["attached"]
         .as_array()
         .is_some_and(|a| a.len() == 2));

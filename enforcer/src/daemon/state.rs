@@ -409,7 +409,7 @@ impl State {
             }))
         };
         let _ = self.audit.send(event("lost", None));
-        if let Err(e) = self.loaded.restore_pins() {
+        if let Err(e) = self.loaded.restore_pins(&self.cgroup_mount) {
             let msg = format!("{e:#}");
             let _ = self.audit.send(event("restore-failed", Some(msg.clone())));
             return Err(e.context(format!(

@@ -362,35 +362,12 @@ impl Loaded {
         }
         let pins = self.pins()?.clone();
         let fd = File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
-        // On this kernel aya attaches through bpf_link_create, which always coexists with
-        // other programs on the cgroup (systemd's, for one) and takes no attach flags:
-        // "Single" is the mode that passes none.
-        let mode = CgroupAttachMode::Single;
         let mut new_links = Vec::new();
         let attached = (|| -> anyhow::Result<()> {
-            for (name, kind) in [
-                (INGRESS, CgroupSkbAttachType::Ingress),
-                (EGRESS, CgroupSkbAttachType::Egress),
-            ] {
-                let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-                let lid = p
-                    .attach(&fd, kind, mode)
-                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                let link: FdLink = p.take_link(lid)?.try_into()?;
+            for name in [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR) {
                 let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin))
-                    .with_context(|| format!("pinning {pin}"))?;
-                new_links.push(pin);
-            }
-            for name in SOCK_ADDR {
-                let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let lid = p
-                    .attach(&fd, mode)
+                attach_cgroup_program(&mut self.ebpf, &fd, name, &pins.link(&pin))
                     .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                let link: FdLink = p.take_link(lid)?.try_into()?;
-                let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin))
-                    .with_context(|| format!("pinning {pin}"))?;
                 new_links.push(pin);
             }
             Ok(())
@@ -467,9 +444,10 @@ impl Loaded {
 
     /// Puts this daemon's pinned state back: the directory (locked again), the owner
     /// record, the maps (the same maps, by the descriptors this daemon holds, so the policy
-    /// in them is intact). Attachments whose links went are forgotten, for the caller to
-    /// attach again. Fails if another daemon took the directory meanwhile.
-    pub fn restore_pins(&mut self) -> anyhow::Result<()> {
+    /// in them is intact), the cgroup programs' links. XDP attachments whose links went are
+    /// forgotten, for the caller to attach again. Fails if another daemon took the
+    /// directory meanwhile.
+    pub fn restore_pins(&mut self, cgroup_mount: &Path) -> anyhow::Result<()> {
         let (Some(pins), Some((ownership, owner))) = (self.pins.clone(), self.ownership.take())
         else {
             return Ok(());
@@ -499,12 +477,59 @@ impl Loaded {
         }
         let gone = |name: &String| std::fs::symlink_metadata(pins.link(name)).is_err();
         self.xdp_links.retain(|_, (name, _)| !gone(name));
-        if self.cgroup_links.iter().any(gone) {
-            // All six again: attaching replaces (and unpins) the links that are left.
-            self.cgroup = None;
+        // Only the cgroup programs whose links went are attached again (under the same
+        // names): the others never stop judging.
+        let missing: Vec<String> = self
+            .cgroup_links
+            .iter()
+            .filter(|n| gone(n))
+            .cloned()
+            .collect();
+        if let (false, Some((path, _))) = (missing.is_empty(), &self.cgroup) {
+            let dir = super::host::cgroup_dir(cgroup_mount, path);
+            let fd =
+                File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
+            for pin in missing {
+                let name = pin.rsplit('@').next().unwrap_or_default().to_string();
+                attach_cgroup_program(&mut self.ebpf, &fd, &name, &pins.link(&pin))
+                    .with_context(|| format!("attaching {name} to cgroup {path} again"))?;
+            }
         }
         Ok(())
     }
+}
+
+/// Attaches cgroup program `name` to the cgroup open as `cgroup` and pins its link at `pin`.
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    name: &str,
+    pin: &Path,
+) -> anyhow::Result<()> {
+    // On this kernel aya attaches through bpf_link_create, which always coexists with
+    // other programs on the cgroup (systemd's, for one) and takes no attach flags:
+    // "Single" is the mode that passes none.
+    let mode = CgroupAttachMode::Single;
+    let link: FdLink = match name {
+        INGRESS | EGRESS => {
+            let kind = if name == INGRESS {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            let p: &mut CgroupSkb = program(ebpf, name)?;
+            let lid = p.attach(cgroup, kind, mode)?;
+            p.take_link(lid)?.try_into()?
+        }
+        _ => {
+            let p: &mut CgroupSockAddr = program(ebpf, name)?;
+            let lid = p.attach(cgroup, mode)?;
+            p.take_link(lid)?.try_into()?
+        }
+    };
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 fn mode_label(m: &str) -> &'static str {
