@@ -10,7 +10,10 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{validate::normalize_cgroup, validate::parse_prefix, Entry, Policy};
+use crate::{
+    policy::{validate::normalize_cgroup, validate::parse_prefix, Entry, Policy},
+    statefile,
+};
 
 /// The longest a grant may last.
 pub const MAX_GRANT_SECS: u64 = 30 * 24 * 3600;
@@ -43,14 +46,27 @@ pub struct Store {
 }
 
 impl Store {
-    /// Loads `state_dir/grants.json` (none if absent).
+    /// Loads `state_dir/grants.json` (none if absent), making the directory private. A
+    /// store that cannot be parsed (empty, truncated, garbage) is set aside and the daemon
+    /// goes on without those grants: a grant only ever allows more, so losing one fails
+    /// closed, where refusing to start would leave the host to whatever is pinned.
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
+        statefile::private_dir(state_dir)?;
         let path = state_dir.join("grants.json");
         let grants: Vec<Grant> = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .with_context(|| format!("reading grants from {}", path.display()))?,
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(g) => g,
+                Err(e) => {
+                    let aside = statefile::set_aside(&path)?;
+                    tracing::error!(
+                        "the grants store {} is corrupt ({}); set aside as {}: starting without those grants (they no longer allow anything)",
+                        path.display(),
+                        if text.trim().is_empty() { "empty".to_string() } else { e.to_string() },
+                        aside.display()
+                    );
+                    Vec::new()
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -68,13 +84,9 @@ impl Store {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
-    /// Writes the grants atomically (a crash leaves the old file or the new one).
+    /// Writes the grants atomically and durably (a crash leaves the old file or the new).
     pub fn save(&self) -> anyhow::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.grants)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))
+        statefile::write_atomic(&self.path, &serde_json::to_vec_pretty(&self.grants)?)
     }
 
     /// Validates and adds a grant (not yet saved).
@@ -215,6 +227,41 @@ mod tests {
         assert_eq!(again.take_expired(g.expires_unix), vec![g]);
         assert!(again.grants.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupt_store_is_set_aside_and_opens_empty() {
+        let p = policy();
+        for (case, text) in [
+            ("empty", String::new()),
+            (
+                "truncated",
+                "[{\"id\": \"g1\", \"rule\": \"pg\"".to_string(),
+            ),
+            ("garbage", "\u{0}\u{1}not json at all".to_string()),
+        ] {
+            let dir =
+                std::env::temp_dir().join(format!("enforcer-grants-{case}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("grants.json"), &text).unwrap();
+            let mut s = Store::open(&dir).unwrap();
+            assert!(s.grants.is_empty(), "{case}");
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.len() == 1 && names[0].starts_with("grants.json.corrupt-"),
+                "{case}: {names:?}"
+            );
+            // The store works on: a new grant is saved beside what was set aside.
+            s.add(&p, "pg", Some("198.51.100.4/32"), None, 60, "x")
+                .unwrap();
+            s.save().unwrap();
+            assert_eq!(Store::open(&dir).unwrap().grants.len(), 1, "{case}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

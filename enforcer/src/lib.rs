@@ -14,4 +14,4 @@ pub mod grants;
 pub mod kernel;
 pub mod policy;
 pub mod scan;
-pub mod state_file;
+pub mod statefile;

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                     metrics,
                 }))
             }),
-        Command::Unload { pin_dir } => cli::control::unload(&pin_dir),
+        Command::Unload { pin_dir, force } => cli::control::unload(&pin_dir, force),
         Command::Reload {
             socket,
             confirm_within,

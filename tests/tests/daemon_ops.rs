@@ -931,13 +931,13 @@ fn metrics_are_served_inside_the_daemon_namespace() {
     wait_until(Duration::from_secs(5), "the counters", || {
         dropped(&d, "udp-svc") == 12
     });
-    let (_, body) = http_get(&bed.host, addr.parse().unwrap(), "/metrics", Duration::ZERO)
-        .expect("GET /metrics");
-    assert!(
+    // Metrics come from a snapshot at most a second old.
+    wait_until(Duration::from_secs(5), "the metrics snapshot", || {
+        let (_, body) = http_get(&bed.host, addr.parse().unwrap(), "/metrics", Duration::ZERO)
+            .expect("GET /metrics");
         body.lines()
-            .any(|l| l == "enforcer_rule_packets_total{rule=\"udp-svc\",verdict=\"drop\"} 12"),
-        "{body}"
-    );
+            .any(|l| l == "enforcer_rule_packets_total{rule=\"udp-svc\",verdict=\"drop\"} 12")
+    });
 
     let (status_line, _) =
         http_get(&bed.host, addr.parse().unwrap(), "/", Duration::ZERO).expect("GET /");

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::{
     control::{client, protocol::Request},
     explain::{explain, Explanation, Query},
+    kernel::pins::{LockError, PinDir},
 };
 
 pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> anyhow::Result<()> {
@@ -29,11 +30,28 @@ pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> any
     Ok(())
 }
 
-pub fn unload(pin_dir: &Path) -> anyhow::Result<()> {
+pub fn unload(pin_dir: &Path, force: bool) -> anyhow::Result<()> {
     if !pin_dir.exists() {
         println!("nothing pinned at {}", pin_dir.display());
         return Ok(());
     }
+    let pins = PinDir {
+        root: pin_dir.to_path_buf(),
+    };
+    // Held while removing: no daemon starts on a half-removed directory.
+    let _lock = match pins.lock() {
+        Ok(lock) => Some(lock),
+        Err(e @ LockError::Owned { .. }) if force => {
+            eprintln!("enforcer: {e}
+enforcer: removing the pins anyway (--force); that daemon notices within a second and restores them: stop it to stop enforcement");
+            None
+        }
+        Err(e @ LockError::Owned { .. }) => {
+            anyhow::bail!("{e}
+not unloading under a live daemon: stop it (it detaches on stop unless run with --on-stop keep), or pass --force")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let n = crate::kernel::pins::remove_all(pin_dir)?;
     println!(
         "removed {n} pinned objects from {}: programs detached, policy gone",

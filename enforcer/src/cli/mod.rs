@@ -54,9 +54,14 @@ pub enum Command {
         metrics: Option<std::net::SocketAddr>,
     },
     /// Remove everything a daemon pinned (stops enforcement; for after `--on-stop keep`).
+    /// Refused while a daemon owns the pins.
     Unload {
         #[arg(long, default_value = crate::kernel::pins::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Remove the pins even though a live daemon owns them (it notices within a second
+        /// and restores them: stop it to stop enforcement).
+        #[arg(long)]
+        force: bool,
     },
     /// Validate a policy without touching the kernel (exit 1 if it cannot be used).
     Check {

@@ -1,73 +1,171 @@
 //! Prometheus metrics in the text exposition format, served over HTTP (GET /metrics) on
 //! an address the operator chooses (127.0.0.1 by default; off unless configured). The
-//! figures are the status answer's, asked of the policy owner like any control call.
+//! figures are the status answer's, asked of the policy owner at most once a second and
+//! served to every scraper from that snapshot. Connections are capped; a client gets a
+//! few seconds for its request and for taking the answer, and when every slot is taken
+//! the client that has waited longest without sending its request makes room: idle or
+//! slow clients cannot pile up tasks, keep scrapers out, or load the policy owner.
 
-use std::net::SocketAddr;
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Mutex, Semaphore},
 };
 use tracing::warn;
 
 use super::{protocol::Request, server::Call};
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send its whole request head, and to take the whole answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The snapshot is refreshed at most this often.
+const SNAPSHOT_AGE: Duration = Duration::from_secs(1);
+/// Largest request head read: the endpoint takes no body.
+const MAX_HEAD: usize = 8192;
+
+/// The last rendered metrics and when they were taken.
+type Snapshot = Arc<Mutex<Option<(Instant, Arc<String>)>>>;
+
+/// Connections still waiting for their request head, oldest first: dropping one's sender
+/// closes it.
+type Waiting = Arc<std::sync::Mutex<VecDeque<(u64, oneshot::Sender<()>)>>>;
+
 pub async fn serve(addr: SocketAddr, calls: mpsc::Sender<Call>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics served at /metrics");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let snapshot: Snapshot = Arc::default();
+    let waiting: Waiting = Arc::default();
+    let mut next_id: u64 = 0;
+    let mut evicted: u64 = 0;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 warn!("metrics accept: {e}");
+                // Out of descriptors, say: give the clients in flight time to finish.
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        tokio::spawn(answer(stream, calls.clone()));
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: the client idle longest makes room. If every slot is answering a
+                // request, this one waits its turn, briefly.
+                let oldest = waiting.lock().expect("waiting").pop_front();
+                if oldest.is_some() {
+                    drop(oldest);
+                    evicted += 1;
+                    if evicted.is_power_of_two() {
+                        warn!(
+                            evicted,
+                            "metrics: {MAX_CONNECTIONS} connections open; closing the ones idle longest"
+                        );
+                    }
+                }
+                match tokio::time::timeout(CLIENT_TIMEOUT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    _ => continue,
+                }
+            }
+        };
+        let id = next_id;
+        next_id += 1;
+        let (close_tx, close_rx) = oneshot::channel();
+        waiting.lock().expect("waiting").push_back((id, close_tx));
+        let (calls, snapshot, waiting) = (calls.clone(), snapshot.clone(), waiting.clone());
+        tokio::spawn(async move {
+            answer(stream, id, close_rx, &waiting, calls, snapshot).await;
+            waiting.lock().expect("waiting").retain(|(i, _)| *i != id);
+            drop(permit);
+        });
     }
 }
 
-/// Largest request head read: the endpoint takes no body.
-const MAX_HEAD: usize = 8192;
-
-async fn answer(mut s: TcpStream, calls: mpsc::Sender<Call>) {
+async fn answer(
+    mut s: TcpStream,
+    id: u64,
+    close: oneshot::Receiver<()>,
+    waiting: &Waiting,
+    calls: mpsc::Sender<Call>,
+    snapshot: Snapshot,
+) {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut n = 0;
     let head_done = |b: &[u8]| b.windows(4).any(|w| w == b"\r\n\r\n");
-    while n < MAX_HEAD && !head_done(&buf[..n]) {
-        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf[n..])).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(k)) => n += k,
+    // One deadline for the whole head: a client trickling bytes gets no more time.
+    let read_head = async {
+        while n < MAX_HEAD && !head_done(&buf[..n]) {
+            match s.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => n += k,
+            }
         }
+        true
+    };
+    tokio::select! {
+        r = tokio::time::timeout(CLIENT_TIMEOUT, read_head) => if !matches!(r, Ok(true)) { return },
+        // Evicted to make room for a newer client.
+        _ = close => return,
     }
+    waiting.lock().expect("waiting").retain(|(i, _)| *i != id);
     let head = String::from_utf8_lossy(&buf[..n]);
     let first = head.lines().next().unwrap_or("");
     let (status, body) = if first.starts_with("GET /metrics ") || first == "GET /metrics" {
-        let (reply, rx) = oneshot::channel();
-        if calls
-            .send(Call {
-                request: Request::Status,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        match rx.await {
-            Ok(v) => ("200 OK", render(&v)),
-            Err(_) => ("503 Service Unavailable", "stopping\n".to_string()),
+        match current(&calls, &snapshot).await {
+            Some(text) => ("200 OK", text),
+            None => (
+                "503 Service Unavailable",
+                Arc::new("stopping\n".to_string()),
+            ),
         }
     } else {
-        ("404 Not Found", "only GET /metrics is served\n".to_string())
+        (
+            "404 Not Found",
+            Arc::new("only GET /metrics is served\n".to_string()),
+        )
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body.as_bytes()).await
+    })
+    .await;
+}
+
+/// The metrics text: the snapshot if it is fresh, else a new one from a status call (one
+/// at a time: scrapers arriving meanwhile wait for it and share it).
+async fn current(calls: &mpsc::Sender<Call>, snapshot: &Snapshot) -> Option<Arc<String>> {
+    let mut snap = snapshot.lock().await;
+    if let Some((at, text)) = snap.as_ref() {
+        if at.elapsed() < SNAPSHOT_AGE {
+            return Some(text.clone());
+        }
+    }
+    let (reply, rx) = oneshot::channel();
+    calls
+        .send(Call {
+            request: Request::Status,
+            reply,
+        })
+        .await
+        .ok()?;
+    let text = Arc::new(render(&rx.await.ok()?));
+    *snap = Some((Instant::now(), text.clone()));
+    Some(text)
 }
 
 fn label(v: &str) -> String {

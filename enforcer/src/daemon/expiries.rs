@@ -52,7 +52,7 @@ impl Ledger {
 
     pub fn save(&self) -> anyhow::Result<()> {
         let list: Vec<&Expiry> = self.reported.iter().collect();
-        crate::state_file::write_private(&self.path, &serde_json::to_vec(&list)?)
+        crate::statefile::write_atomic(&self.path, &serde_json::to_vec(&list)?)
     }
 }
 

@@ -27,10 +27,7 @@ pub fn remember(state_dir: &Path, generation: u64, names: &[String]) -> anyhow::
     while m.len() > KEEP {
         m.pop_first();
     }
-    let tmp = file(state_dir).with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&m)?)?;
-    std::fs::rename(&tmp, file(state_dir))?;
-    Ok(())
+    crate::statefile::write_atomic(&file(state_dir), &serde_json::to_vec(&m)?)
 }
 
 #[cfg(test)]

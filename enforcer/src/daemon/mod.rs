@@ -54,14 +54,18 @@ pub enum OnStop {
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let policy = policy::load(&opts.config)?;
-    let grants = crate::grants::Store::open(&opts.state_dir)?;
     let cgroup_mount = host::cgroup2_mount()?;
+    // Ownership first: a daemon refused here has changed nothing (not the grants store,
+    // not the socket, not the pinned maps).
+    let pins = PinDir::open(&opts.pin_dir)?;
+    let ownership = pins.lock()?;
+    let cookie = host::netns_cookie().context("reading this network namespace's cookie")?;
+    let grants = crate::grants::Store::open(&opts.state_dir)?;
     let listener = control::server::bind(&opts.socket)?;
     // Removed however this function ends (a refused start leaves no stale socket).
     let _socket = SocketFile(opts.socket.clone());
-    let pins = PinDir::open(&opts.pin_dir)?;
     let fresh = !pins.has_maps();
-    let mut loaded = match Loaded::load_pinned(pins) {
+    let mut loaded = match Loaded::load_pinned(pins, ownership, cookie) {
         Ok(l) => l,
         Err(e) => {
             // What this attempt pinned goes; an earlier daemon's state (still enforcing)
@@ -75,7 +79,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if let Some((_, generation)) = loaded.adopted {
         info!(generation, pin_dir = %opts.pin_dir.display(), "adopted the pinned programs and policy of an earlier daemon");
     }
-    let cookie = host::netns_cookie().context("reading this network namespace's cookie")?;
     let mut facts = loaded.maps.host.get(&0, 0).context("reading host facts")?;
     facts.netns_cookie = cookie;
     loaded
@@ -134,12 +137,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Set when the daemon cannot go on owning its pins (see `State::tick`).
+    let mut fatal = None;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { let _ = st.reload(None); }
-            _ = tick.tick() => st.tick(),
+            _ = tick.tick() => if let Err(e) = st.tick() {
+                fatal = Some(e);
+                break;
+            },
             Some(call) = calls.recv() => {
                 let answer = match call.request {
                     Request::Status => protocol::ok(st.status()),
@@ -178,6 +186,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     server.abort();
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(e) = fatal {
+        // The pin directory may be another daemon's now: leave it alone.
+        drop(st);
+        let _ = audit.await;
+        return Err(e);
     }
     match opts.on_stop {
         OnStop::Detach => {

@@ -76,6 +76,8 @@ pub struct State {
     /// last looked at (a walk of /proc: not on every tick).
     gaps: Vec<String>,
     gaps_checked: Option<Instant>,
+    /// The last time pinned state vanished under this daemon, and what it did about it.
+    pins_incident: Option<String>,
     audit: UnboundedSender<Control>,
     stats: Arc<Stats>,
 }
@@ -124,6 +126,7 @@ impl State {
             xdp_skipped: BTreeMap::new(),
             gaps: Vec::new(),
             gaps_checked: None,
+            pins_incident: None,
             audit,
             stats,
         };
@@ -366,8 +369,13 @@ impl State {
         }
     }
 
-    /// Timers: follow the host, report kernel-side event loss, enforce deadlines.
-    pub fn tick(&mut self) {
+    /// Timers: keep the pins, follow the host, report kernel-side event loss, enforce
+    /// deadlines. An error means this daemon can no longer own its pins: it must exit.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let lost = self.loaded.lost_pins();
+        if !lost.is_empty() {
+            self.restore_pins(lost)?;
+        }
         if let Err(e) = self.sync_local_addrs() {
             warn!("{e:#}");
         }
@@ -419,6 +427,59 @@ impl State {
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
             }
         }
+        Ok(())
+    }
+
+    /// Pinned state removed under this daemon (`enforcer unload --force`, or by hand) is put
+    /// back: the maps by the descriptors it holds, the links by attaching again. Said in
+    /// the log, an audit event and `status`.
+    fn restore_pins(&mut self, lost: Vec<String>) -> anyhow::Result<()> {
+        let pin_dir = self
+            .loaded
+            .pin_dir()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let at = record::now();
+        tracing::error!(
+            pin_dir,
+            ?lost,
+            "pinned state removed under this daemon; restoring it"
+        );
+        let generation = self.generation;
+        let event = |action: &str, error: Option<String>| {
+            Control::Json(json!({
+                "ts": record::now(),
+                "event": "pins",
+                "action": action,
+                "pin_dir": pin_dir,
+                "lost": lost,
+                "policy": generation,
+                "error": error,
+            }))
+        };
+        let _ = self.audit.send(event("lost", None));
+        if let Err(e) = self.loaded.restore_pins(&self.cgroup_mount) {
+            let msg = format!("{e:#}");
+            let _ = self.audit.send(event("restore-failed", Some(msg.clone())));
+            return Err(e.context(format!(
+                "restoring the pinned state at {pin_dir}; exiting so that a supervisor starts a daemon afresh"
+            )));
+        }
+        // As at any time: an attach point that refuses is logged, and XDP is tried again
+        // on every tick.
+        let attached = self.attach().err().map(|e| format!("{e:#}"));
+        let _ = self.audit.send(event("restored", attached.clone()));
+        info!(
+            pin_dir,
+            "pinned state restored: programs attached, policy in force"
+        );
+        self.pins_incident = Some(format!(
+            "pinned state at {pin_dir} was removed under this daemon at {at} ({}); restored at {}{}",
+            lost.join(", "),
+            record::now(),
+            attached.map_or_else(String::new, |e| format!(", but attaching failed: {e}"))
+        ));
+        Ok(())
     }
 
     /// Finds the listeners on protected ports that only part of the programs can guard
@@ -763,8 +824,14 @@ impl State {
                 ));
             }
         }
+        warnings.extend(self.pins_incident.clone());
         json!({
             "daemon": {"pid": std::process::id(), "started": self.started_at, "config": self.config_path.display().to_string()},
+            "pins": {
+                "dir": self.loaded.pin_dir().map(|p| p.display().to_string()),
+                "owner": self.loaded.owner().map(|o| o.to_string()),
+                "restored": self.pins_incident,
+            },
             "policy": {
                 "generation": self.generation,
                 "hash": self.policy.hash,

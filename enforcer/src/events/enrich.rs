@@ -1,7 +1,7 @@
 //! Kernel event -> audit record: names for rules, interfaces and cgroups, wall time.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
@@ -41,13 +41,76 @@ impl RuleNames {
 /// How long a looked-up interface name is used: interfaces get renamed (udev renames
 /// them as they appear), and a deleted one's index may come back with another name.
 const IFNAME_TTL: Duration = Duration::from_secs(1);
+/// Interface names remembered before stale ones are dropped.
+const IFNAME_CACHE: usize = 1024;
+
+/// Cgroup paths remembered; beyond this many ids the oldest entry goes.
+const CGROUP_CACHE: usize = 4096;
+/// An id not found (a cgroup made after the last walk, or gone) is looked up again only
+/// after this long: at most one directory walk per id per second.
+const CGROUP_RETRY: Duration = Duration::from_secs(1);
+/// Directories one lookup walks at most.
+const CGROUP_WALK: usize = 20_000;
+
+/// Cgroup id -> path, bounded, with misses remembered for `CGROUP_RETRY`.
+struct CgroupCache {
+    entries: HashMap<u64, (Option<String>, Instant)>,
+    /// Ids in the order they entered: the front is evicted first.
+    order: VecDeque<u64>,
+    capacity: usize,
+}
+
+impl CgroupCache {
+    fn new(capacity: usize) -> Self {
+        CgroupCache {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, id: u64, path: Option<String>, now: Instant) {
+        if self.entries.insert(id, (path, now)).is_none() {
+            self.order.push_back(id);
+            while self.entries.len() > self.capacity {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.entries.remove(&old);
+            }
+        }
+    }
+
+    /// The path of `id`, from the cache or from `lookup` (called only for an id not seen,
+    /// or not found more than `CGROUP_RETRY` ago).
+    fn get(
+        &mut self,
+        id: u64,
+        now: Instant,
+        lookup: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        match self.entries.get(&id) {
+            Some((Some(path), _)) => return Some(path.clone()),
+            Some((None, at)) if now.duration_since(*at) < CGROUP_RETRY => return None,
+            _ => {}
+        }
+        let found = lookup();
+        self.insert(id, found.clone(), now);
+        found
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 pub struct Enricher {
     pub rules: RuleNames,
     clock_offset_ns: i128,
     /// Interface names by index, with when they were looked up.
     ifnames: HashMap<u32, (String, Instant)>,
-    cgroup_paths: HashMap<u64, Option<String>>,
+    cgroup_paths: CgroupCache,
     cgroup_mount: Option<PathBuf>,
 }
 
@@ -57,14 +120,14 @@ impl Enricher {
             rules: RuleNames::default(),
             clock_offset_ns: host::monotonic_to_realtime_offset_ns(),
             ifnames: HashMap::new(),
-            cgroup_paths: HashMap::new(),
+            cgroup_paths: CgroupCache::new(CGROUP_CACHE),
             cgroup_mount,
         }
     }
 
     /// Tells the enricher a cgroup's path (learnt while resolving the policy).
     pub fn know_cgroup(&mut self, id: u64, path: String) {
-        self.cgroup_paths.insert(id, Some(path));
+        self.cgroup_paths.insert(id, Some(path), Instant::now());
     }
 
     pub fn record(&mut self, ev: &PacketEvent) -> Record {
@@ -90,6 +153,11 @@ impl Enricher {
                     let name =
                         host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
                     self.ifnames.insert(ev.ifindex, (name.clone(), now));
+                    if self.ifnames.len() > IFNAME_CACHE {
+                        // Interfaces come and go (veths): keep only what is still fresh.
+                        self.ifnames
+                            .retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
+                    }
                     name
                 }
             }
@@ -131,11 +199,75 @@ impl Enricher {
     }
 
     fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        let mount = self.cgroup_mount.clone()?;
-        self.cgroup_paths
-            .entry(id)
-            // Bounded walk: a miss is remembered, so an unknown id costs one search.
-            .or_insert_with(|| host::find_cgroup(&mount, "/", id, 20_000))
-            .clone()
+        let mount = self.cgroup_mount.as_ref()?;
+        self.cgroup_paths.get(id, Instant::now(), || {
+            host::find_cgroup(mount, "/", id, CGROUP_WALK)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup_cache_is_bounded_and_evicts_the_oldest() {
+        let mut c = CgroupCache::new(3);
+        let now = Instant::now();
+        for id in 1..=5u64 {
+            assert_eq!(
+                c.get(id, now, || Some(format!("/c{id}"))),
+                Some(format!("/c{id}"))
+            );
+            assert!(c.len() <= 3);
+        }
+        assert_eq!(c.len(), 3);
+        // 1 and 2 went first; 3..5 are answered without a lookup.
+        for id in 3..=5u64 {
+            assert_eq!(
+                c.get(id, now, || panic!("looked up {id} again")),
+                Some(format!("/c{id}"))
+            );
+        }
+        let mut walked = false;
+        assert_eq!(
+            c.get(1, now, || {
+                walked = true;
+                Some("/c1".into())
+            }),
+            Some("/c1".into())
+        );
+        assert!(walked, "an evicted id is looked up again");
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn a_missing_cgroup_is_looked_up_at_most_once_a_second() {
+        let mut c = CgroupCache::new(16);
+        let t0 = Instant::now();
+        let mut walks = 0;
+        for ms in [0u64, 10, 500, 999] {
+            assert_eq!(
+                c.get(7, t0 + Duration::from_millis(ms), || {
+                    walks += 1;
+                    None
+                }),
+                None
+            );
+        }
+        assert_eq!(walks, 1, "misses within a second cost one walk");
+        assert_eq!(
+            c.get(7, t0 + Duration::from_millis(1000), || {
+                walks += 1;
+                Some("/new".into())
+            }),
+            Some("/new".into())
+        );
+        assert_eq!(walks, 2);
+        // Found paths stay (cgroup ids are not reused).
+        assert_eq!(
+            c.get(7, t0 + Duration::from_secs(60), || panic!("walked")),
+            Some("/new".into())
+        );
     }
 }

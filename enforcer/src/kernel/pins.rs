@@ -1,13 +1,22 @@
 //! The pin directory on bpffs: maps (`maps/NAME`) and links (`links/KIND@TARGET@...`)
 //! that outlive the daemon, so enforcement goes on while it restarts (even after SIGKILL)
 //! and a new daemon can adopt it with no gap.
+//!
+//! One daemon owns a pin directory at a time: it holds `flock(LOCK_EX)` on the directory
+//! itself (bpffs takes no regular files, but flock works on any inode, and a lock on the
+//! directory is seen by every process that can see the pins, whatever its network or mount
+//! namespace), and keeps a record of itself in the symlink `owner` (bpffs has symlinks):
+//! pid, process start time, network namespace. The lock dies with the process; the record
+//! names the owner in refusals.
 
 use std::{
     ffi::CString,
+    fmt,
+    fs::File,
     io,
     os::{
         fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -72,9 +81,168 @@ impl PinDir {
     pub fn has_maps(&self) -> bool {
         self.map("HOST").exists()
     }
+
+    fn owner_link(&self) -> PathBuf {
+        self.root.join(OWNER_LINK)
+    }
+
+    /// Takes ownership of the directory, or names the daemon that has it. Changes nothing.
+    pub fn lock(&self) -> Result<Ownership, LockError> {
+        let io = |source| LockError::Io {
+            root: self.root.clone(),
+            source,
+        };
+        let dir = File::open(&self.root).map_err(io)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(LockError::Owned {
+                    root: self.root.clone(),
+                    owner: self
+                        .owner()
+                        .map_or_else(|| "a process that left no record".into(), |o| o.to_string()),
+                });
+            }
+            return Err(io(e));
+        }
+        Ok(Ownership {
+            dir,
+            pins: self.clone(),
+        })
+    }
+
+    /// The owner recorded here (the last daemon that took the directory; it may be gone).
+    pub fn owner(&self) -> Option<Owner> {
+        let target = std::fs::read_link(self.owner_link()).ok()?;
+        Owner::decode(&target.to_string_lossy())
+    }
 }
 
-/// Removes everything pinned under `root` (links first: that detaches the programs).
+/// The owner record's name in the pin directory.
+const OWNER_LINK: &str = "owner";
+
+/// A daemon as recorded beside the pins it owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (/proc/PID/stat): with the pid, one process.
+    pub start_ticks: u64,
+    /// The same, as wall time.
+    pub started: String,
+    /// Its network namespace: the inode of /proc/PID/ns/net, and the namespace cookie the
+    /// programs compare sockets against.
+    pub netns_ino: u64,
+    pub netns_cookie: u64,
+}
+
+impl Owner {
+    /// This process, in the network namespace with `netns_cookie`.
+    pub fn this_process(netns_cookie: u64) -> io::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        // Fields after the command (which may hold spaces) start at field 3; starttime is 22.
+        let start_ticks = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other("no start time in /proc/self/stat"))?;
+        let btime = std::fs::read_to_string("/proc/stat")?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other("no btime in /proc/stat"))?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Owner {
+            pid: std::process::id(),
+            start_ticks,
+            started: crate::grants::rfc3339(btime + start_ticks / hz),
+            netns_ino: std::fs::metadata("/proc/self/ns/net")?.ino(),
+            netns_cookie,
+        })
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "pid={} start_ticks={} started={} netns=net:[{}] netns_cookie={}",
+            self.pid, self.start_ticks, self.started, self.netns_ino, self.netns_cookie
+        )
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let mut o = Owner {
+            pid: 0,
+            start_ticks: 0,
+            started: String::new(),
+            netns_ino: 0,
+            netns_cookie: 0,
+        };
+        for kv in s.split_whitespace() {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "pid" => o.pid = v.parse().ok()?,
+                "start_ticks" => o.start_ticks = v.parse().ok()?,
+                "started" => o.started = v.to_string(),
+                "netns" => {
+                    o.netns_ino = v.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()?
+                }
+                "netns_cookie" => o.netns_cookie = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        (o.pid != 0).then_some(o)
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {}, started {}, network namespace net:[{}] (cookie {})",
+            self.pid, self.started, self.netns_ino, self.netns_cookie
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("the pin directory {root} is owned by a running enforcer ({owner}); one daemon per pin directory")]
+    Owned { root: PathBuf, owner: String },
+    #[error("locking the pin directory {root}: {source}")]
+    Io { root: PathBuf, source: io::Error },
+}
+
+/// Ownership of a pin directory: its lock, held until drop (or the process's end).
+pub struct Ownership {
+    dir: File,
+    pins: PinDir,
+}
+
+impl Ownership {
+    /// Records `owner` beside the pins (replacing an earlier daemon's record in one rename).
+    pub fn record(&self, owner: &Owner) -> io::Result<()> {
+        let link = self.pins.owner_link();
+        // bpffs refuses names with dots.
+        let tmp = self
+            .pins
+            .root
+            .join(format!("{OWNER_LINK}-new-{}", owner.pid));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(owner.encode(), &tmp)?;
+        std::fs::rename(&tmp, &link)
+    }
+
+    /// Whether the directory at the pin path is still the one this lock is on (it is not
+    /// once something removed it, e.g. `enforcer unload --force`).
+    pub fn still_held(&self) -> bool {
+        match (self.dir.metadata(), std::fs::metadata(&self.pins.root)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+}
+
+/// Removes everything pinned under `root` (links first: that detaches the programs), and
+/// the owner record.
 pub fn remove_all(root: &Path) -> anyhow::Result<usize> {
     let mut n = 0;
     for sub in ["links", "maps"] {
@@ -88,6 +256,7 @@ pub fn remove_all(root: &Path) -> anyhow::Result<usize> {
         }
         let _ = std::fs::remove_dir(&dir);
     }
+    let _ = std::fs::remove_file(root.join(OWNER_LINK));
     if root.exists() {
         std::fs::remove_dir(root).with_context(|| format!("removing {}", root.display()))?;
     }
@@ -123,6 +292,7 @@ fn mount_bpffs() -> io::Result<()> {
     Ok(())
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -146,6 +316,28 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the object behind `fd` at `path` (BPF_OBJ_PIN).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 3];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = fd.as_raw_fd() as u32 as u64;
+    // SAFETY: the attr buffer is larger than the kernel reads for this command.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Atomically replaces the program of a link (BPF_LINK_UPDATE): the attach point is never

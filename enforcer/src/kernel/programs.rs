@@ -1,6 +1,14 @@
 //! Loading the embedded programs, and attaching them to interfaces and a cgroup.
 
-use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::Path,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -18,7 +26,7 @@ use enforcer_common::{
     },
 };
 
-use super::pins::{self, PinDir};
+use super::pins::{self, Owner, Ownership, PinDir};
 use crate::policy::XdpModeSetting;
 
 /// The BPF object built from enforcer-ebpf by build.rs.
@@ -87,6 +95,10 @@ pub struct Loaded {
     pub maps: Maps,
     pub events: Option<RingBuf<MapData>>,
     pins: Option<PinDir>,
+    /// The pin directory's lock and this daemon's record beside it.
+    ownership: Option<(Ownership, Owner)>,
+    /// A descriptor of every pinned map, to pin it again if its pin is removed.
+    map_fds: Vec<(&'static str, OwnedFd)>,
     /// Interface -> (link pin name, how it is attached).
     xdp_links: BTreeMap<String, (String, XdpAttachment)>,
     /// Link pin names of the cgroup programs, and the cgroup they are on.
@@ -131,19 +143,40 @@ impl Loaded {
         Self::finish(ebpf, None)
     }
 
-    /// Loads the programs with their maps pinned under `pins`. Maps an earlier daemon
-    /// pinned there are reused (its policy stays in force), and its pinned links are
-    /// switched to the new programs in place.
-    pub fn load_pinned(pins: PinDir) -> anyhow::Result<Self> {
+    /// Loads the programs with their maps pinned under `pins`, which `ownership` holds,
+    /// for a daemon in the network namespace with `netns_cookie`. Maps an earlier daemon
+    /// pinned there are reused (its policy stays in force) if they are of this layout and
+    /// treat this namespace as the host's; its pinned links are switched to the new
+    /// programs in place. Nothing is written before those checks pass.
+    pub fn load_pinned(
+        pins: PinDir,
+        ownership: Ownership,
+        netns_cookie: u64,
+    ) -> anyhow::Result<Self> {
         if pins.has_maps() {
-            check_layout(&pins)?;
+            check_pinned(&pins, netns_cookie)?;
         }
+        let owner = Owner::this_process(netns_cookie).context("describing this process")?;
+        ownership
+            .record(&owner)
+            .with_context(|| format!("recording the owner in {}", pins.root.display()))?;
         let mut loader = EbpfLoader::new();
         for name in MAP_NAMES {
             loader.map_pin_path(name, pins.map(name));
         }
         let ebpf = loader.load(OBJECT).context("loading the BPF object")?;
+        let map_fds = MAP_NAMES
+            .into_iter()
+            .map(|name| {
+                let path = pins.map(name);
+                pins::obj_get(&path)
+                    .map(|fd| (name, fd))
+                    .with_context(|| format!("opening {}", path.display()))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let mut loaded = Self::finish(ebpf, Some(pins))?;
+        loaded.ownership = Some((ownership, owner));
+        loaded.map_fds = map_fds;
         loaded.adopt_links()?;
         Ok(loaded)
     }
@@ -201,6 +234,8 @@ impl Loaded {
             maps,
             events,
             pins,
+            ownership: None,
+            map_fds: Vec::new(),
             xdp_links: BTreeMap::new(),
             cgroup_links: Vec::new(),
             cgroup: None,
@@ -333,35 +368,12 @@ impl Loaded {
         }
         let pins = self.pins()?.clone();
         let fd = File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
-        // On this kernel aya attaches through bpf_link_create, which always coexists with
-        // other programs on the cgroup (systemd's, for one) and takes no attach flags:
-        // "Single" is the mode that passes none.
-        let mode = CgroupAttachMode::Single;
         let mut new_links = Vec::new();
         let attached = (|| -> anyhow::Result<()> {
-            for (name, kind) in [
-                (INGRESS, CgroupSkbAttachType::Ingress),
-                (EGRESS, CgroupSkbAttachType::Egress),
-            ] {
-                let p: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-                let lid = p
-                    .attach(&fd, kind, mode)
-                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                let link: FdLink = p.take_link(lid)?.try_into()?;
+            for name in [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR) {
                 let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin))
-                    .with_context(|| format!("pinning {pin}"))?;
-                new_links.push(pin);
-            }
-            for name in SOCK_ADDR {
-                let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-                let lid = p
-                    .attach(&fd, mode)
+                attach_cgroup_program(&mut self.ebpf, &fd, name, &pins.link(&pin))
                     .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                let link: FdLink = p.take_link(lid)?.try_into()?;
-                let pin = format!("cgroup@{id}@{name}");
-                link.pin(pins.link(&pin))
-                    .with_context(|| format!("pinning {pin}"))?;
                 new_links.push(pin);
             }
             Ok(())
@@ -400,6 +412,130 @@ impl Loaded {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pins.as_ref().map(|p| p.root.as_path())
     }
+
+    /// This daemon as recorded beside its pins.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.ownership.as_ref().map(|(_, o)| o)
+    }
+
+    /// What of this daemon's pinned state is no longer in the pin directory (removed by
+    /// `enforcer unload --force` or by hand): a few stat calls, cheap enough for every tick.
+    pub fn lost_pins(&self) -> Vec<String> {
+        let (Some(pins), Some((ownership, owner))) = (&self.pins, &self.ownership) else {
+            return Vec::new();
+        };
+        if !ownership.still_held() {
+            return vec![format!("the pin directory {}", pins.root.display())];
+        }
+        let gone = |p: &Path| std::fs::symlink_metadata(p).is_err();
+        let mut lost: Vec<String> = self
+            .map_fds
+            .iter()
+            .filter(|(name, _)| gone(&pins.map(name)))
+            .map(|(name, _)| format!("maps/{name}"))
+            .collect();
+        lost.extend(
+            self.xdp_links
+                .values()
+                .map(|(name, _)| name)
+                .chain(&self.cgroup_links)
+                .filter(|name| gone(&pins.link(name)))
+                .map(|name| format!("links/{name}")),
+        );
+        if pins.owner().as_ref() != Some(owner) {
+            lost.push("owner".into());
+        }
+        lost
+    }
+
+    /// Puts this daemon's pinned state back: the directory (locked again), the owner
+    /// record, the maps (the same maps, by the descriptors this daemon holds, so the policy
+    /// in them is intact), the cgroup programs' links. XDP attachments whose links went are
+    /// forgotten, for the caller to attach again. Fails if another daemon took the
+    /// directory meanwhile.
+    pub fn restore_pins(&mut self, cgroup_mount: &Path) -> anyhow::Result<()> {
+        let (Some(pins), Some((ownership, owner))) = (self.pins.clone(), self.ownership.take())
+        else {
+            return Ok(());
+        };
+        let ownership = if ownership.still_held() {
+            ownership
+        } else {
+            drop(ownership);
+            PinDir::open(&pins.root)?;
+            pins.lock()?
+        };
+        for d in [pins.root.join("maps"), pins.root.join("links")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        if pins.owner().as_ref() != Some(&owner) {
+            ownership
+                .record(&owner)
+                .with_context(|| format!("recording the owner in {}", pins.root.display()))?;
+        }
+        self.ownership = Some((ownership, owner));
+        for (name, fd) in &self.map_fds {
+            let path = pins.map(name);
+            if std::fs::symlink_metadata(&path).is_err() {
+                pins::obj_pin(fd.as_fd(), &path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+            }
+        }
+        let gone = |name: &String| std::fs::symlink_metadata(pins.link(name)).is_err();
+        self.xdp_links.retain(|_, (name, _)| !gone(name));
+        // Only the cgroup programs whose links went are attached again (under the same
+        // names): the others never stop judging.
+        let missing: Vec<String> = self
+            .cgroup_links
+            .iter()
+            .filter(|n| gone(n))
+            .cloned()
+            .collect();
+        if let (false, Some((path, _))) = (missing.is_empty(), &self.cgroup) {
+            let dir = super::host::cgroup_dir(cgroup_mount, path);
+            let fd =
+                File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
+            for pin in missing {
+                let name = pin.rsplit('@').next().unwrap_or_default().to_string();
+                attach_cgroup_program(&mut self.ebpf, &fd, &name, &pins.link(&pin))
+                    .with_context(|| format!("attaching {name} to cgroup {path} again"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Attaches cgroup program `name` to the cgroup open as `cgroup` and pins its link at `pin`.
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    cgroup: &File,
+    name: &str,
+    pin: &Path,
+) -> anyhow::Result<()> {
+    // On this kernel aya attaches through bpf_link_create, which always coexists with
+    // other programs on the cgroup (systemd's, for one) and takes no attach flags:
+    // "Single" is the mode that passes none.
+    let mode = CgroupAttachMode::Single;
+    let link: FdLink = match name {
+        INGRESS | EGRESS => {
+            let kind = if name == INGRESS {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            let p: &mut CgroupSkb = program(ebpf, name)?;
+            let lid = p.attach(cgroup, kind, mode)?;
+            p.take_link(lid)?.try_into()?
+        }
+        _ => {
+            let p: &mut CgroupSockAddr = program(ebpf, name)?;
+            let lid = p.attach(cgroup, mode)?;
+            p.take_link(lid)?.try_into()?
+        }
+    };
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 fn mode_label(m: &str) -> &'static str {
@@ -410,9 +546,10 @@ fn mode_label(m: &str) -> &'static str {
     }
 }
 
-/// Refuses pinned maps of another layout: reading them with this daemon's types would
-/// misjudge packets.
-fn check_layout(pins: &PinDir) -> anyhow::Result<()> {
+/// Refuses pinned maps of another layout (reading them with this daemon's types would
+/// misjudge packets), and maps that treat another network namespace as the host's: a
+/// daemon in a container must not make the host's own sockets look foreign.
+fn check_pinned(pins: &PinDir, netns_cookie: u64) -> anyhow::Result<()> {
     let incompatible = |why: String| {
         anyhow!(
             "the state pinned at {} was made by an incompatible enforcer ({why}); this daemon will not adopt it. \
@@ -425,11 +562,32 @@ fn check_layout(pins: &PinDir) -> anyhow::Result<()> {
         .map_err(|e| incompatible(format!("its HOST map cannot be read: {e}")))?;
     let host: Array<MapData, HostInfo> = Array::try_from(aya::maps::Map::Array(data))
         .map_err(|e| incompatible(format!("its HOST map has another shape: {e}")))?;
-    let layout = host.get(&0, 0).map(|h| h.layout).unwrap_or(0);
-    if layout != LAYOUT_VERSION {
+    let facts = host.get(&0, 0).unwrap_or_default();
+    if facts.layout != LAYOUT_VERSION {
         return Err(incompatible(format!(
-            "map layout {layout}, this daemon uses {LAYOUT_VERSION}"
+            "map layout {}, this daemon uses {LAYOUT_VERSION}",
+            facts.layout
         )));
+    }
+    if facts.netns_cookie != 0 && facts.netns_cookie != netns_cookie {
+        let recorded = pins
+            .owner()
+            .filter(|o| o.netns_cookie == facts.netns_cookie)
+            .map_or_else(String::new, |o| {
+                format!(", net:[{}], last owned by pid {}", o.netns_ino, o.pid)
+            });
+        let here = std::fs::metadata("/proc/self/ns/net")
+            .map(|m| format!(" (net:[{}])", m.ino()))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "the programs pinned at {} treat network namespace cookie {}{recorded} as the host's; \
+             this daemon runs in namespace cookie {netns_cookie}{here} and will not change that. \
+             Start it in that namespace, or remove the pinned state first with \
+             `enforcer unload --pin-dir {}` (enforcement stops until the next start).",
+            pins.root.display(),
+            facts.netns_cookie,
+            pins.root.display()
+        );
     }
     Ok(())
 }

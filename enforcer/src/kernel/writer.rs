@@ -265,16 +265,19 @@ where
             .filter(|k| slot_of(k) & 1 == slot && !new.contains_key(k))
             .collect(),
     };
+    // Stale entries go first: the map holds two slots' worth, so a slot at the limit that
+    // changes most of its entries only fits once the idle slot's old ones are out (the
+    // programs are not reading this slot).
+    for k in stale {
+        map.remove(&k)?;
+        stats.entries_removed += 1;
+    }
     for (k, v) in new {
         if old.is_some_and(|o| o.get(k) == Some(v)) {
             continue;
         }
         map.insert(*k, *v, 0)?;
         stats.entries_written += 1;
-    }
-    for k in stale {
-        map.remove(&k)?;
-        stats.entries_removed += 1;
     }
     Ok(())
 }

@@ -35,11 +35,11 @@ pub struct Compiled {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("the policy needs {0} distinct port groups; at most {MAX_GROUPS} are supported")]
+    #[error("the policy needs {0} port groups (distinct sets of rules sharing a port); the limit is {MAX_GROUPS} port groups per policy")]
     TooManyGroups(usize),
-    #[error("the policy needs {0} allow entries; at most {max} are supported", max = MAX_ALLOW_ENTRIES / 2)]
+    #[error("the policy needs {0} allow entries (each allowed prefix once per port group of its rule); the limit is {max} allow entries per policy", max = MAX_ALLOW_ENTRIES / 2)]
     TooManyPrefixes(usize),
-    #[error("the policy needs {0} allowed cgroup entries; at most {max} are supported", max = MAX_CGROUP_ENTRIES / 2)]
+    #[error("the policy needs {0} allowed cgroup entries (each allowed cgroup once per port group of its rule); the limit is {max} cgroup entries per policy", max = MAX_CGROUP_ENTRIES / 2)]
     TooManyCgroups(usize),
 }
 
@@ -428,5 +428,114 @@ mod tests {
         // Past its deadline, the entry is gone from the compiled policy altogether.
         let later = compile(&p.effective(4_070_908_800, &[])).unwrap();
         assert!(!later.allow.values().any(|a| a.expires_unix != 0));
+    }
+
+    /// One rule on tcp/5432 allowing `n` distinct /32 sources.
+    fn with_sources(n: u32) -> String {
+        let from: Vec<String> = (0..n)
+            .map(|i| format!("\"10.{}.{}.{}/32\"", i >> 16, (i >> 8) & 0xff, i & 0xff))
+            .collect();
+        format!(
+            "[[rule]]\nname = \"pg\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [{}]\n",
+            from.join(",")
+        )
+    }
+
+    fn compile_text(text: &str) -> Result<Compiled, CompileError> {
+        compile(&parse_str(Path::new("t.toml"), text).unwrap())
+    }
+
+    #[test]
+    fn allow_entries_are_limited_per_policy_and_the_error_names_the_limit() {
+        let max = MAX_ALLOW_ENTRIES / 2;
+        assert_eq!(
+            compile_text(&with_sources(max)).unwrap().allow.len(),
+            131_072
+        );
+        let e = compile_text(&with_sources(max + 1)).unwrap_err();
+        assert_eq!(e, CompileError::TooManyPrefixes(131_073));
+        assert!(
+            e.to_string()
+                .contains("the limit is 131072 allow entries per policy"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cgroup_entries_are_limited_per_policy() {
+        // Rule "pg" shares each of its 16 ports with another rule: 16 port groups, each
+        // holding every cgroup of "pg" (fewer cgroups keep the test quick).
+        let text = |n: u32| {
+            let cgs: Vec<String> = (0..n).map(|i| format!("\"/c{i}\"")).collect();
+            let mut t = format!(
+                "[[rule]]\nname = \"pg\"\nprotocol = \"tcp\"\nports = [\"1001-1016\"]\nallow_cgroups = [{}]\n",
+                cgs.join(",")
+            );
+            for p in 1001..=1016 {
+                t += &format!("[[rule]]\nname = \"r{p}\"\nprotocol = \"tcp\"\nports = [{p}]\nallow_from = [\"10.0.0.0/8\"]\n");
+            }
+            t
+        };
+        let max = MAX_CGROUP_ENTRIES / 2;
+        assert_eq!(compile_text(&text(max / 16)).unwrap().cgroups.len(), 32_768);
+        let e = compile_text(&text(max / 16 + 1)).unwrap_err();
+        assert_eq!(e, CompileError::TooManyCgroups(32_768 + 16));
+        assert!(
+            e.to_string()
+                .contains("the limit is 32768 cgroup entries per policy"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn port_groups_are_limited_per_policy() {
+        // Rule j of a protocol covers the ports with bit j set: every port has its own set
+        // of rules, so each protocol needs 65,535 groups, 131,070 in all.
+        let mut text = String::new();
+        for proto in ["tcp", "udp"] {
+            for j in 0..16u32 {
+                let ranges: Vec<String> = (0..(1u32 << (15 - j)))
+                    .map(|k| {
+                        let first = (k << (j + 1)) | (1 << j);
+                        format!("\"{first}-{}\"", first + (1 << j) - 1)
+                    })
+                    .collect();
+                text += &format!(
+                    "[[rule]]\nname = \"{proto}{j}\"\nprotocol = \"{proto}\"\nports = [{}]\nallow_from = [\"10.0.0.0/8\"]\n",
+                    ranges.join(",")
+                );
+            }
+        }
+        let e = compile_text(&text).unwrap_err();
+        assert!(
+            matches!(e, CompileError::TooManyGroups(n) if n > 65_536),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("the limit is 65536 port groups per policy"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_are_limited_per_policy() {
+        let rules = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "[[rule]]\nname = \"r{i}\"\nports = [{}]\nallow_from = [\"10.0.0.0/8\"]\n",
+                        1000 + i
+                    )
+                })
+                .collect::<String>()
+        };
+        assert!(parse_str(Path::new("t.toml"), &rules(16_384)).is_ok());
+        let e = parse_str(Path::new("t.toml"), &rules(16_385)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("16385 rules; the limit is 16384 rules per policy"),
+            "{e}"
+        );
     }
 }

@@ -277,7 +277,7 @@ impl Validator<'_> {
                 0,
                 Severity::Error,
                 format!(
-                    "{} rules; at most {MAX_RULES} are supported",
+                    "{} rules; the limit is {MAX_RULES} rules per policy",
                     file.rules.len()
                 ),
             ));
