@@ -519,7 +519,8 @@ fn port_changes(old: &VerdictPolicy, new: &VerdictPolicy) -> Vec<PortChange> {
         let mut starts: Vec<u32> = a.starts.iter().chain(&b.starts).map(|s| s.0).collect();
         starts.sort_unstable();
         starts.dedup();
-        let at = |s: &Segments, port: u32| s.starts[s.starts.partition_point(|x| x.0 <= port) - 1].1;
+        let at =
+            |s: &Segments, port: u32| s.starts[s.starts.partition_point(|x| x.0 <= port) - 1].1;
         // Changes of this protocol, grouped by (before, after).
         let mut groups: HashMap<(usize, usize), usize> = HashMap::new();
         let first = by_proto.len();
@@ -578,7 +579,11 @@ fn port_changes(old: &VerdictPolicy, new: &VerdictPolicy) -> Vec<PortChange> {
     let mut out: Vec<PortChange> = Vec::new();
     for c in by_proto {
         let twin = out.iter_mut().find(|o| {
-            o.protocol == "tcp" && c.protocol == "udp" && o.ports == c.ports && o.before == c.before && o.after == c.after
+            o.protocol == "tcp"
+                && c.protocol == "udp"
+                && o.ports == c.ports
+                && o.before == c.before
+                && o.after == c.after
         });
         match twin {
             Some(t) => {
@@ -623,10 +628,7 @@ fn merge(sorted: Vec<PortRange>) -> Vec<PortRange> {
 }
 
 /// `a` less `b`, as ranges (both sorted and merged, per protocol).
-fn ranges_minus(
-    a: &[(&'static str, PortRange)],
-    b: &[(&'static str, PortRange)],
-) -> Vec<String> {
+fn ranges_minus(a: &[(&'static str, PortRange)], b: &[(&'static str, PortRange)]) -> Vec<String> {
     let mut out = Vec::new();
     for &(proto, r) in a {
         let mut cuts: Vec<PortRange> = b
@@ -694,8 +696,14 @@ fn rule_key(r: &Rule) -> RuleKey {
 fn rule_changes(old: &[Rule], new: &[Rule]) -> RuleChanges {
     let mut out = RuleChanges::default();
     let find = |rules: &'_ [Rule], name: &str| rules.iter().position(|r| r.name == name);
-    let old_only: Vec<&Rule> = old.iter().filter(|r| find(new, &r.name).is_none()).collect();
-    let mut new_only: Vec<&Rule> = new.iter().filter(|r| find(old, &r.name).is_none()).collect();
+    let old_only: Vec<&Rule> = old
+        .iter()
+        .filter(|r| find(new, &r.name).is_none())
+        .collect();
+    let mut new_only: Vec<&Rule> = new
+        .iter()
+        .filter(|r| find(old, &r.name).is_none())
+        .collect();
     for r in old_only {
         let key = rule_key(r);
         match new_only.iter().position(|n| rule_key(n) == key) {
@@ -782,8 +790,16 @@ fn test_changes(old: &Side, new: &Side) -> TestChanges {
     }
     let (a, b) = (names(old), names(new));
     TestChanges {
-        added: b.keys().filter(|k| !a.contains_key(*k)).map(|k| k.to_string()).collect(),
-        removed: a.keys().filter(|k| !b.contains_key(*k)).map(|k| k.to_string()).collect(),
+        added: b
+            .keys()
+            .filter(|k| !a.contains_key(*k))
+            .map(|k| k.to_string())
+            .collect(),
+        removed: a
+            .keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| k.to_string())
+            .collect(),
         changed: b
             .iter()
             .filter(|(k, t)| a.get(*k).is_some_and(|o| o != *t))

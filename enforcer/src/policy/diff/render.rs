@@ -107,7 +107,11 @@ pub fn body(d: &Diff) -> Vec<String> {
     let r = &d.rules;
     if !r.is_empty() {
         out.push("rules:".into());
-        out.extend(r.renamed.iter().map(|x| format!("  renamed {} -> {} (same content)", x.from, x.to)));
+        out.extend(
+            r.renamed
+                .iter()
+                .map(|x| format!("  renamed {} -> {} (same content)", x.from, x.to)),
+        );
         out.extend(r.added.iter().map(|x| format!("  + {x}")));
         out.extend(r.removed.iter().map(|x| format!("  - {x}")));
         out.extend(
