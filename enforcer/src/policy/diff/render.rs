@@ -56,13 +56,15 @@ fn port_lines(out: &mut Vec<String>, c: &PortChange) {
             "    {} -> {}: open to every sender (was: {})",
             state_text(b),
             state_text(a),
-            allow_text(b)
+            allow_text(b).unwrap_or_else(|| "every sender refused".into())
         )),
         (false, true) => out.push(format!(
-            "    {} -> {}: refuses all but {}",
+            "    {} -> {}: {}",
             state_text(b),
             state_text(a),
-            allow_text(a)
+            allow_text(a).map_or("refuses every sender".into(), |t| format!(
+                "refuses all but {t}"
+            ))
         )),
         _ => {
             if let Some((before, after)) = c.mode_change() {
@@ -74,17 +76,17 @@ fn port_lines(out: &mut Vec<String>, c: &PortChange) {
     }
 }
 
-fn allow_text(a: &super::Access) -> String {
+/// Who a protected port lets in, or None for no one.
+fn allow_text(a: &super::Access) -> Option<String> {
     let from = a.from.to_strings();
-    let mut parts = vec![if from.is_empty() {
-        "no source".to_string()
-    } else {
-        format!("from {}", from.join(", "))
-    }];
+    let mut parts = Vec::new();
+    if !from.is_empty() {
+        parts.push(format!("from {}", from.join(", ")));
+    }
     if !a.cgroups.paths().is_empty() {
         parts.push(format!("cgroups {}", a.cgroups.paths().join(", ")));
     }
-    parts.join("; ")
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The diff's lines after the header: access first, then the rest.

@@ -527,7 +527,7 @@ fn rand_rule(rng: &mut Rng, name: String) -> GenRule {
         .collect();
     GenRule {
         name,
-        protocol: *rng.pick(&["tcp", "udp", "any"]),
+        protocol: ["tcp", "udp", "any"][rng.below(3) as usize],
         ports,
         from: (0..rng.below(4)).map(|_| rand_prefix(rng)).collect(),
         cgroups: (0..rng.below(3))
