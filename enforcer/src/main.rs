@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Check { config, format } => return cli::check::check(&config, format),
+        Command::Diff(args) => return cli::diff::diff_cmd(args),
         Command::Run {
             config,
             socket,

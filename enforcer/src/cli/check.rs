@@ -14,9 +14,9 @@ use crate::policy::{
     Diagnostic, PolicyError,
 };
 
-/// Validates and compiles `config`; every problem as FILE:LINE:COL, exit 1 on errors.
-pub fn check(config: &Path, format: Format) -> ExitCode {
-    let result = policy::load(config).and_then(|p| {
+/// Reads, validates and compiles `config`: a policy the daemon would apply.
+pub fn usable(config: &Path) -> Result<policy::Policy, PolicyError> {
+    policy::load(config).and_then(|p| {
         policy::compile(&p).map(|_| p).map_err(|e| PolicyError {
             diagnostics: vec![Diagnostic {
                 file: config.display().to_string(),
@@ -26,7 +26,12 @@ pub fn check(config: &Path, format: Format) -> ExitCode {
                 message: e.to_string(),
             }],
         })
-    });
+    })
+}
+
+/// Validates and compiles `config`; every problem as FILE:LINE:COL, exit 1 on errors.
+pub fn check(config: &Path, format: Format) -> ExitCode {
+    let result = usable(config);
     let file = config.display().to_string();
     match (result, format) {
         (Ok(p), format) => {

@@ -24,6 +24,12 @@ pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> any
         v["generation"],
         v["hash"].as_str().unwrap_or("")
     );
+    for line in v["access"]["lines"].as_array().into_iter().flatten() {
+        println!("  {}", line.as_str().unwrap_or(""));
+    }
+    if let Some(n) = v["access"]["more_lines"].as_u64().filter(|n| *n > 0) {
+        println!("  ... and {n} more lines");
+    }
     if let Some(by) = v["confirm_by"].as_str() {
         println!("run `enforcer confirm` before {by} or the previous policy comes back");
     }

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod control;
+pub mod diff;
 pub mod scan;
 pub mod tail;
 
@@ -120,4 +121,7 @@ pub enum Command {
     },
     /// The verdict for a packet, the rule and the allow entry that decided it.
     Explain(control::ExplainArgs),
+    /// What a policy change opens and closes: per protocol and port, who gains and who
+    /// loses access (exit 0: no change in access; 2: access changes; 1: invalid policy).
+    Diff(diff::DiffArgs),
 }

@@ -28,6 +28,8 @@ pub enum Request {
         #[serde(default, deserialize_with = "since_ns")]
         since_unix_ns: Option<u128>,
     },
+    /// The policy in force as `enforcer diff` compares it (grants included).
+    Policy,
     /// The verdict for a described packet under the live policy.
     Explain { query: crate::explain::Query },
     /// Allow a source prefix (`from`) or a cgroup on a rule for `for_secs` seconds.

@@ -151,6 +151,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Some(call) = calls.recv() => {
                 let answer = match call.request {
                     Request::Status => protocol::ok(st.status()),
+                    Request::Policy => protocol::ok(st.policy_view()),
                     Request::Reload { confirm_within_secs } => match st.reload(confirm_within_secs.map(Duration::from_secs)) {
                         Ok(v) => protocol::ok(v),
                         Err(e) => protocol::error(e),

@@ -26,7 +26,11 @@ use crate::{
     events::{record, Record},
     grants::{describe, now_unix, Grant, Store},
     kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
-    policy::{self, compile, compile_after, Compiled, Entry, Policy},
+    policy::{
+        self, compile, compile_after,
+        diff::{self, Side, Summary},
+        Compiled, Entry, Policy,
+    },
 };
 
 /// How often the listeners are checked for coverage gaps.
@@ -49,6 +53,9 @@ pub struct State {
     pub policy: Policy,
     /// What applies now: `policy` without lapsed entries, with the grants in force.
     pub effective: Policy,
+    /// The same as `enforcer diff` sees it, taken when it was applied: the next
+    /// generation's access is compared with it.
+    side: Side,
     grants: Store,
     /// Policy entries whose expiry was reported.
     ledger: Ledger,
@@ -96,6 +103,7 @@ impl State {
     ) -> anyhow::Result<Self> {
         let effective = policy.effective(now_unix(), &grants.entries(&policy));
         let compiled = compile(&effective).with_context(|| policy.path.display().to_string())?;
+        let side = Side::of(&policy, now_unix(), &grants.grants);
         // An adopted policy stays active while the new one is written to the other slot.
         let (writer, generation) = match loaded.adopted {
             Some((slot, generation)) => (Writer::adopt(slot), generation + 1),
@@ -107,6 +115,7 @@ impl State {
             policy,
             effective,
             ledger: Ledger::open(grants.dir()),
+            side,
             grants,
             next_expiry: None,
             compiled,
@@ -279,15 +288,20 @@ impl State {
         Ok(())
     }
 
-    /// Applies `new` as the next generation; returns the policy it replaced.
-    fn apply(&mut self, new: Policy) -> anyhow::Result<Policy> {
-        let effective = new.effective(now_unix(), &self.grants.entries(&new));
+    /// Applies `new` as the next generation; returns the policy it replaced and the change
+    /// in access.
+    fn apply(&mut self, new: Policy) -> anyhow::Result<(Policy, Summary)> {
+        let now = now_unix();
+        let effective = new.effective(now, &self.grants.entries(&new));
         let compiled = compile_after(&effective, Some(&self.compiled))
             .with_context(|| new.path.display().to_string())?;
         let ids = resolve_cgroups(&self.cgroup_mount, &compiled);
         let generation = self.generation + 1;
         self.writer
             .apply(&mut self.loaded.maps, &compiled, &ids, generation)?;
+        let side = Side::of(&new, now, &self.grants.grants);
+        let change = Summary::of(&diff::diff(&self.side, &side));
+        self.side = side;
         let old = std::mem::replace(&mut self.policy, new);
         self.effective = effective;
         self.compiled = compiled;
@@ -299,7 +313,7 @@ impl State {
             warn!("attaching for the new policy: {e:#}");
         }
         self.tell_audit();
-        Ok(old)
+        Ok((old, change))
     }
 
     /// Re-reads the policy file and applies it. A policy that cannot be used is refused
@@ -309,15 +323,22 @@ impl State {
             .map_err(anyhow::Error::from)
             .and_then(|p| self.apply(p));
         match result {
-            Ok(old) => {
+            Ok((old, change)) => {
                 let action = if confirm_within.is_some() {
                     "applied-pending-confirmation"
                 } else {
                     "applied"
                 };
-                let r = self.policy_record(action, Some(&old));
+                let mut r = self.policy_record(action, Some(&old));
+                r.access = Some(change.clone());
                 let _ = self.audit.send(Control::Record(Box::new(r)));
-                info!(generation = self.generation, hash = %self.policy.hash, "policy reloaded");
+                info!(
+                    generation = self.generation,
+                    hash = %self.policy.hash,
+                    access_changed = change.changed,
+                    "policy reloaded; {}",
+                    change.lines.join("; ")
+                );
                 match confirm_within {
                     Some(d) => {
                         // A reload during a pending one keeps the last confirmed policy.
@@ -335,7 +356,7 @@ impl State {
                     None => self.pending = None,
                 }
                 Ok(
-                    json!({"generation": self.generation, "hash": self.policy.hash, "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone())}),
+                    json!({"generation": self.generation, "hash": self.policy.hash, "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone()), "access": change}),
                 )
             }
             Err(e) => {
@@ -416,12 +437,14 @@ impl State {
         {
             let p = self.pending.take().expect("checked");
             match self.apply(p.previous) {
-                Ok(old) => {
+                Ok((old, change)) => {
                     warn!(
                         generation = self.generation,
-                        "not confirmed in time: previous policy restored"
+                        "not confirmed in time: previous policy restored; {}",
+                        change.lines.join("; ")
                     );
-                    let r = self.policy_record("rolled-back", Some(&old));
+                    let mut r = self.policy_record("rolled-back", Some(&old));
+                    r.access = Some(change);
                     let _ = self.audit.send(Control::Record(Box::new(r)));
                 }
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
@@ -531,7 +554,7 @@ impl State {
         }
         let policy = self.policy.clone();
         match self.apply(policy) {
-            Ok(_) => {
+            Ok((_, change)) => {
                 for g in &expired {
                     self.grant_record("expired", g, late);
                 }
@@ -551,7 +574,7 @@ impl State {
                         "policy": self.generation,
                     })));
                 }
-                let r = self.policy_record(
+                let mut r = self.policy_record(
                     if expired.is_empty() {
                         "entry-expired"
                     } else {
@@ -559,6 +582,7 @@ impl State {
                     },
                     None,
                 );
+                r.access = Some(change);
                 let _ = self.audit.send(Control::Record(Box::new(r)));
                 info!(
                     generation = self.generation,
@@ -760,6 +784,17 @@ impl State {
             );
         }
         r
+    }
+
+    /// The policy in force as `enforcer diff --against live` compares it: the file's
+    /// policy as it applies now, grants included.
+    pub fn policy_view(&self) -> Value {
+        json!({
+            "generation": self.generation,
+            "hash": self.policy.hash,
+            "file": self.policy.path.display().to_string(),
+            "side": Side::of(&self.policy, now_unix(), &self.grants.grants),
+        })
     }
 
     /// Everything `enforcer status` shows.

@@ -53,6 +53,10 @@ pub struct Record {
     pub rules_removed: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules_changed: Option<Vec<String>>,
+    /// Policy events that apply a generation: the change in access from the one before
+    /// (counts and the first lines of `enforcer diff`'s text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::policy::diff::Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// "lost" events: where ("kernel": the ring buffer was full; "stdout" or

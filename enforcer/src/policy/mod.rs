@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod diag;
+pub mod diff;
 pub mod file;
 pub mod lint;
 pub mod selftest;

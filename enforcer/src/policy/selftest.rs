@@ -13,7 +13,22 @@ use super::{
 };
 use crate::explain::{explain, Query};
 
-pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagnostic> {
+/// One `[[test]]` as validated: kept with the policy so `enforcer diff` can compare them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TestCase {
+    pub name: String,
+    pub query: Query,
+    /// "allow", "drop" or "would-drop".
+    pub expect: String,
+}
+
+/// Judges every test; returns the well-formed ones and a diagnostic per problem.
+pub fn run(
+    loc: &Locator<'_>,
+    policy: &Policy,
+    tests: &[TestFile],
+) -> (Vec<TestCase>, Vec<Diagnostic>) {
+    let mut cases = Vec::new();
     let mut out = Vec::new();
     // Judged as the policy applies now: lapsed entries no longer allow anything.
     let now = std::time::SystemTime::now()
@@ -63,7 +78,13 @@ pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagno
             err(t.expect.span().start, format!("test {name:?}: expect must be \"allow\", \"drop\" or \"would-drop\", not {expect:?}"));
             continue;
         }
-        match explain(&policy.verdict, &query) {
+        let judged = explain(&policy.verdict, &query);
+        cases.push(TestCase {
+            name: name.clone(),
+            query,
+            expect: expect.to_string(),
+        });
+        match judged {
             Err(e) => err(start, format!("test {name:?}: {e}")),
             Ok(e) if e.verdict != expect => err(
                 start,
@@ -79,7 +100,7 @@ pub fn run(loc: &Locator<'_>, policy: &Policy, tests: &[TestFile]) -> Vec<Diagno
             Ok(_) => {}
         }
     }
-    out
+    (cases, out)
 }
 
 #[cfg(test)]
@@ -101,7 +122,7 @@ allow_cgroups = ["/system.slice/api.service"]
     fn passing_tests_let_the_policy_through() {
         let text = format!("{POLICY}\n[[test]]\nname = \"api\"\nproto = \"tcp\"\nsrc = \"10.1.2.3\"\ndport = 5432\nexpect = \"allow\"\n\n[[test]]\nname = \"outsider\"\nproto = \"tcp\"\nsrc = \"203.0.113.7\"\ndport = 5432\nexpect = \"drop\"\n\n[[test]]\nname = \"svc\"\nproto = \"tcp\"\nsrc = \"127.0.0.1\"\ndport = 5432\ncgroup = \"/system.slice/api.service\"\nexpect = \"allow\"\n");
         let p = parse_str(Path::new("p.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p.tests, 3);
+        assert_eq!(p.tests.len(), 3);
     }
 
     #[test]

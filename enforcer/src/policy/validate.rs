@@ -95,8 +95,8 @@ pub struct Policy {
     pub report_allowed: bool,
     pub rates: Rates,
     pub verdict: VerdictPolicy,
-    /// How many `[[test]]` expectations it carries (all of them hold).
-    pub tests: usize,
+    /// Its `[[test]]` expectations (all of them hold).
+    pub tests: Vec<super::selftest::TestCase>,
     /// Allow entries with an expiry (they are also in `verdict`'s rules).
     pub expiring: Vec<Expiring>,
 }
@@ -194,10 +194,11 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     };
     let tests = std::mem::take(&mut file.tests);
     let mut policy = v.policy(path, text, file);
-    policy.tests = tests.len();
     if v.errors.is_empty() {
         // A policy whose own tests fail cannot be applied: check and reload refuse it alike.
-        v.errors.extend(super::selftest::run(&loc, &policy, &tests));
+        let (cases, errors) = super::selftest::run(&loc, &policy, &tests);
+        policy.tests = cases;
+        v.errors.extend(errors);
     }
     if v.errors.is_empty() {
         Ok(policy)
@@ -376,7 +377,7 @@ impl Validator<'_> {
                 rules,
                 failsafe,
             },
-            tests: 0,
+            tests: Vec::new(),
             expiring: std::mem::take(&mut self.expiring),
         }
     }
