@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             on_stop,
             state_dir,
             metrics,
+            watch,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
                     on_stop,
                     state_dir,
                     metrics,
+                    watch,
                 }))
             }),
         Command::Unload { pin_dir } => cli::control::unload(&pin_dir),

@@ -7,6 +7,7 @@ pub mod bed;
 pub mod daemon;
 pub mod flood;
 pub mod kernel;
+pub mod machine;
 pub mod net;
 pub mod packets;
 pub mod traffic;

@@ -12,7 +12,11 @@
 //! - the Kubernetes YAML: `kubernetes-validate --strict` (offline, bundled schemas) when
 //!   installed, and always (with python3 + PyYAML) parsed and checked for what the daemon
 //!   needs: host network, the bpffs/cgroup/run/policy mounts, a whole-ConfigMap mount, the
-//!   reload container's script (`sh -n`) and socket.
+//!   daemon alone (it follows the ConfigMap itself with `--watch`), the image's layout
+//!   (packaging/Containerfile: binary path, probes).
+//!
+//! packaging_real.rs runs them for real: the unit under a booted systemd, the image built
+//! and run, `--watch` through a ConfigMap-style swap, promtool on the metrics.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -472,7 +476,11 @@ fn the_kubernetes_manifests_give_the_daemon_what_it_needs() {
             .unwrap_or_else(|| panic!("no container {n}"))
     };
     let daemon = by_name("enforcer");
-    let reload = by_name("reload");
+    assert_eq!(
+        containers.len(),
+        1,
+        "the daemon follows the ConfigMap itself (--watch): no sidecar"
+    );
     let volumes = spec["volumes"].as_array().expect("volumes");
     let volume = |n: &Value| {
         volumes
@@ -498,26 +506,22 @@ fn the_kubernetes_manifests_give_the_daemon_what_it_needs() {
         daemon["securityContext"]["privileged"], true,
         "Bidirectional propagation needs a privileged container"
     );
-    // The node's cgroup hierarchy, the control socket's directory shared with the reloader.
+    // The node's cgroup hierarchy, the control socket's directory from the node.
     assert_eq!(
         volume(&mount(daemon, "/sys/fs/cgroup")["name"])["hostPath"]["path"],
         "/sys/fs/cgroup"
     );
-    let run_vol = mount(daemon, "/run/enforcer")["name"].clone();
-    assert_eq!(mount(reload, "/run/enforcer")["name"], run_vol);
+    assert_eq!(
+        volume(&mount(daemon, "/run/enforcer")["name"])["hostPath"]["path"],
+        "/run/enforcer"
+    );
     // The policy: the whole ConfigMap as a directory (a subPath mount never updates).
-    for c in [daemon, reload] {
-        let m = mount(c, "/etc/enforcer");
-        assert!(
-            m.get("subPath").is_none(),
-            "{}: subPath mounts are not updated",
-            c["name"]
-        );
-        assert_eq!(
-            volume(&m["name"])["configMap"]["name"],
-            cm["metadata"]["name"]
-        );
-    }
+    let m = mount(daemon, "/etc/enforcer");
+    assert!(m.get("subPath").is_none(), "subPath mounts are not updated");
+    assert_eq!(
+        volume(&m["name"])["configMap"]["name"],
+        cm["metadata"]["name"]
+    );
     assert_eq!(ds["metadata"]["namespace"], cm["metadata"]["namespace"]);
 
     // The daemon's command line is one the binary takes, with the paths mounted above.
@@ -545,22 +549,33 @@ fn the_kubernetes_manifests_give_the_daemon_what_it_needs() {
     assert_eq!(after("--config"), Some("/etc/enforcer/policy.toml"));
     let socket = after("--socket").expect("--socket");
 
-    // The reloader: valid sh, checks before it reloads, talks to the daemon's socket.
-    let script = reload["args"][0].as_str().expect("script");
-    let (ok, _, err) = run(Command::new("sh").arg("-n").arg("-c").arg(script));
-    assert!(ok, "the reload script is not valid sh: {err}");
     assert!(
-        script.contains("enforcer check --config \"$cfg\""),
-        "{script}"
+        args.contains(&"--watch"),
+        "without --watch a ConfigMap update is never applied"
+    );
+
+    // The image's layout (packaging/Containerfile): the binary where the DaemonSet runs it,
+    // the probes asking the daemon's socket with that binary (no shell in the image).
+    let containerfile =
+        std::fs::read_to_string(packaging().join("Containerfile")).expect("read Containerfile");
+    assert!(
+        containerfile.contains(&format!("COPY enforcer {}\n", args[0])),
+        "the image has no {}:\n{containerfile}",
+        args[0]
     );
     assert!(
-        script.contains("enforcer reload --socket \"$sock\""),
-        "{script}"
+        containerfile.contains("FROM scratch"),
+        "the image is the static binary alone"
     );
-    assert!(
-        script.contains(&format!("sock={socket}")),
-        "the reloader's socket differs from the daemon's"
-    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let cmd: Vec<&str> = daemon[probe]["exec"]["command"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{probe} is not an exec probe"))
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(cmd, [args[0], "status", "--socket", socket], "{probe}");
+    }
 
     // The ConfigMap's policy passes check.
     let text = cm["data"]["policy.toml"]
