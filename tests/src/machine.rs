@@ -46,7 +46,9 @@ pub fn have(bin: &str) -> bool {
 
 /// The workspace's target directory.
 pub fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+    let t = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    // Tools given these paths (systemctl --root) do not take "..".
+    t.canonicalize().unwrap_or(t)
 }
 
 /// The static daemon (the image's and the booted container's): ENFORCER_STATIC_BIN (set by

@@ -194,17 +194,18 @@ impl Drop for Answers {
 /// 50 ms for an answer), recording when each attempt started and how it ended.
 struct Knocker {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(u64, String)>>>,
+    tries: Arc<Mutex<Vec<(u64, String)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Knocker {
     fn start(net: &Net) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, path) = (stop.clone(), net.r.path());
+        let tries = Arc::new(Mutex::new(Vec::new()));
+        let (s, t, path) = (stop.clone(), tries.clone(), net.r.path());
         let thread = std::thread::spawn(move || {
             enter_netns(&path);
             let to: SocketAddr = format!("{C_R}:{PORT}").parse().expect("addr");
-            let mut tries = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 let at = monotonic_us();
                 let r = match TcpStream::connect_timeout(&to, Duration::from_millis(50)) {
@@ -216,23 +217,31 @@ impl Knocker {
                     // Unreachable (no carrier yet) fails at once: do not spin.
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                tries.push((at, r));
+                t.lock().expect("tries").push((at, r));
             }
-            tries
         });
         Knocker {
             stop,
+            tries,
             thread: Some(thread),
+        }
+    }
+
+    /// Waits until `n` attempts started at or after `t` (µs, monotonic).
+    fn wait_tries_since(&self, t: u64, n: usize) {
+        let start = Instant::now();
+        while self.tries.lock().expect("tries").iter().filter(|(at, _)| *at >= t).count() < n {
+            assert!(start.elapsed() < Duration::from_secs(30), "the knocker is stuck");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn finish(mut self) -> Vec<(u64, String)> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("knocker")
+        if let Some(t) = self.thread.take() {
+            t.join().expect("knocker");
+        }
+        std::mem::take(&mut *self.tries.lock().expect("tries"))
     }
 }
 
@@ -316,11 +325,6 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
     m.wait_booted();
     let boot_time = booting.elapsed();
     net.wait_connect(&net.a, "connected", "the allowed sender after boot");
-    let tries = knocker.finish();
-    let _ = addrs.kill();
-    let _ = addrs.wait();
-    assert_eq!(net.connect(&net.r), "timeout", "the refused sender got in");
-
     // When the refused sender's link got its address (seen from the host), and what the
     // knocking found from then on.
     let addr_at = addr_lines
@@ -330,6 +334,10 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
         .find(|(_, l)| l.contains(&format!("inet {C_R}/24")))
         .map(|(t, _)| *t)
         .expect("the container never configured its address");
+    knocker.wait_tries_since(addr_at, 20);
+    let tries = knocker.finish();
+    let _ = addrs.kill();
+    let _ = addrs.wait();
     let after: Vec<&(u64, String)> = tries.iter().filter(|(t, _)| *t >= addr_at).collect();
     let first_after = after.first().map(|(t, _)| t - addr_at);
     assert!(
@@ -340,20 +348,29 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
     let breaches: Vec<_> = tries.iter().filter(|(_, r)| r == "connected").collect();
     assert!(
         breaches.is_empty(),
-        "the refused sender got in: {breaches:?}"
+        "the refused sender got in ({} µs after the address): {breaches:?}\n{}",
+        breaches[0].0 as i64 - addr_at as i64,
+        m.journal(&["-u", "enforcer"])
     );
     let seen = answers.seen();
     assert!(
         seen.is_empty(),
-        "the guarded port answered the refused sender:\n{}",
-        seen.join("\n")
+        "the guarded port answered the refused sender:\n{}\n{}",
+        seen.join("\n"),
+        m.journal(&["-u", "enforcer", "-o", "short-monotonic"])
+    );
+    assert_eq!(
+        net.connect(&net.r),
+        "timeout",
+        "the refused sender got in:\n{}",
+        m.journal(&["-u", "enforcer"])
     );
 
-    // The order, by the clocks systemd and journald keep: the policy was applied (the
-    // daemon's event, as journald received it) and the unit was started (READY=1) before
-    // systemd-networkd, which is what puts the address there, even started.
+    // The order, by the monotonic clock systemd keeps: the daemon applied the policy (its
+    // event's time, put on that clock by the journal entry carrying it) and said READY=1
+    // (the unit went active) before systemd-networkd, which puts the address there, started.
     let (_, journal, _) = m.sh(&["journalctl", "-u", "enforcer", "-o", "json", "--no-pager"]);
-    let applied_at: u64 = journal
+    let entry = journal
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| {
@@ -361,8 +378,22 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
                 .as_str()
                 .is_some_and(|msg| msg.contains("\"action\":\"applied\""))
         })
-        .and_then(|v| v["__MONOTONIC_TIMESTAMP"].as_str()?.parse().ok())
         .expect("no applied event in the journal");
+    let field = |k: &str| -> u64 {
+        entry[k]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {entry}"))
+    };
+    let event: Value =
+        serde_json::from_str(entry["MESSAGE"].as_str().expect("message")).expect("event json");
+    let applied_wall = humantime::parse_rfc3339(event["ts"].as_str().expect("ts"))
+        .expect("event time")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as u64;
+    let applied_at =
+        applied_wall - (field("__REALTIME_TIMESTAMP") - field("__MONOTONIC_TIMESTAMP"));
     let ready = show_us(&m, "enforcer", "ActiveEnterTimestampMonotonic");
     let networkd = show_us(&m, "systemd-networkd", "ExecMainStartTimestampMonotonic");
     let (_, status, _) = m.sh(&["systemctl", "status", "enforcer", "--no-pager", "-n", "5"]);
@@ -376,7 +407,7 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
     let ms = |t: u64| format!("{:.1} ms", t as f64 / 1000.0);
     eprintln!("booted in {boot_time:?}\n{status}\n{order}");
     eprintln!(
-        "monotonic clock: policy applied {} (journal), enforcer.service active {}, systemd-networkd started {}, address {C_R} on {} seen {}",
+        "monotonic clock: policy applied {}, enforcer.service active {}, systemd-networkd started {}, address {C_R} on {} seen {}",
         ms(applied_at),
         ms(ready),
         ms(networkd),
