@@ -147,7 +147,7 @@ fn the_units_command_lines_match_the_binary() {
     let reload = unit_values("ExecReload");
     assert_eq!(
         reload.last().map(String::as_str),
-        Some("/bin/kill -HUP $MAINPID")
+        Some("/bin/sh -c \"kill -HUP ${MAINPID}\"")
     );
     for r in &reload[..reload.len() - 1] {
         let words: Vec<&str> = r.split_whitespace().collect();
