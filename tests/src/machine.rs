@@ -236,18 +236,27 @@ impl Machine {
     /// Boots `root`'s systemd in `netns`, with `bpf` as its /sys/fs/bpf, and waits until
     /// PID 1 answers (not for the boot to finish: see `wait_booted`).
     pub fn boot(root: &Path, netns: &NetNs, bpf: &BpfDir) -> Self {
-        Self::spawn(root, netns, bpf, &["-b"], &[])
+        Self::spawn(root, netns, bpf, &["-b"], &[], &[])
     }
 
     /// Runs `command` as the container's PID 1 in the tree `root` (read-only, with a
-    /// throwaway writable layer), `extra` nspawn arguments (binds); SIGTERM on stop.
+    /// throwaway writable layer), `extra` nspawn arguments (binds); SIGTERM on stop. The
+    /// container gets a cgroup v2 hierarchy (nspawn gives a command the host's hybrid
+    /// layout otherwise, with no cgroup2 mount a daemon inside could attach to).
     pub fn run(root: &Path, netns: &NetNs, bpf: &BpfDir, extra: &[&str], command: &[&str]) -> Self {
         let mut args = vec!["--volatile=overlay", "--kill-signal=SIGTERM"];
         args.extend_from_slice(extra);
-        Self::spawn(root, netns, bpf, &args, command)
+        Self::spawn(root, netns, bpf, &args, command, &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")])
     }
 
-    fn spawn(root: &Path, netns: &NetNs, bpf: &BpfDir, args: &[&str], command: &[&str]) -> Self {
+    fn spawn(
+        root: &Path,
+        netns: &NetNs,
+        bpf: &BpfDir,
+        args: &[&str],
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         need_tool("systemd-nspawn", "systemd-container");
         let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let name = unique("enfm");
@@ -268,6 +277,7 @@ impl Machine {
             .arg(format!("--network-namespace-path={}", netns.path().display()))
             .args(args)
             .args(command)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
