@@ -246,7 +246,14 @@ impl Machine {
     pub fn run(root: &Path, netns: &NetNs, bpf: &BpfDir, extra: &[&str], command: &[&str]) -> Self {
         let mut args = vec!["--volatile=overlay", "--kill-signal=SIGTERM"];
         args.extend_from_slice(extra);
-        Self::spawn(root, netns, bpf, &args, command, &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")])
+        Self::spawn(
+            root,
+            netns,
+            bpf,
+            &args,
+            command,
+            &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")],
+        )
     }
 
     fn spawn(
@@ -274,7 +281,10 @@ impl Machine {
                 "--timezone=off",
                 "--console=pipe",
             ])
-            .arg(format!("--network-namespace-path={}", netns.path().display()))
+            .arg(format!(
+                "--network-namespace-path={}",
+                netns.path().display()
+            ))
             .args(args)
             .args(command)
             .envs(env.iter().copied())
@@ -325,7 +335,10 @@ impl Machine {
             .args(["-a", "-r", "-w", "--"])
             .args(command)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("SYSTEMD_COLORS", "0")
             .env("SYSTEMD_PAGER", "")
             .output()
@@ -423,9 +436,7 @@ fn container_child(nspawn: i32) -> Option<i32> {
                 .filter_map(|p| p.parse::<i32>().ok())
                 .collect::<Vec<_>>()
         })
-        .find(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns != own)
-        })
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns != own))
 }
 
 /// nspawn run with `--keep-unit` from the root cgroup leaves `payload` (the container's)

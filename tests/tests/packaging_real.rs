@@ -77,7 +77,15 @@ impl Net {
             // with no ARP round (and its back-off) before the address exists.
             let mac = link_mac(&c, end);
             peer.ip(&[
-                "neigh", "replace", addr, "lladdr", &mac, "dev", dev, "nud", "permanent",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
             ]);
         }
         Net {
@@ -94,7 +102,8 @@ impl Net {
     /// Configures the container ends from the host (for a container that does not).
     fn up(&self) {
         for (end, addr) in [(&self.va, C_A), (&self.vr, C_R)] {
-            self.c.ip(&["addr", "add", &format!("{addr}/24"), "dev", end]);
+            self.c
+                .ip(&["addr", "add", &format!("{addr}/24"), "dev", end]);
             self.c.ip(&["link", "set", end, "up"]);
         }
     }
@@ -230,8 +239,19 @@ impl Knocker {
     /// Waits until `n` attempts started at or after `t` (µs, monotonic).
     fn wait_tries_since(&self, t: u64, n: usize) {
         let start = Instant::now();
-        while self.tries.lock().expect("tries").iter().filter(|(at, _)| *at >= t).count() < n {
-            assert!(start.elapsed() < Duration::from_secs(30), "the knocker is stuck");
+        while self
+            .tries
+            .lock()
+            .expect("tries")
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .count()
+            < n
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the knocker is stuck"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -258,10 +278,13 @@ fn debian_with_the_unit(net: &Net) -> Overlay {
     let o = Overlay::new(&debian_rootfs());
     o.install(&static_bin(), "/usr/local/bin/enforcer");
     o.install(&testbed::probe_bin(), "/usr/local/bin/probe");
-    let unit =
-        std::fs::read_to_string(packaging().join("systemd/enforcer.service")).expect("unit");
+    let unit = std::fs::read_to_string(packaging().join("systemd/enforcer.service")).expect("unit");
     o.write("/etc/systemd/system/enforcer.service", &unit, 0o644);
-    o.write("/etc/enforcer/policy.toml", &net.policy(&["10.1.0.0/24"]), 0o600);
+    o.write(
+        "/etc/enforcer/policy.toml",
+        &net.policy(&["10.1.0.0/24"]),
+        0o600,
+    );
     o.write(
         "/etc/systemd/system/listener.service",
         &format!("[Unit]\nDescription=the guarded service (tcp/{PORT})\n[Service]\nExecStart=/usr/local/bin/probe tcp-listen 0.0.0.0 {PORT}\n[Install]\nWantedBy=multi-user.target\n"),
@@ -421,10 +444,7 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
         ms(first_after.unwrap_or(0)),
         seen.len()
     );
-    assert!(
-        status.contains("Active: active (running)"),
-        "{status}"
-    );
+    assert!(status.contains("Active: active (running)"), "{status}");
     assert!(
         applied_at < networkd && ready <= networkd,
         "the network was configured before the policy was in force: applied {applied_at}, ready {ready}, networkd {networkd}"
@@ -467,8 +487,16 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
         0o600,
     );
     let (ok, _, err) = m.sh(&["systemctl", "reload", "enforcer"]);
-    assert!(ok, "systemctl reload: {err}\n{}", m.journal(&["-u", "enforcer", "-n", "20"]));
-    net.wait_connect(&net.r, "connected", "after reloading a policy that allows it");
+    assert!(
+        ok,
+        "systemctl reload: {err}\n{}",
+        m.journal(&["-u", "enforcer", "-n", "20"])
+    );
+    net.wait_connect(
+        &net.r,
+        "connected",
+        "after reloading a policy that allows it",
+    );
     assert_eq!(generation(), g0 + 1);
     // ...a broken one is refused by the check, the daemon never asked, its error in the
     // journal.
@@ -503,7 +531,11 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
         0o600,
     );
     let (ok, _, err) = m.sh(&["systemctl", "reload", "enforcer"]);
-    assert!(ok, "systemctl reload: {err}\n{}", m.journal(&["-u", "enforcer", "-n", "20"]));
+    assert!(
+        ok,
+        "systemctl reload: {err}\n{}",
+        m.journal(&["-u", "enforcer", "-n", "20"])
+    );
     net.wait_connect(&net.r, "timeout", "after reloading the original policy");
 
     // grant (kept in the state directory, writable under ProtectSystem=strict), revoke.
@@ -563,7 +595,11 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
     let (_, state, _) = m.sh(&["systemctl", "is-active", "enforcer"]);
     assert_eq!(state.trim(), "inactive");
     assert_eq!(net.connect(&net.r), "timeout", "a stop removed enforcement");
-    assert_eq!(net.connect(&net.a), "connected", "a stop cut the allowed off");
+    assert_eq!(
+        net.connect(&net.a),
+        "connected",
+        "a stop cut the allowed off"
+    );
     let (ok, _, err) = m.sh(&["systemctl", "start", "enforcer"]);
     assert!(ok, "systemctl start: {err}");
     let tries = knocker.finish();
@@ -577,7 +613,10 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
     assert!(
         tries.iter().all(|(_, r)| r == "timeout"),
         "the refused sender got through around the restart: {:?}",
-        tries.iter().filter(|(_, r)| r != "timeout").collect::<Vec<_>>()
+        tries
+            .iter()
+            .filter(|(_, r)| r != "timeout")
+            .collect::<Vec<_>>()
     );
     assert!(
         answers.seen().is_empty(),
@@ -588,7 +627,10 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
         "stop + start: {} SYNs from the refused sender, none answered",
         tries.len()
     );
-    assert!(generation() > before_stop, "the adopted policy was not applied");
+    assert!(
+        generation() > before_stop,
+        "the adopted policy was not applied"
+    );
 
     // unload, after stopping: enforcement goes (which the refused sender sees).
     let (ok, _, err) = m.sh(&["systemctl", "stop", "enforcer"]);
@@ -645,7 +687,13 @@ impl Image {
     /// The image's configuration (Entrypoint, Cmd, User, ...).
     fn config(&self) -> Value {
         let out = Command::new("podman")
-            .args(["image", "inspect", "--format", "{{json .Config}}", &self.tag])
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{json .Config}}",
+                &self.tag,
+            ])
             .output()
             .expect("podman image inspect");
         serde_json::from_slice(&out.stdout).expect("image config json")
@@ -693,17 +741,20 @@ fn the_image_runs_the_static_daemon_alone_and_its_stop_keeps_enforcing() {
             .filter_map(|v| v.as_str().map(String::from))
             .collect()
     };
-    let command: Vec<String> = words("Entrypoint").into_iter().chain(words("Cmd")).collect();
+    let command: Vec<String> = words("Entrypoint")
+        .into_iter()
+        .chain(words("Cmd"))
+        .collect();
     assert!(
-        command.iter().any(|w| w == "--watch") && command.windows(2).any(|w| w == ["--on-stop", "keep"]),
+        command.iter().any(|w| w == "--watch")
+            && command.windows(2).any(|w| w == ["--on-stop", "keep"]),
         "{command:?}"
     );
 
     let net = Net::new();
     net.up();
     let policy = TempDir::new();
-    std::fs::write(policy.0.join("policy.toml"), net.policy(&["10.1.0.0/24"]))
-        .expect("policy");
+    std::fs::write(policy.0.join("policy.toml"), net.policy(&["10.1.0.0/24"])).expect("policy");
     let _listener = Probe::spawn(
         Some(&net.c),
         None,
@@ -731,7 +782,10 @@ fn the_image_runs_the_static_daemon_alone_and_its_stop_keeps_enforcing() {
     assert_eq!(net.connect(&net.r), "timeout", "the refused sender got in");
 
     // The documented stop: the programs stay attached with the policy in force.
-    assert!(m.stop(Duration::from_secs(20)), "the container did not stop");
+    assert!(
+        m.stop(Duration::from_secs(20)),
+        "the container did not stop"
+    );
     let out = m.output();
     eprintln!("the container's output:\n{out}");
     assert!(out.contains("--on-stop keep"), "{out}");
@@ -746,7 +800,11 @@ fn the_image_runs_the_static_daemon_alone_and_its_stop_keeps_enforcing() {
         .arg(bpf.pins())
         .output()
         .expect("enforcer unload");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     net.wait_connect(&net.r, "connected", "after unload");
 }
 
@@ -825,7 +883,9 @@ fn watch_applies_a_configmap_update_and_refuses_a_broken_one() {
     assert_eq!(r_gets(&bed), "connected", "the update was not enforced");
 
     // A broken one: refused with its location, the policy in force stays.
-    volume.update(&format!("{a_and_r}\n[[rule]]\nname = \"broken\"\nports = [\"nope\"]\n"));
+    volume.update(&format!(
+        "{a_and_r}\n[[rule]]\nname = \"broken\"\nports = [\"nope\"]\n"
+    ));
     let refused = d.wait_for(Duration::from_secs(20), |v| {
         v["event"] == "policy" && v["action"] == "refused"
     });
@@ -860,20 +920,31 @@ fn the_metrics_pass_promtool_check() {
     let policy = bed.policy("", &format!("[[rule]]\nname = \"svc\"\nprotocol = \"tcp\"\nports = [{PORT}]\nallow_from = [\"10.1.0.0/24\"]\n"));
     let d = Daemon::start_with(&bed.host, &policy, &["--metrics", "127.0.0.1:9477"]);
     // Some traffic of each verdict, so the labelled series exist.
-    assert_eq!(bed.tcp(&bed.a, None, testbed::bed::HOST_A4, PORT, 500), "connected");
-    assert_eq!(bed.tcp(&bed.r, None, testbed::bed::HOST_R4, PORT, 500), "timeout");
+    assert_eq!(
+        bed.tcp(&bed.a, None, testbed::bed::HOST_A4, PORT, 500),
+        "connected"
+    );
+    assert_eq!(
+        bed.tcp(&bed.r, None, testbed::bed::HOST_R4, PORT, 500),
+        "timeout"
+    );
     let text = bed.host.run(|| {
         use std::io::{Read as _, Write as _};
         let start = Instant::now();
         loop {
             if let Ok(mut s) = TcpStream::connect("127.0.0.1:9477") {
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                    .expect("request");
+                s.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+                .expect("request");
                 let mut resp = String::new();
                 s.read_to_string(&mut resp).expect("response");
                 return resp;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "no metrics listener");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no metrics listener"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     });
@@ -908,7 +979,10 @@ fn the_metrics_pass_promtool_check() {
         out.status,
         said
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{body}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\n{body}"
+    );
     assert!(body.contains("# TYPE "), "{body}");
     drop(d);
 }

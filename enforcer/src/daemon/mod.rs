@@ -57,10 +57,7 @@ pub enum OnStop {
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Before the first read: a change from then on is reloaded.
-    let mut changed = opts
-        .watch
-        .then(|| watch::start(&opts.config))
-        .transpose()?;
+    let mut changed = opts.watch.then(|| watch::start(&opts.config)).transpose()?;
     let policy = policy::load(&opts.config)?;
     let grants = crate::grants::Store::open(&opts.state_dir)?;
     let cgroup_mount = host::cgroup2_mount()?;
