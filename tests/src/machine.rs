@@ -227,6 +227,8 @@ pub struct Machine {
     /// The container's PID 1, as the host sees it.
     pub leader: i32,
     name: String,
+    /// When nspawn was started (after waiting for any other container to go).
+    pub started: Instant,
     output: Arc<Mutex<String>>,
     errors: Arc<Mutex<String>>,
     _one: MutexGuard<'static, ()>,
@@ -298,6 +300,7 @@ impl Machine {
             nspawn,
             leader: 0,
             name,
+            started: Instant::now(),
             output,
             errors,
             _one: one,

@@ -379,12 +379,17 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
         );
         let status = d.wait();
         assert!(!status.success(), "without {missing}: {status}");
+        // The reader thread may not have caught up with the exit yet.
+        let start = Instant::now();
+        while !d.stderr().contains("enforcer: ") && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let err = d.stderr();
         assert!(
             err.contains("not permitted")
                 || err.contains("Permission denied")
                 || err.contains("prohibited"),
-            "without {missing}:\n{err}"
+            "without {missing} ({status}):\n{err}"
         );
     }
 }

@@ -343,10 +343,9 @@ fn at_boot_the_unit_enforces_before_any_interface_is_up() {
     }
     let knocker = Knocker::start(&net);
 
-    let booting = Instant::now();
     let m = Machine::boot(&tree.root, &net.c, &bpf);
     m.wait_booted();
-    let boot_time = booting.elapsed();
+    let boot_time = m.started.elapsed();
     net.wait_connect(&net.a, "connected", "the allowed sender after boot");
     // When the refused sender's link got its address (seen from the host), and what the
     // knocking found from then on.
@@ -458,10 +457,9 @@ fn under_systemd_the_unit_reloads_grants_tails_stops_adopts_and_unloads() {
     let net = Net::new();
     let tree = debian_with_the_unit(&net);
     let bpf = BpfDir::new();
-    let booting = Instant::now();
     let m = Machine::boot(&tree.root, &net.c, &bpf);
     m.wait_booted();
-    eprintln!("booted in {:?}", booting.elapsed());
+    eprintln!("booted in {:?}", m.started.elapsed());
     let enforcer = |args: &[&str]| {
         let mut cmd = vec!["/usr/local/bin/enforcer"];
         cmd.extend_from_slice(args);
