@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             on_stop,
             state_dir,
             metrics,
+            watch,
         } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
                     on_stop,
                     state_dir,
                     metrics,
+                    watch,
                 }))
             }),
         Command::Unload { pin_dir, force } => cli::control::unload(&pin_dir, force),

@@ -121,6 +121,15 @@ impl Daemon {
         let dir = TempDir::new();
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy).expect("write policy");
+        Self::spawn(ns, policy_path, dir, args, pins)
+    }
+
+    /// As `start_with`, reading the policy at `config`, a file (or symlink) the test made.
+    pub fn start_file(ns: &NetNs, config: &Path, args: &[&str]) -> Self {
+        Self::spawn(ns, config.to_path_buf(), TempDir::new(), args, Pins::new())
+    }
+
+    fn spawn(ns: &NetNs, policy_path: PathBuf, dir: TempDir, args: &[&str], pins: Pins) -> Self {
         let socket = dir.0.join("control.sock");
         let mut cmd = Command::new(crate::enforcer_bin());
         cmd.arg("run")

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod flood;
 pub mod forge;
 pub mod kernel;
+pub mod machine;
 pub mod net;
 pub mod packets;
 pub mod traffic;

@@ -88,7 +88,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             cargo(&["build", "-p", "enforcer"], &[])?;
             let bin = workspace_root().join("target/debug/enforcer");
-            let env = [("ENFORCER_BIN", bin.to_string_lossy().into_owned())];
+            // The image and the booted container run the static release build.
+            let static_bin = setup::build_static()?;
+            let env = [
+                ("ENFORCER_BIN", bin.to_string_lossy().into_owned()),
+                (
+                    "ENFORCER_STATIC_BIN",
+                    static_bin.to_string_lossy().into_owned(),
+                ),
+            ];
             let mut test = vec!["test"];
             if !args.is_empty() {
                 test.push("--");

@@ -154,12 +154,18 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
 }
 
 /// Tools some tests use to check what they produce (they skip that part without them):
-/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI.
+/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI. And what
+/// packaging_real.rs runs the packaging with (it installs them itself when missing):
+/// debootstrap and systemd-nspawn (a booted Debian), podman (the image), promtool.
 pub fn test_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("bpftool", "bpftool"),
         ("tcpdump", "tcpdump"),
         ("systemd-analyze", "systemd"),
+        ("debootstrap", "debootstrap"),
+        ("systemd-nspawn", "systemd-container"),
+        ("podman", "podman"),
+        ("promtool", "prometheus"),
     ]
     .iter()
     .filter(|(bin, _)| !ok("which", &[bin]))
@@ -185,4 +191,36 @@ pub fn test_tools() -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The daemon as one static executable, for the container image and the booted systemd
+/// container: musl when its target can be added (rustup, once), else glibc linked
+/// statically. Cargo keeps it under target/ and rebuilds only what changed.
+pub fn build_static() -> anyhow::Result<std::path::PathBuf> {
+    const MUSL: &str = "x86_64-unknown-linux-musl";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    let have_musl = String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l == MUSL)
+        || {
+            step(&format!("rustup target add {MUSL} (the static daemon)"));
+            ok("rustup", &["target", "add", MUSL])
+        };
+    let (target, env) = if have_musl {
+        (MUSL, vec![])
+    } else {
+        step("no musl target: linking glibc statically instead");
+        (
+            "x86_64-unknown-linux-gnu",
+            vec![("RUSTFLAGS", "-C target-feature=+crt-static".to_string())],
+        )
+    };
+    crate::cargo(
+        &["build", "--release", "--target", target, "-p", "enforcer"],
+        &env,
+    )?;
+    Ok(crate::workspace_root().join(format!("target/{target}/release/enforcer")))
 }

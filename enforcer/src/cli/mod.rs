@@ -53,6 +53,10 @@ pub enum Command {
         /// default.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Reload (as SIGHUP does) when the policy file changes: inotify on its directory,
+        /// which also sees a Kubernetes ConfigMap volume's `..data` symlink swap.
+        #[arg(long)]
+        watch: bool,
     },
     /// Remove everything a daemon pinned (stops enforcement; for after `--on-stop keep`).
     /// Refused while a daemon owns the pins.

@@ -5,7 +5,9 @@
 pub mod audit;
 mod expiries;
 mod history;
+mod sd_notify;
 mod state;
+mod watch;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -39,6 +41,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics here (off when None).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Reload when the policy file changes (`--watch`).
+    pub watch: bool,
 }
 
 /// What a normal stop (SIGTERM, SIGINT) does.
@@ -53,6 +57,8 @@ pub enum OnStop {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // Before the first read: a change from then on is reloaded.
+    let mut changed = opts.watch.then(|| watch::start(&opts.config)).transpose()?;
     let policy = policy::load(&opts.config)?;
     let cgroup_mount = host::cgroup2_mount()?;
     // Ownership first: a daemon refused here has changed nothing (not the grants store,
@@ -132,6 +138,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(control::server::serve(listener, call_tx, sub_tx));
     info!(socket = %opts.socket.display(), "control socket ready");
+    if let Err(e) = sd_notify::ready() {
+        tracing::warn!("{e:#}");
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -144,6 +153,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { let _ = st.reload(None); }
+            Some(()) = async { changed.as_mut()?.recv().await } => { let _ = st.reload(None); }
             _ = tick.tick() => if let Err(e) = st.tick() {
                 fatal = Some(e);
                 break;
