@@ -36,8 +36,11 @@ pub const MAX_FLOWS: u32 = 1 << 16;
 /// last packet was judged at egress (every packet is judged there first, so the receiving
 /// side sees it microseconds later).
 pub const FLOW_FRESH_NS: u64 = 1_000_000_000;
-/// Host-side devices of other network namespaces (container veths), for `PATHS`.
-pub const MAX_PATHS: u32 = 4096;
+/// Interface indexes below this find their path (`PATHS`) with one array load; higher
+/// ones (hosts with much container churn) in the `PATHS_FAR` hash.
+pub const PATH_TABLE: u32 = 1 << 16;
+/// Host-side devices with an index of `PATH_TABLE` or more.
+pub const MAX_PATHS_FAR: u32 = 4096;
 /// Loopback's interface index in every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Sockets whose sending task is remembered for events.

@@ -37,7 +37,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, PATHS, SOCK_OWNERS},
+    maps::{FLOWS, PATHS, PATHS_FAR, SOCK_OWNERS},
     packet::{Skb, Xdp},
     parse::{Parsed, K_NOT_IP, K_PORTS},
     verdict::{cgroup_rule, host_netns, is_host_addr, is_loopback, judge, HookEnv},
@@ -57,10 +57,9 @@ impl HookEnv for XdpEnv {
 
     #[inline(always)]
     fn flow_authorized(&self, p: &Parsed) -> bool {
-        // SAFETY: a hash map lookup; the value is copied out at once.
-        match unsafe { PATHS.get(&self.ifindex) } {
-            Some(netns) => flow_authorized(p, *netns),
-            None => false,
+        match path_of(self.ifindex) {
+            0 => false,
+            netns => flow_authorized(p, netns),
         }
     }
 }
@@ -125,6 +124,16 @@ fn flow_key(p: &Parsed, netns: u64) -> FlowKey {
     }
 }
 
+/// The namespace whose own packets arrive on interface `ifindex` (0: none).
+#[inline(always)]
+fn path_of(ifindex: u32) -> u64 {
+    if ifindex < PATH_TABLE {
+        return PATHS.get(ifindex).map_or(0, |c| *c);
+    }
+    // SAFETY: a hash map lookup; the value is copied out at once.
+    unsafe { PATHS_FAR.get(&ifindex) }.map_or(0, |c| *c)
+}
+
 /// Whether a socket in namespace `netns` was allowed to send this flow, lately.
 #[inline(always)]
 fn flow_authorized(p: &Parsed, netns: u64) -> bool {
@@ -159,10 +168,9 @@ impl HookEnv for IngressEnv {
         if self.ifindex == LOOPBACK_IFINDEX {
             return flow_authorized(p, host_netns());
         }
-        // SAFETY: a hash map lookup; the value is copied out at once.
-        match unsafe { PATHS.get(&self.ifindex) } {
-            Some(netns) => flow_authorized(p, *netns),
-            None => false,
+        match path_of(self.ifindex) {
+            0 => false,
+            netns => flow_authorized(p, netns),
         }
     }
 }

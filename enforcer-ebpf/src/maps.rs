@@ -46,10 +46,14 @@ pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(M
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// Host-side interface index -> cookie of the network namespace on its other end (a
-/// container's veth), kept by the daemon: the only devices where a container's flows are
-/// honoured.
+/// container's veth; 0: none), kept by the daemon: the only devices where a container's
+/// flows are honoured. An array, so a refused packet pays one load for the question.
 #[map]
-pub static PATHS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PATHS, 0);
+pub static PATHS: Array<u64> = Array::with_max_entries(PATH_TABLE, 0);
+
+/// The same for interface indexes of `PATH_TABLE` and above.
+#[map]
+pub static PATHS_FAR: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PATHS_FAR, 0);
 
 /// Per-(hook, reason) packet counts.
 #[map]

@@ -132,13 +132,8 @@ impl TestKernel {
     /// Makes interface `ifindex` the path of the namespace with `cookie` (`PATHS`); None
     /// removes it.
     pub fn set_path(&mut self, ifindex: u32, cookie: Option<u64>) {
-        let paths = &mut self.loaded.maps.paths;
-        match cookie {
-            Some(c) => paths.insert(ifindex, c, 0).expect("PATHS"),
-            None => {
-                let _ = paths.remove(&ifindex);
-            }
-        }
+        enforcer::kernel::paths::set_path(&mut self.loaded.maps, ifindex, cookie.unwrap_or(0))
+            .expect("PATHS");
     }
 
     /// Remembers `flow` as authorized at a sender's socket just now (as the egress program

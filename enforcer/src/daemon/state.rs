@@ -217,7 +217,7 @@ impl State {
     /// (said in `status`); a device named outright is refused. Also keeps `PATHS` current.
     fn sync_interfaces(&mut self) -> anyhow::Result<()> {
         let links = netlink::links().context("listing this host's interfaces")?;
-        self.paths.sync(&mut self.loaded.maps.paths, &links);
+        self.paths.sync(&mut self.loaded.maps, &links);
         let patterns = &self.policy.attach.interfaces;
         let mut wanted = BTreeSet::new();
         let mut skipped = BTreeMap::new();

@@ -12,10 +12,11 @@ use std::{
     path::PathBuf,
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::MapError;
+use enforcer_common::consts::PATH_TABLE;
 use tracing::{info, warn};
 
-use super::{host, netlink::Link};
+use super::{host, netlink::Link, programs::Maps};
 
 /// What `PATHS` holds, and what it was made from.
 #[derive(Default)]
@@ -30,7 +31,7 @@ impl Paths {
     /// Brings `PATHS` in line with the host's veths (`links`: this namespace's links).
     /// Peers whose namespace cannot be found or entered get no path: their flows are not
     /// honoured (fail closed), and the log says why.
-    pub fn sync(&mut self, map: &mut HashMap<MapData, u32, u64>, links: &[Link]) {
+    pub fn sync(&mut self, maps: &mut Maps, links: &[Link]) {
         let signature: Vec<(u32, i32)> = links
             .iter()
             .filter(|l| l.kind.as_deref() == Some("veth"))
@@ -57,14 +58,14 @@ impl Paths {
         let mut ok = true;
         for (i, c) in &want {
             if self.written.get(i) != Some(c) {
-                if let Err(e) = map.insert(*i, *c, 0) {
+                if let Err(e) = set_path(maps, *i, *c) {
                     warn!(ifindex = i, "writing PATHS: {e}");
                     ok = false;
                 }
             }
         }
         for i in self.written.keys().filter(|i| !want.contains_key(i)) {
-            let _ = map.remove(i);
+            let _ = set_path(maps, *i, 0);
         }
         if want != self.written {
             info!(paths = ?want, "container paths (host-side veth -> namespace cookie)");
@@ -79,6 +80,20 @@ impl Paths {
     /// Host-side interface index -> namespace cookie, as written.
     pub fn written(&self) -> &BTreeMap<u32, u64> {
         &self.written
+    }
+}
+
+/// Makes `cookie` the namespace behind interface `ifindex` (0: none).
+pub fn set_path(maps: &mut Maps, ifindex: u32, cookie: u64) -> Result<(), MapError> {
+    if ifindex < PATH_TABLE {
+        return maps.paths.set(ifindex, cookie, 0);
+    }
+    match cookie {
+        0 => match maps.paths_far.remove(&ifindex) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            r => r,
+        },
+        c => maps.paths_far.insert(ifindex, c, 0),
     }
 }
 

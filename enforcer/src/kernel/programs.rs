@@ -53,8 +53,10 @@ pub struct Maps {
     pub allow: HashMap<MapData, AllowKey, AllowValue>,
     pub cgroups: HashMap<MapData, CgroupKey, AllowValue>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
-    /// Host-side interface index -> the network namespace cookie on its other end.
-    pub paths: HashMap<MapData, u32, u64>,
+    /// Host-side interface index -> the network namespace cookie on its other end: an
+    /// array below `PATH_TABLE`, a hash above.
+    pub paths: Array<MapData, u64>,
+    pub paths_far: HashMap<MapData, u32, u64>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub rule_counts: PerCpuArray<MapData, u64>,
     pub event_loss: PerCpuArray<MapData, u64>,
@@ -68,7 +70,7 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 17] = [
+const MAP_NAMES: [&str; 18] = [
     "ACTIVE",
     "SLOT_INFO",
     "HOST",
@@ -79,6 +81,7 @@ const MAP_NAMES: [&str; 17] = [
     "LOCAL_ADDRS",
     "FLOWS",
     "PATHS",
+    "PATHS_FAR",
     "REASONS",
     "RULE_COUNTS",
     "EVENT_LOSS",
@@ -204,6 +207,7 @@ impl Loaded {
             cgroups: take(&mut ebpf, "CGROUPS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
             paths: take(&mut ebpf, "PATHS")?,
+            paths_far: take(&mut ebpf, "PATHS_FAR")?,
             reasons: take(&mut ebpf, "REASONS")?,
             rule_counts: take(&mut ebpf, "RULE_COUNTS")?,
             event_loss: take(&mut ebpf, "EVENT_LOSS")?,
