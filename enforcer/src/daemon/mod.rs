@@ -4,7 +4,9 @@
 
 pub mod audit;
 mod history;
+mod seq;
 mod state;
+pub(crate) mod statefile;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -113,7 +115,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         enricher.rules.insert(generation, names);
     }
     let (sub_tx, sub_rx) = mpsc::channel(16);
-    let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
+    let audit = tokio::spawn(audit::run(
+        events,
+        enricher,
+        st.policy.sinks.clone(),
+        opts.state_dir.clone(),
+        audit_rx,
+        sub_rx,
+        stats,
+    ));
     st.announce_initial();
     st.expire_stale_grants();
 

@@ -6,6 +6,7 @@ pub mod diag;
 pub mod file;
 pub mod lint;
 pub mod selftest;
+pub mod sinks;
 pub mod validate;
 
 pub use compile::{compile, compile_after, Compiled};
