@@ -9,6 +9,7 @@ pub mod flood;
 pub mod kernel;
 pub mod net;
 pub mod packets;
+pub mod sinks;
 pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -154,12 +154,14 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
 }
 
 /// Tools some tests use to check what they produce (they skip that part without them):
-/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI.
+/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI. rsyslog is
+/// the collector the audit-sink tests read with (they install it themselves if missing).
 pub fn test_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("bpftool", "bpftool"),
         ("tcpdump", "tcpdump"),
         ("systemd-analyze", "systemd"),
+        ("rsyslogd", "rsyslog"),
     ]
     .iter()
     .filter(|(bin, _)| !ok("which", &[bin]))
