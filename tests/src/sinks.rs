@@ -221,3 +221,55 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A unix datagram socket that collects what is sent to it (a stand-in for /dev/log);
+/// closed and unlinked on drop.
+pub struct DgramCollector {
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DgramCollector {
+    pub fn bind(path: &Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let sock = std::os::unix::net::UnixDatagram::bind(path)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, s) = (messages.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    m.lock()
+                        .expect("messages")
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
+        DgramCollector {
+            path: path.to_path_buf(),
+            messages,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("messages").clone()
+    }
+}
+
+impl Drop for DgramCollector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

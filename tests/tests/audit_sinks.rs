@@ -23,7 +23,7 @@ use testbed::{
     daemon::{Daemon, TempDir},
     flood::{rule_status, status_json, udp_once, udp_send},
     need_root,
-    sinks::{json_lines, rotated_set, seqs, wait_until, Rsyslog, Tmpfs},
+    sinks::{json_lines, rotated_set, seqs, wait_until, DgramCollector, Rsyslog, Tmpfs},
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -646,5 +646,114 @@ input(type="imtcp" address="127.0.0.1" port="5601" ruleset="tcp")
         "rsyslog udp+tcp: {} lines; excerpt (tcp):\n{}",
         both.len(),
         text.lines().take(2).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The JSON of syslog messages (each from its first `{`).
+fn messages_json(msgs: &[String]) -> Vec<Value> {
+    msgs.iter()
+        .map(|m| {
+            let at = m.find('{').unwrap_or_else(|| panic!("no JSON in {m:?}"));
+            serde_json::from_str(&m[at..]).unwrap_or_else(|e| panic!("{m:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn syslog_sink_reconnects_to_a_unix_target_that_comes_back_and_counts_what_it_lost() {
+    need_root!();
+    let bed = Bed::new();
+    let tmp = TempDir::new();
+    let sock = tmp.0.join("log.sock");
+    let first = DgramCollector::bind(&sock);
+    let sink = format!(
+        "[audit.syslog]\ntarget = \"unix:{}\"\nfacility = \"local0\"\n",
+        sock.display()
+    );
+    let mut d = Daemon::start(&bed.host, &policy(&bed, "", &sink));
+    flood(&bed, 200, 40600);
+    let all = seqs(&settle(&d));
+    wait_until(
+        WAIT,
+        || seqs(&messages_json(&first.messages())).len() == all.len(),
+        || "the unix target did not get every line".into(),
+    );
+    let got_first = messages_json(&first.messages());
+    assert!(
+        first.messages()[0].starts_with("<133>1 "),
+        "{}",
+        first.messages()[0]
+    );
+
+    // The target goes away: every line meanwhile is counted lost.
+    drop(first);
+    flood(&bed, 100, 40601);
+    let all = seqs(&settle(&d));
+    let missing = (all.len() - got_first.len()) as u64;
+    wait_until(
+        WAIT,
+        || status_json(&d)["audit"]["lost"]["syslog"] == missing,
+        || {
+            format!(
+                "lost.syslog never reached {missing}: {:#}",
+                status_json(&d)["audit"]
+            )
+        },
+    );
+
+    // It comes back: after the backoff the sink reconnects, and its first message says
+    // exactly how many lines it lost.
+    let second = DgramCollector::bind(&sock);
+    let mut sport = 40602;
+    wait_until(
+        WAIT,
+        || {
+            udp_once(
+                &bed.r,
+                &format!("10.2.0.2:{sport}"),
+                &format!("{HOST_R4}:7000"),
+                b"x",
+            );
+            sport += 1;
+            std::thread::sleep(Duration::from_millis(200));
+            !second.messages().is_empty()
+        },
+        || "the sink never reconnected".into(),
+    );
+    let marker = d.wait_for(WAIT, |v| v["sport"] == sport - 1);
+    let last = marker["seq"].as_u64().unwrap();
+    wait_until(
+        WAIT,
+        || seqs(&messages_json(&second.messages())).contains(&last),
+        || format!("seq {last} never arrived: {:?}", second.messages()),
+    );
+    let got_second = messages_json(&second.messages());
+    let notice = &got_second[0];
+    assert_eq!(
+        (notice["event"].as_str(), notice["scope"].as_str()),
+        (Some("lost"), Some("syslog")),
+        "{notice}"
+    );
+    assert!(
+        second.messages()[0].contains(" enforcer ") && second.messages()[0].contains(" lost - {"),
+        "MSGID lost: {}",
+        second.messages()[0]
+    );
+    let lost = status_json(&d)["audit"]["lost"]["syslog"].as_u64().unwrap();
+    assert_eq!(notice["count"].as_u64(), Some(lost));
+    let mut received = seqs(&got_first);
+    received.extend(seqs(&got_second));
+    let all = seqs(&d.events());
+    let all_upto: Vec<u64> = all.into_iter().filter(|s| *s <= last).collect();
+    assert_eq!(
+        received.len() as u64 + lost,
+        all_upto.len() as u64,
+        "received + lost != offered"
+    );
+    let set: BTreeSet<u64> = received.iter().copied().collect();
+    assert_eq!(set.len(), received.len(), "a line arrived twice");
+    eprintln!(
+        "unix syslog: {} received, {lost} lost while the target was away, then reconnected",
+        received.len()
     );
 }
