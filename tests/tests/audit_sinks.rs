@@ -349,7 +349,7 @@ fn lost_lines_are_counted_exactly_when_the_disk_fails() {
     assert_eq!(notices, lost, "lost notices in the file vs status");
     assert_eq!(status_json(&d)["audit"]["lost"]["file"], lost);
     assert_eq!(seqs(&lines).len() as u64 + notices, offered + 1);
-    let (code, msg) = verify(&[log.clone()], &[]);
+    let (code, msg) = verify(std::slice::from_ref(&log), &[]);
     assert_eq!(code, 0, "{msg}");
     eprintln!("{}", msg.trim());
 }
@@ -454,9 +454,9 @@ fn per_sink_filters_and_reloads_that_change_or_remove_the_file_sink() {
     );
 
     // A filtered file verifies with --filtered, and shows its gaps without.
-    let (code, msg) = verify(&[log.clone()], &["--filtered"]);
+    let (code, msg) = verify(std::slice::from_ref(&log), &["--filtered"]);
     assert_eq!(code, 0, "{msg}");
-    let (code, msg) = verify(&[log.clone()], &[]);
+    let (code, msg) = verify(std::slice::from_ref(&log), &[]);
     assert_eq!(code, 1, "{msg}");
     assert!(msg.contains("seq gap"), "{msg}");
 
@@ -554,7 +554,7 @@ input(type="imfile" file="{log}" tag="enforcer" ruleset="audit")
     exactly_once(&seqs(&got), &all, "imfile");
     assert_eq!(status_json(&d)["audit"]["lost"]["file"], 0);
     // What the collector holds still carries its chain.
-    let (code, msg) = verify(&[out_path.clone()], &[]);
+    let (code, msg) = verify(std::slice::from_ref(&out_path), &[]);
     eprintln!(
         "audit verify on rsyslog's copy: exit {code}: {}",
         msg.trim()

@@ -331,29 +331,27 @@ impl SyslogWriter {
         }
         match Conn::open(&self.target) {
             Ok(c) => {
-                if self.failing {
-                    info!(target = %self.target, "audit syslog: connected again");
-                    self.failing = false;
-                }
                 self.conn = Some(c);
-                self.backoff = BACKOFF_MIN;
                 true
             }
             Err(e) => {
                 self.broken(&e);
-                self.retry_at = now + self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 false
             }
         }
     }
 
+    /// The target failed: lines are lost (counted) until the next try, which waits
+    /// longer each time until a message goes through again (a collector that accepts
+    /// connections but never reads costs one timeout per try, not one per line).
     fn broken(&mut self, e: &std::io::Error) {
         if !self.failing {
             warn!(target = %self.target, "audit syslog: {e}; lines are counted as lost until it is back");
             self.failing = true;
         }
         self.conn = None;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
     fn send(&mut self, meta: &Meta, json: &[u8]) -> bool {
@@ -362,7 +360,14 @@ impl SyslogWriter {
             return false;
         };
         match conn.send(&msg) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.failing {
+                    info!(target = %self.target, "audit syslog: sending again");
+                    self.failing = false;
+                }
+                self.backoff = BACKOFF_MIN;
+                true
+            }
             Err(e) => {
                 self.broken(&e);
                 false
