@@ -348,6 +348,12 @@ fn lost_lines_are_counted_exactly_when_the_disk_fails() {
         .sum();
     assert_eq!(notices, lost, "lost notices in the file vs status");
     assert_eq!(status_json(&d)["audit"]["lost"]["file"], lost);
+    let (_, human, _) = d.cli(&["status"]);
+    let want = format!(
+        "file       {}, rotated at 1048576 bytes, 1 kept; {lost} lines lost",
+        log.display()
+    );
+    assert!(human.contains(&want), "{want} not in:\n{human}");
     assert_eq!(seqs(&lines).len() as u64 + notices, offered + 1);
     let (code, msg) = verify(std::slice::from_ref(&log), &[]);
     assert_eq!(code, 0, "{msg}");
