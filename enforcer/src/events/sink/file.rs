@@ -69,8 +69,8 @@ pub struct FileWriter {
     anchor: PathBuf,
     file: Option<File>,
     size: u64,
-    /// The chain of the last line written.
-    chain: String,
+    /// The chain of the last line written (None until first needed).
+    chain: Option<String>,
     /// The file ends with a torn line (a crash mid-write): start a new file.
     rotate_first: bool,
     /// Lines this thread could not write and has not reported yet.
@@ -80,35 +80,44 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
-    /// The chain continues from the last line in the file, else from the last line the
-    /// previous run wrote (kept in `state_dir`), else from GENESIS.
+    /// Touches nothing yet: the file and the anchor are read by the sink's own thread.
     pub fn new(
         path: PathBuf,
         limits: Arc<Limits>,
         state_dir: &Path,
         counts: Arc<LostCounts>,
     ) -> Self {
-        let anchor = state_dir.join(ANCHOR);
-        let (last, torn) = last_chain(&path);
-        let chain = last
-            .or_else(|| {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&anchor).ok()?).ok()?;
-                v["chain"].as_str().map(str::to_string)
-            })
-            .unwrap_or_else(|| chain::GENESIS.to_string());
         FileWriter {
             path,
             limits,
-            anchor,
+            anchor: state_dir.join(ANCHOR),
             file: None,
             size: 0,
-            chain,
-            rotate_first: torn,
+            chain: None,
+            rotate_first: false,
             pending_lost: 0,
             counts,
             failing: false,
         }
+    }
+
+    /// The chain continues from the last line in the file, else from the last line the
+    /// previous run wrote (kept in the state directory), else from GENESIS.
+    fn chain(&mut self) -> &str {
+        if self.chain.is_none() {
+            let (last, torn) = last_chain(&self.path);
+            self.rotate_first = torn;
+            let anchored = || {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&self.anchor).ok()?).ok()?;
+                v["chain"].as_str().map(str::to_string)
+            };
+            self.chain = Some(
+                last.or_else(anchored)
+                    .unwrap_or_else(|| chain::GENESIS.to_string()),
+            );
+        }
+        self.chain.as_deref().unwrap_or(chain::GENESIS)
     }
 
     fn open(&mut self) -> std::io::Result<()> {
@@ -153,7 +162,7 @@ impl FileWriter {
 
     /// Seals and appends one line; on failure nothing of it stays in the file.
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let (sealed, chain) = chain::seal(&self.chain, line);
+        let (sealed, chain) = chain::seal(self.chain(), line);
         self.open()?;
         let max = self.limits.max_bytes.load(Ordering::Relaxed);
         if self.rotate_first || (self.size > 0 && self.size + sealed.len() as u64 > max) {
@@ -166,7 +175,7 @@ impl FileWriter {
             return Err(e);
         }
         self.size += sealed.len() as u64;
-        self.chain = chain;
+        self.chain = Some(chain);
         Ok(())
     }
 
@@ -219,8 +228,9 @@ impl LineWriter for FileWriter {
         if let Some(f) = &self.file {
             let _ = f.sync_data();
         }
-        let anchor =
-            serde_json::json!({"path": self.path.display().to_string(), "chain": self.chain});
+        // Nothing written: the anchor stays as the last run left it.
+        let Some(chain) = &self.chain else { return };
+        let anchor = serde_json::json!({"path": self.path.display().to_string(), "chain": chain});
         if let Err(e) = crate::daemon::statefile::write(&self.anchor, anchor.to_string().as_bytes())
         {
             warn!(path = %self.anchor.display(), "keeping the audit chain's anchor: {e}");
