@@ -328,4 +328,37 @@ mod tests {
         assert_eq!((last, v.lost), (21, 3));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_torn_last_line_is_left_alone_in_a_rotated_file() {
+        let dir = std::env::temp_dir().join(format!("enforcer-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let cfg = Config {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 2,
+            filter: Filter::default(),
+        };
+        let counts = Arc::new(LostCounts::default());
+        let mut w = FileWriter::new(path.clone(), Limits::of(&cfg), &dir, counts.clone());
+        w.write(&item(1, 0)).unwrap();
+        w.close();
+        // A crash in the middle of a line.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"ts\":\"2026").unwrap();
+        let mut w = FileWriter::new(path.clone(), Limits::of(&cfg), &dir, counts);
+        w.write(&item(2, 0)).unwrap();
+        w.close();
+        assert!(std::fs::read(rotated(&path, 1)).unwrap().ends_with(b"2026"));
+        // The new file continues the chain of the last complete line.
+        let mut v = chain::Verifier::new(false);
+        let old = std::fs::read(rotated(&path, 1)).unwrap();
+        v.line(old.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        let new = std::fs::read(&path).unwrap();
+        v.line(new.strip_suffix(b"\n").unwrap()).unwrap();
+        assert_eq!(v.range(), Some((1, 2)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
