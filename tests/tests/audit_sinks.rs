@@ -763,3 +763,46 @@ fn syslog_sink_reconnects_to_a_unix_target_that_comes_back_and_counts_what_it_lo
         received.len()
     );
 }
+
+#[test]
+fn after_a_crash_seq_skips_ahead_never_repeats_and_verify_shows_the_gap() {
+    need_root!();
+    let bed = Bed::new();
+    let tmp = TempDir::new();
+    let state = tmp.0.join("state");
+    let log = tmp.0.join("logs/audit.jsonl");
+    let p = policy(&bed, "", &file_sink(&log, 1 << 20, 2, ""));
+    let args = ["--state-dir", state.to_str().unwrap()];
+    let d = Daemon::start_with(&bed.host, &p, &args);
+    flood(&bed, 50, 40700);
+    let last = *seqs(&settle(&d)).last().unwrap();
+    wait_until(
+        WAIT,
+        || seqs(&json_lines(&log)).last() == Some(&last),
+        || format!("the file never got seq {last}"),
+    );
+    // SIGKILL: no clean stop, the programs stay pinned and the next daemon adopts them.
+    let pins = d.kill9();
+    let d = Daemon::start_pinned(&bed.host, &p, &args, pins);
+    let first = seqs(&d.events())[0];
+    assert!(
+        first > last + 1,
+        "after a crash seq went on at {first} (last {last})"
+    );
+    wait_until(
+        WAIT,
+        || seqs(&json_lines(&log)).contains(&first),
+        || format!("the file never got seq {first}"),
+    );
+    let lines = json_lines(&log);
+    let n = lines.iter().position(|v| v["seq"] == first).unwrap() + 1;
+    let (code, msg) = verify(std::slice::from_ref(&log), &[]);
+    assert_eq!(code, 1, "{msg}");
+    let want = format!(
+        "{}:{n}: seq gap: {} line(s) between seq {last} and {first}",
+        log.display(),
+        first - last - 1
+    );
+    assert!(msg.contains(&want), "{want} not in {msg}");
+    eprintln!("{}", msg.trim());
+}
