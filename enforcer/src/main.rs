@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Status { socket, json } => cli::control::status(&socket, json),
         Command::Scan { config, json } => cli::scan::scan(config.as_deref(), json),
         Command::Tail(args) => cli::tail::tail(args),
+        Command::Audit { command } => cli::audit::run(command),
         Command::Grant(args) => cli::control::grant(args),
         Command::Grants { socket, json } => cli::control::grants(&socket, json),
         Command::Revoke { id, socket } => cli::control::revoke(&socket, &id),

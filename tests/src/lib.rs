@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod machine;
 pub mod net;
 pub mod packets;
+pub mod sinks;
 pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -156,7 +156,8 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
 /// Tools some tests use to check what they produce (they skip that part without them):
 /// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI. And what
 /// packaging_real.rs runs the packaging with (it installs them itself when missing):
-/// debootstrap and systemd-nspawn (a booted Debian), podman (the image), promtool.
+/// debootstrap and systemd-nspawn (a booted Debian), podman (the image), promtool; rsyslog,
+/// the collector the audit-sink tests read with.
 pub fn test_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("bpftool", "bpftool"),
@@ -166,6 +167,7 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("systemd-nspawn", "systemd-container"),
         ("podman", "podman"),
         ("promtool", "prometheus"),
+        ("rsyslogd", "rsyslog"),
     ]
     .iter()
     .filter(|(bin, _)| !ok("which", &[bin]))

@@ -162,6 +162,23 @@ pub fn render_status(v: &Value) -> String {
         "audit      {} events, {} suppressed by rate limits, {} lost in the kernel, {} lost by slow sinks, {} subscribers\n",
         a["events"], a["suppressed"], a["lost_kernel"], a["lost_sinks"], a["subscribers"]
     );
+    if a["file"].is_object() {
+        s += &format!(
+            "file       {}, rotated at {} bytes, {} kept; {} lines lost\n",
+            a["file"]["path"].as_str().unwrap_or(""),
+            a["file"]["max_bytes"],
+            a["file"]["keep"],
+            a["lost"]["file"]
+        );
+    }
+    if a["syslog"].is_object() {
+        s += &format!(
+            "syslog     {} (facility {}); {} lines lost\n",
+            a["syslog"]["target"].as_str().unwrap_or(""),
+            a["syslog"]["facility"].as_str().unwrap_or(""),
+            a["lost"]["syslog"]
+        );
+    }
     for w in v["warnings"].as_array().cloned().unwrap_or_default() {
         s += &format!("warning    {}\n", w.as_str().unwrap_or(""));
     }

@@ -1,5 +1,6 @@
 //! The command line: one module per command family.
 
+pub mod audit;
 pub mod check;
 pub mod control;
 pub mod diff;
@@ -107,6 +108,11 @@ pub enum Command {
     },
     /// Follow the audit stream of the running daemon.
     Tail(tail::TailArgs),
+    /// Work with what the audit sinks wrote (`verify`).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Allow a source or a cgroup on a rule for a limited time (just-in-time access).
     Grant(control::GrantArgs),
     /// List the grants in force, with the time they have left.

@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use crate::{
     control::{client, protocol::Request},
-    events::pcap::PcapWriter,
+    events::{
+        pcap::PcapWriter,
+        sink::{Filter, VERDICTS},
+    },
     policy::validate::parse_prefix,
 };
-use enforcer_common::model::Prefix;
 
 #[derive(Args)]
 pub struct TailArgs {
@@ -43,33 +45,14 @@ pub struct TailArgs {
     pub pcap: Option<PathBuf>,
 }
 
-struct Filter {
-    rule: Option<String>,
-    verdict: Option<String>,
-    src: Option<Prefix>,
-}
-
-impl Filter {
-    fn keeps(&self, v: &Value) -> bool {
-        if self.rule.is_none() && self.verdict.is_none() && self.src.is_none() {
-            return true;
-        }
-        if v["event"] != "packet" {
-            return false;
-        }
-        if self.rule.as_deref().is_some_and(|r| v["rule"] != r)
-            || self.verdict.as_deref().is_some_and(|x| v["verdict"] != x)
-        {
-            return false;
-        }
-        match &self.src {
-            None => true,
-            Some(p) => v["src"]
-                .as_str()
-                .and_then(|s| s.parse::<IpAddr>().ok())
-                .is_some_and(|a| p.contains(a)),
-        }
-    }
+/// Whether `filter` keeps the audit line `v`.
+fn keeps(filter: &Filter, v: &Value) -> bool {
+    filter.keeps(
+        v["event"].as_str().unwrap_or(""),
+        v["verdict"].as_str(),
+        v["rule"].as_str(),
+        v["src"].as_str().and_then(|s| s.parse::<IpAddr>().ok()),
+    )
 }
 
 fn parse_since(s: &str) -> anyhow::Result<u128> {
@@ -84,7 +67,7 @@ fn parse_since(s: &str) -> anyhow::Result<u128> {
 
 pub fn tail(a: TailArgs) -> anyhow::Result<()> {
     if let Some(v) = &a.verdict {
-        if !["allow", "drop", "would-drop"].contains(&v.as_str()) {
+        if !VERDICTS.contains(&v.as_str()) {
             bail!("--verdict must be allow, drop or would-drop, not {v:?}");
         }
     }
@@ -114,7 +97,7 @@ pub fn tail(a: TailArgs) -> anyhow::Result<()> {
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        if !filter.keeps(&v) {
+        if !keeps(&filter, &v) {
             continue;
         }
         if let Some(p) = pcap.as_mut() {

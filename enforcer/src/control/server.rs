@@ -12,6 +12,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::protocol::{self, Request};
+use crate::events::sink::{lost_notice, Item, Scope};
 
 /// A request for the policy owner, with where to send its answer.
 pub struct Call {
@@ -22,7 +23,7 @@ pub struct Call {
 /// A subscriber for the audit stream: lines go to `tx`, starting with the held lines
 /// from `since_unix_ns` on.
 pub struct Subscribe {
-    pub tx: mpsc::Sender<bytes::Bytes>,
+    pub tx: mpsc::Sender<Item>,
     pub since_unix_ns: Option<u128>,
 }
 
@@ -100,7 +101,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
             }
         };
         if let Request::Subscribe { since_unix_ns } = request {
-            let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(SUBSCRIBER_QUEUE);
+            let (tx, mut rx) = mpsc::channel::<Item>(SUBSCRIBER_QUEUE);
             if subs.send(Subscribe { tx, since_unix_ns }).await.is_err() {
                 return;
             }
@@ -113,8 +114,16 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
             {
                 return;
             }
-            while let Some(b) = rx.recv().await {
-                if write.write_all(&b).await.is_err() {
+            while let Some(item) = rx.recv().await {
+                if item.lost_before > 0
+                    && write
+                        .write_all(&lost_notice(Scope::Subscriber, item.lost_before))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                if write.write_all(&item.line.json).await.is_err() {
                     debug!("subscriber went away");
                     return;
                 }

@@ -1,25 +1,33 @@
-//! The audit stream: ring buffer -> decode -> enrich -> one JSON line, offered to every
-//! sink (stdout and control-socket subscribers). Each sink has its own bounded queue: a
-//! sink that falls behind loses its own lines (and is told how many when it catches up);
-//! it never slows the others, this task, or the kernel.
+//! The audit stream: ring buffer -> decode -> enrich -> one JSON line, numbered (`seq`)
+//! and stamped with its origin, offered to every sink (`events::sink`: stdout, the
+//! rotated file, syslog, control-socket subscribers). Each sink has its own bounded queue
+//! and filter: a sink that falls behind loses its own lines (counted, and told how many
+//! with its next line); it never slows the others, this task, or the kernel.
 
 use std::{
     collections::VecDeque,
-    io::Write as _,
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    thread::JoinHandle,
 };
 
 use aya::maps::{MapData, RingBuf};
-use bytes::Bytes;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
 
+use super::seq::Seq;
 use crate::{
     control::server::Subscribe,
-    events::{decode::decode, enrich::Enricher, record, Record},
+    events::{
+        decode::decode,
+        enrich::Enricher,
+        sink::{self, file, syslog, Filter, Line, LostCounts, Meta, Scope, Sink},
+        Record,
+    },
+    policy::sinks::AuditSinks,
 };
 
 /// What the policy owner tells the audit stream.
@@ -29,6 +37,8 @@ pub enum Control {
     Json(serde_json::Value),
     RuleNames(u64, Vec<String>),
     Cgroups(Vec<(u64, String)>),
+    /// The policy's sinks (after a reload): started, changed or stopped to match.
+    Sinks(AuditSinks),
 }
 
 /// Audit stream health, shared with `status`.
@@ -36,9 +46,11 @@ pub enum Control {
 pub struct Stats {
     /// Packet events turned into lines.
     pub events: AtomicU64,
-    /// Lines a sink lost because it fell behind.
-    pub sink_lost: AtomicU64,
+    /// Lines each kind of sink lost.
+    pub lost: Arc<LostCounts>,
     pub subscribers: AtomicU64,
+    /// The `seq` the next line gets.
+    pub next_seq: AtomicU64,
 }
 
 /// Recent lines held for `tail --since`.
@@ -53,124 +65,166 @@ fn unix_ns() -> u128 {
 /// Lines stdout may fall behind before it loses some.
 const STDOUT_QUEUE: usize = 1 << 16;
 
-struct Sink {
-    tx: mpsc::Sender<Bytes>,
-    scope: &'static str,
-    lost: u64,
-}
-
-impl Sink {
-    /// Offers a line; false once the sink is gone.
-    fn offer(&mut self, line: &Bytes, stats: &Stats) -> bool {
-        if self.lost > 0 {
-            let notice = Record {
-                ts: record::now(),
-                event: "lost",
-                scope: Some(self.scope),
-                count: Some(self.lost),
-                ..Record::default()
-            };
-            match self.tx.try_send(to_line(&notice)) {
-                Ok(()) => self.lost = 0,
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            }
-        }
-        match self.tx.try_send(line.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lost += 1;
-                stats.sink_lost.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-fn to_line(r: &Record) -> Bytes {
-    let mut v = serde_json::to_vec(r).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
-}
-
-/// Starts the thread that writes stdout's queue; returns its sink and the thread.
-fn stdout_sink() -> (Sink, std::thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(STDOUT_QUEUE);
-    let thread = std::thread::spawn(move || {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-        while let Some(b) = rx.blocking_recv() {
-            if out.write_all(&b).is_err() {
-                return;
-            }
-            // Flush whenever the queue is drained, so a quiet stream is never held back.
-            if rx.is_empty() && out.flush().is_err() {
-                return;
-            }
-        }
-        let _ = out.flush();
-    });
-    (
-        Sink {
-            tx,
-            scope: "stdout",
-            lost: 0,
-        },
-        thread,
-    )
+/// A sink drained by a thread of its own, with the configuration it runs with.
+struct Threaded<C> {
+    config: C,
+    sink: Sink,
 }
 
 /// Every sink, and the recent lines new subscribers may ask for.
 struct Fanout {
-    sinks: Vec<Sink>,
-    history: VecDeque<(u128, Bytes)>,
+    seq: Seq,
+    stdout: Sink,
+    file: Option<(Threaded<file::Config>, Arc<file::Limits>)>,
+    syslog: Option<Threaded<syslog::Config>>,
+    subscribers: Vec<Sink>,
+    /// Sink threads, joined when the stream ends (everything queued gets written).
+    threads: Vec<JoinHandle<()>>,
+    history: VecDeque<(u128, Arc<Line>)>,
     stats: Arc<Stats>,
+    state_dir: PathBuf,
 }
 
 impl Fanout {
-    fn offer(&mut self, line: Bytes) {
-        let stats = &self.stats;
-        self.sinks.retain_mut(|s| s.offer(&line, stats));
+    /// Numbers and stamps `body` (one JSON object) and offers it to every sink.
+    fn offer(&mut self, body: Vec<u8>, meta: Meta) {
+        let line = Arc::new(Line::new(self.seq.take(), body, meta));
+        self.stats
+            .next_seq
+            .store(self.seq.peek(), Ordering::Relaxed);
+        self.stdout.offer(&line);
+        if let Some((f, _)) = &mut self.file {
+            f.sink.offer(&line);
+        }
+        if let Some(s) = &mut self.syslog {
+            s.sink.offer(&line);
+        }
+        self.subscribers.retain_mut(|s| s.offer(&line));
         self.stats
             .subscribers
-            .store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
+            .store(self.subscribers.len() as u64, Ordering::Relaxed);
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
         self.history.push_back((unix_ns(), line));
     }
 
+    fn offer_record(&mut self, r: &Record) {
+        self.offer(serde_json::to_vec(r).unwrap_or_default(), Meta::of(r));
+    }
+
     fn subscribe(&mut self, sub: Subscribe) {
-        let mut sink = Sink {
-            tx: sub.tx,
-            scope: "subscriber",
-            lost: 0,
-        };
+        let mut sink = Sink::new(
+            Scope::Subscriber,
+            Filter::default(),
+            sub.tx,
+            self.stats.lost.clone(),
+        );
         if let Some(since) = sub.since_unix_ns {
             for (_, line) in self.history.iter().filter(|(t, _)| *t >= since) {
-                sink.offer(line, &self.stats);
+                sink.offer(line);
             }
         }
-        self.sinks.push(sink);
+        self.subscribers.push(sink);
         self.stats
             .subscribers
-            .store(self.sinks.len().saturating_sub(1) as u64, Ordering::Relaxed);
+            .store(self.subscribers.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts, changes or stops the file and syslog sinks to match `want`. A sink whose
+    /// destination stays keeps its thread (and the file its chain); a removed one writes
+    /// what it has queued and ends.
+    fn configure(&mut self, want: AuditSinks) {
+        let counts = self.stats.lost.clone();
+        match (&mut self.file, want.file) {
+            (Some((t, _)), Some(c)) if t.config == c => {}
+            (Some((t, limits)), Some(c)) if t.config.path == c.path => {
+                limits.set(&c);
+                t.sink.filter = c.filter.clone();
+                t.config = c;
+            }
+            (_, c) => {
+                self.file = c.map(|c| {
+                    let limits = file::Limits::of(&c);
+                    let w = file::FileWriter::new(
+                        c.path.clone(),
+                        limits.clone(),
+                        &self.state_dir,
+                        counts.clone(),
+                    );
+                    let (sink, thread) = sink::spawn(
+                        Scope::File,
+                        c.filter.clone(),
+                        file::QUEUE,
+                        counts.clone(),
+                        w,
+                    );
+                    self.threads.push(thread);
+                    (Threaded { config: c, sink }, limits)
+                });
+            }
+        }
+        match (&mut self.syslog, want.syslog) {
+            (Some(t), Some(c)) if t.config == c => {}
+            (Some(t), Some(c))
+                if t.config.target == c.target && t.config.facility == c.facility =>
+            {
+                t.sink.filter = c.filter.clone();
+                t.config = c;
+            }
+            (_, c) => {
+                self.syslog = c.map(|c| {
+                    let w = syslog::SyslogWriter::new(&c, counts.clone());
+                    let (sink, thread) = sink::spawn(
+                        Scope::Syslog,
+                        c.filter.clone(),
+                        syslog::QUEUE,
+                        counts.clone(),
+                        w,
+                    );
+                    self.threads.push(thread);
+                    Threaded { config: c, sink }
+                });
+            }
+        }
+        // Threads of sinks that were replaced end on their own.
+        self.threads.retain(|t| !t.is_finished());
     }
 }
 
 pub async fn run(
     events: RingBuf<MapData>,
     mut enricher: Enricher,
+    sinks: AuditSinks,
+    state_dir: PathBuf,
     mut control: mpsc::UnboundedReceiver<Control>,
     mut subscribe: mpsc::Receiver<Subscribe>,
     stats: Arc<Stats>,
 ) {
-    let (stdout, stdout_thread) = stdout_sink();
+    let (stdout, stdout_thread) = sink::spawn(
+        Scope::Stdout,
+        Filter::default(),
+        STDOUT_QUEUE,
+        stats.lost.clone(),
+        sink::JsonLines::new(std::io::BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )),
+    );
+    let seq = Seq::open(&state_dir);
+    stats.next_seq.store(seq.peek(), Ordering::Relaxed);
     let mut out = Fanout {
-        sinks: vec![stdout],
+        seq,
+        stdout,
+        file: None,
+        syslog: None,
+        subscribers: Vec::new(),
+        threads: vec![stdout_thread],
         history: VecDeque::with_capacity(HISTORY),
         stats: stats.clone(),
+        state_dir,
     };
+    out.configure(sinks);
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, which
     // deregisters it before dropping (and so closing) it.
     let mut fd = match unsafe { AsyncFd::register(events) } {
@@ -188,9 +242,9 @@ pub async fn run(
                 while let Some(item) = ring.next() {
                     match decode(&item) {
                         Ok(ev) => {
-                            let line = to_line(&enricher.record(&ev));
+                            let r = enricher.record(&ev);
                             stats.events.fetch_add(1, Ordering::Relaxed);
-                            out.offer(line);
+                            out.offer_record(&r);
                         }
                         Err(e) => warn!("undecodable event: {e}"),
                     }
@@ -204,18 +258,35 @@ pub async fn run(
             }
             msg = control.recv() => match msg {
                 None => break,
-                Some(Control::Record(r)) => out.offer(to_line(&r)),
+                Some(Control::Record(r)) => out.offer_record(&r),
                 Some(Control::Json(v)) => {
-                    let mut line = v.to_string().into_bytes();
-                    line.push(b'\n');
-                    out.offer(Bytes::from(line));
+                    let meta = Meta { event: v["event"].as_str().unwrap_or("").to_string(), ..Meta::default() };
+                    out.offer(v.to_string().into_bytes(), meta);
                 }
                 Some(Control::RuleNames(g, names)) => enricher.rules.insert(g, names),
                 Some(Control::Cgroups(ids)) => for (id, p) in ids { enricher.know_cgroup(id, p) },
+                Some(Control::Sinks(s)) => out.configure(s),
             }
         }
     }
-    // Everything queued for stdout is written before the daemon exits.
-    drop(out);
-    let _ = tokio::task::spawn_blocking(move || stdout_thread.join()).await;
+    // Everything queued is written before the daemon exits; then the next daemon's
+    // numbers continue from here.
+    let Fanout {
+        seq,
+        threads,
+        stdout,
+        file,
+        syslog,
+        subscribers,
+        ..
+    } = out;
+    // The queues close: each sink thread writes what is left and ends.
+    drop((stdout, file, syslog, subscribers));
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+        seq.close();
+    })
+    .await;
 }

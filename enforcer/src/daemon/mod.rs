@@ -6,6 +6,7 @@ pub mod audit;
 mod expiries;
 mod history;
 mod sd_notify;
+mod seq;
 mod state;
 mod watch;
 
@@ -123,7 +124,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         enricher.rules.insert(generation, names);
     }
     let (sub_tx, sub_rx) = mpsc::channel(16);
-    let audit = tokio::spawn(audit::run(events, enricher, audit_rx, sub_rx, stats));
+    let audit = tokio::spawn(audit::run(
+        events,
+        enricher,
+        st.policy.sinks.clone(),
+        opts.state_dir.clone(),
+        audit_rx,
+        sub_rx,
+        stats,
+    ));
     st.announce_initial();
     st.report_late_expiries();
 

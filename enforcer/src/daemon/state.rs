@@ -23,7 +23,11 @@ use super::{
     expiries::Ledger,
 };
 use crate::{
-    events::{record, Record},
+    events::{
+        record,
+        sink::{syslog, Origin, Scope},
+        Record,
+    },
     grants::{describe, now_unix, Grant, Store},
     kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
     policy::{
@@ -196,6 +200,7 @@ impl State {
             warn!("remembering rule names: {e:#}");
         }
         let _ = self.audit.send(Control::RuleNames(self.generation, names));
+        let _ = self.audit.send(Control::Sinks(self.policy.sinks.clone()));
         let ids = self
             .cgroup_ids
             .iter()
@@ -889,8 +894,17 @@ impl State {
                 "events": self.stats.events.load(Ordering::Relaxed),
                 "lost_kernel": counters::events_lost(maps),
                 "suppressed": counters::suppressed(maps, GLOBAL_BUCKET),
-                "lost_sinks": self.stats.sink_lost.load(Ordering::Relaxed),
+                "lost_sinks": self.stats.lost.total(),
+                "lost": Scope::ALL.iter().map(|s| (s.name().to_string(), Value::from(self.stats.lost.get(*s)))).collect::<serde_json::Map<_, _>>(),
                 "subscribers": self.stats.subscribers.load(Ordering::Relaxed),
+                "next_seq": self.stats.next_seq.load(Ordering::Relaxed),
+                "origin": {"boot_id": Origin::get().boot_id, "host": Origin::get().host},
+                "file": self.policy.sinks.file.as_ref().map(|f| json!({
+                    "path": f.path.display().to_string(), "max_bytes": f.max_bytes, "keep": f.keep,
+                })),
+                "syslog": self.policy.sinks.syslog.as_ref().map(|s| json!({
+                    "target": s.target.to_string(), "facility": syslog::facility_name(s.facility),
+                })),
             },
             "warnings": warnings,
         })

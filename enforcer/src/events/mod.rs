@@ -1,5 +1,6 @@
 //! Events: ring buffer -> `decode` -> `enrich` (rule name, cgroup path, interface, wall
-//! time) -> `sink` (JSON lines). The schema is documented in docs/AUDIT-EVENTS.md.
+//! time) -> `Record` -> `sink` (numbered JSON lines to stdout, the rotated file, syslog and
+//! subscribers). The schema is documented in docs/AUDIT-EVENTS.md.
 
 pub mod decode;
 pub mod enrich;

@@ -63,6 +63,39 @@ pub struct AuditFile {
     pub rate_global: Option<Spanned<i64>>,
     /// Events a limit lets through at once after a quiet spell. Default: `rate_per_rule`.
     pub burst: Option<Spanned<i64>>,
+    /// `[audit.file]`: a rotated JSON-lines file.
+    pub file: Option<FileSinkFile>,
+    /// `[audit.syslog]`: RFC 5424 messages to a syslog daemon or collector.
+    pub syslog: Option<SyslogSinkFile>,
+}
+
+/// `[audit.file]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkFile {
+    /// Absolute path of the current file; rotated ones get `.1`, `.2`, ...
+    pub path: Spanned<String>,
+    /// Rotate when the next line would make the file larger. Default 100 MiB.
+    pub max_bytes: Option<Spanned<i64>>,
+    /// Rotated files kept. Default 5.
+    pub keep: Option<Spanned<i64>>,
+    /// Filters, as `enforcer tail` takes them.
+    pub verdict: Option<Spanned<String>>,
+    pub rule: Option<Spanned<String>>,
+    pub src: Option<Spanned<String>>,
+}
+
+/// `[audit.syslog]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSinkFile {
+    /// "unix:/dev/log", "udp://HOST:PORT" or "tcp://HOST:PORT".
+    pub target: Spanned<String>,
+    /// Default "local0".
+    pub facility: Option<Spanned<String>>,
+    pub verdict: Option<Spanned<String>>,
+    pub rule: Option<Spanned<String>>,
+    pub src: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

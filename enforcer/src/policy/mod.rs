@@ -7,6 +7,7 @@ pub mod diff;
 pub mod file;
 pub mod lint;
 pub mod selftest;
+pub mod sinks;
 pub mod validate;
 
 pub use compile::{compile, compile_after, Compiled};

@@ -94,6 +94,8 @@ pub struct Policy {
     pub attach: Attach,
     pub report_allowed: bool,
     pub rates: Rates,
+    /// `[audit.file]` and `[audit.syslog]`.
+    pub sinks: super::sinks::AuditSinks,
     pub verdict: VerdictPolicy,
     /// Its `[[test]]` expectations (all of them hold).
     pub tests: Vec<super::selftest::TestCase>,
@@ -209,7 +211,7 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Policy, PolicyError> {
     }
 }
 
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     loc: &'a Locator<'a>,
     errors: Vec<Diagnostic>,
     expiring: Vec<Expiring>,
@@ -217,7 +219,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+    pub(super) fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
         self.errors
             .push(self.loc.at(at.span().start, Severity::Error, message));
     }
@@ -323,7 +325,8 @@ impl Validator<'_> {
                 self.rule_index = i;
                 self.rule(r, mode)
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let sinks = self.audit_sinks(file.audit.file.as_ref(), file.audit.syslog.as_ref(), &rules);
         let at = |offset: usize| {
             let d = self.loc.at(offset, Severity::Warning, "");
             Loc {
@@ -372,6 +375,7 @@ impl Validator<'_> {
             },
             report_allowed: file.audit.allowed,
             rates,
+            sinks,
             verdict: VerdictPolicy {
                 mode,
                 rules,
