@@ -15,6 +15,7 @@ mod micro;
 mod packets;
 mod policy;
 mod report;
+mod sol;
 mod stats;
 mod xdpfilter;
 
