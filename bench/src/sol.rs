@@ -13,7 +13,8 @@ use aya::{
 
 use crate::bpf;
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sol"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sol"));
+pub const PROGRAM: &str = "sol_xdp";
 
 /// Mirrors `SrcKey` in bench/sol-ebpf/src/main.rs.
 #[repr(C)]
@@ -38,7 +39,7 @@ impl Sol {
     pub fn load(tcp_ports: &[u16], allowed: &[IpAddr]) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading the speed-of-light object")?;
         let prog: &mut Xdp = ebpf
-            .program_mut("sol_xdp")
+            .program_mut(PROGRAM)
             .context("sol_xdp missing")?
             .try_into()?;
         prog.load().context("loading sol_xdp")?;
@@ -69,7 +70,7 @@ impl Sol {
                 0,
             )?;
         }
-        let xdp = bpf::aya_prog_fd(&ebpf, "sol_xdp")?;
+        let xdp = bpf::aya_prog_fd(&ebpf, PROGRAM)?;
         Ok(Sol { _ebpf: ebpf, xdp })
     }
 }
