@@ -294,10 +294,11 @@ pub fn run(
             daemon_ns: Samples::default(),
         })
         .collect();
-    // The producer (this thread) on CPU 0; the reader (diagnosis) on CPU 1, the daemon
-    // where the scheduler puts it.
+    // The producer (this thread) on CPU 0; the daemon, and the reader of the diagnosis, on
+    // CPU 1, so the producer does not compete with what it measures.
     if two_cpus {
         pin_to_cpu(0, 0)?;
+        daemon.pin_to_cpu(1)?;
     }
     let mut drain = vec![
         (SinkKind::DevNull, Samples::default()),
@@ -343,7 +344,7 @@ pub fn run(
     result?;
     let notes = vec![
         format!(
-            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
+            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0, with the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
         ),
         "The 16 MiB ring buffer absorbs about 149,000 events, and stdout's queue 65,536 lines: a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
         format!("For the diagnosis: \"kernel alone\" is the producer with nobody reading ({DRAIN_EVENTS} test runs into an emptied ring, enforcer's programs loaded in the bench); \"per-event work alone\" is the daemon's decode, enrich (`events::enrich::Enricher::record`) and JSON line (`events::sink::JsonLines`, 64 KiB BufWriter) on a reader thread of the bench pinned to CPU 1, emptying a ring pre-filled with {DRAIN_EVENTS} events (no producer, no fan-out)."),

@@ -93,7 +93,16 @@ impl BenchDaemon {
     pub fn start(ns: &NetNs, pin_root: &Path, policy_body: &str) -> anyhow::Result<Self> {
         let iface = testbed::unique("bdx");
         sh(&[
-            "ip", "-n", &ns.name, "link", "add", &iface, "type", "veth", "peer", "name",
+            "ip",
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            &iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
             &format!("{iface}p"),
         ])?;
         sh(&["ip", "-n", &ns.name, "link", "set", &iface, "up"])?;
@@ -156,7 +165,10 @@ impl BenchDaemon {
         let status = self.child.as_mut()?.try_wait().ok()??;
         Some(format!(
             "enforcer run exited ({status}): {}",
-            self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default()
+            self.stderr
+                .lock()
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
         ))
     }
 
@@ -201,7 +213,10 @@ impl BenchDaemon {
     pub fn counts(&self) -> anyhow::Result<AuditCounts> {
         let v = request(&self.socket, r#"{"version":1,"command":"status"}"#)?;
         let a = &v["audit"];
-        let get = |k: &str| a[k].as_u64().with_context(|| format!("status: audit.{k} in {v}"));
+        let get = |k: &str| {
+            a[k].as_u64()
+                .with_context(|| format!("status: audit.{k} in {v}"))
+        };
         Ok(AuditCounts {
             events: get("events")?,
             lost_kernel: get("lost_kernel")?,
@@ -215,6 +230,19 @@ impl BenchDaemon {
             self.stdout_lines.load(Ordering::Relaxed),
             self.sub_lines.load(Ordering::Relaxed),
         )
+    }
+
+    /// Keeps every thread of the daemon (and those they start later) on `cpu`.
+    pub fn pin_to_cpu(&self, cpu: usize) -> anyhow::Result<()> {
+        let Some(c) = self.child.as_ref() else {
+            bail!("the daemon is not running");
+        };
+        for t in std::fs::read_dir(format!("/proc/{}/task", c.id()))?.flatten() {
+            if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::pid_t>() {
+                crate::env::pin_to_cpu(tid, cpu)?;
+            }
+        }
+        Ok(())
     }
 
     /// The daemon's CPU time so far (ns): every thread's run time.

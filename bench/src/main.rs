@@ -149,10 +149,7 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     let mut r = report::Report::new(report::machine());
 
     let trivial = micro::Trivial::load()?;
-    let sol = sol::Sol::load(
-        &[5432],
-        &[micro::ALLOWED4.into(), micro::ALLOWED6.into()],
-    )?;
+    let sol = sol::Sol::load(&[5432], &[micro::ALLOWED4.into(), micro::ALLOWED6.into()])?;
     let bpffs = env::Bpffs::new()?;
     let bed = env::Bed::new()?;
     let anchor = env::Anchor::new(2)?;
@@ -167,9 +164,8 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     if want(o, "micro") {
         step("per-packet cost through BPF_PROG_TEST_RUN");
         r.sizes = report::program_sizes(&trivial, &sol, &xdpf);
-        r.micro = Some(
-            micro::run(&trivial, &sol, &xdpf, o.micro_rounds).map_err(|e| format!("{e:#}")),
-        );
+        r.micro =
+            Some(micro::run(&trivial, &sol, &xdpf, o.micro_rounds).map_err(|e| format!("{e:#}")));
     }
     if want(o, "scaling") {
         step("scaling with prefixes and rules");
@@ -192,7 +188,7 @@ fn run(o: &Options) -> anyhow::Result<bool> {
             Err(e) => {
                 let e = format!("starting the daemon: {e:#}");
                 r.e2e = want(o, "e2e").then(|| Err(e.clone()));
-                r.audit = want(o, "audit").then(|| Err(e));
+                r.audit = want(o, "audit").then_some(Err(e));
                 None
             }
         };

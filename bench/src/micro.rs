@@ -405,14 +405,26 @@ pub fn run(
                 "floor",
             )?;
             xdp_rows[i].floor.push(f);
-            let s = time_run(sol.xdp, &c.frame, XDP_REPEAT, c.enforcer_expect, "speed of light")?;
+            let s = time_run(
+                sol.xdp,
+                &c.frame,
+                XDP_REPEAT,
+                c.enforcer_expect,
+                "speed of light",
+            )?;
             xdp_rows[i].sol.push(s);
             let (full, lean) = if c.xdpf_allow_list {
                 (&xdpf.allow_list, &xdpf.allow_list_lean)
             } else {
                 (&xdpf.deny_list, &xdpf.deny_list_lean)
             };
-            let x = time_run(full.as_raw_fd(), &c.frame, XDP_REPEAT, c.xdpf_expect, "xdp-filter")?;
+            let x = time_run(
+                full.as_raw_fd(),
+                &c.frame,
+                XDP_REPEAT,
+                c.xdpf_expect,
+                "xdp-filter",
+            )?;
             xdp_rows[i].xdpf.push(x);
             let x = time_run(
                 lean.as_raw_fd(),

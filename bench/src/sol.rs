@@ -56,7 +56,8 @@ impl Sol {
                 IpAddr::V4(v4) => (4, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
                 IpAddr::V6(v6) => {
                     let o = v6.octets();
-                    let w = |i: usize| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().expect("4"));
+                    let w =
+                        |i: usize| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().expect("4"));
                     (6, [w(0), w(1), w(2), w(3)])
                 }
             };

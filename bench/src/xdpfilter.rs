@@ -86,8 +86,8 @@ pub fn load(bed: &Bed, bpffs: &Bpffs) -> anyhow::Result<XdpFilter> {
     let port: &[&[&str]] = &[&["port", "-p", "tcp", "5432"]];
     let allow_list = load_variant(bed, bpffs, "deny", "all", sources)
         .context("loading xdp-filter (allow list)")?;
-    let deny_list = load_variant(bed, bpffs, "allow", "all", port)
-        .context("loading xdp-filter (deny list)")?;
+    let deny_list =
+        load_variant(bed, bpffs, "allow", "all", port).context("loading xdp-filter (deny list)")?;
     let allow_list_lean = load_variant(bed, bpffs, "deny", "ipv4,ipv6,tcp", sources)
         .context("loading xdp-filter (allow list, -f ipv4,ipv6,tcp)")?;
     let deny_list_lean = load_variant(bed, bpffs, "allow", "tcp", port)

@@ -68,7 +68,12 @@ fn judge(ctx: &XdpContext) -> Option<bool> {
         let ver_ihl: u8 = load(ctx, l3)?;
         let proto: u8 = load(ctx, l3 + 9)?;
         let src: u32 = load(ctx, l3 + 12)?;
-        (4, proto, [src, 0, 0, 0], l3 + ((ver_ihl & 0x0f) as usize) * 4)
+        (
+            4,
+            proto,
+            [src, 0, 0, 0],
+            l3 + ((ver_ihl & 0x0f) as usize) * 4,
+        )
     } else if ethertype == ETH_P_IPV6 {
         let proto: u8 = load(ctx, l3 + 6)?;
         let src: [u32; 4] = load(ctx, l3 + 8)?;
