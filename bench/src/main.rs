@@ -28,12 +28,13 @@ use anyhow::{bail, Context as _};
 pub struct Options {
     out: PathBuf,
     only: Option<Vec<String>>,
-    /// Rounds for the test-run sections, the end-to-end runs, the policy and audit runs.
+    /// Rounds for each section.
     micro_rounds: usize,
     e2e_rounds: usize,
     policy_rounds: usize,
     audit_rounds: usize,
     load_rounds: usize,
+    scaling_rounds: usize,
 }
 
 fn parse_args() -> anyhow::Result<Option<Options>> {
@@ -41,11 +42,12 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
     let mut o = Options {
         out: PathBuf::from("bench/RESULTS.md"),
         only: None,
-        micro_rounds: 7,
+        micro_rounds: 5,
         e2e_rounds: 3,
         policy_rounds: 3,
         audit_rounds: 2,
         load_rounds: 3,
+        scaling_rounds: 3,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -65,6 +67,7 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 o.policy_rounds = 1;
                 o.audit_rounds = 1;
                 o.load_rounds = 2;
+                o.scaling_rounds = 2;
             }
             "--policy-child" => {
                 let n = args
@@ -169,7 +172,7 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     }
     if want(o, "scaling") {
         step("scaling with prefixes and rules");
-        r.scaling = Some(micro::scaling(&trivial, o.micro_rounds).map_err(|e| format!("{e:#}")));
+        r.scaling = Some(micro::scaling(&trivial, o.scaling_rounds).map_err(|e| format!("{e:#}")));
     }
     if want(o, "load") {
         step("program load time");

@@ -380,7 +380,7 @@ impl Report {
                 let _ = writeln!(body, "**Failed:** {e}\n");
             }
             Some(Ok((series, notes))) => {
-                let _ = writeln!(body, "enforcer's XDP program, ns per packet ({}M runs per figure), against the size of the policy; the last two columns are the cost over the first row's, within each round.\n", crate::micro::XDP_REPEAT / 2 / 1_000_000);
+                let _ = writeln!(body, "enforcer's XDP program, ns per packet ({}k runs per figure), against the size of the policy; the last two columns are the cost over the first row's, within each round.\n", crate::micro::SCALE_REPEAT / 1000);
                 for s in series {
                     let _ = writeln!(body, "**{}**\n", s.title);
                     let _ = writeln!(body, "| size | allowed ns | refused ns (no event) | floor ns | allowed / first row | refused / first row |\n|---|---|---|---|---|---|");
