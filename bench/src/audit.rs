@@ -376,3 +376,29 @@ pub fn ignore_sigpipe() {
     // SAFETY: setting a signal to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(produced: f64, stdout: f64, sub: f64, lost: f64) -> Step {
+        Step {
+            offered: Some(produced),
+            produced_per_s: Samples(vec![produced]),
+            stdout_per_s: Samples(vec![stdout]),
+            sub_per_s: Samples(vec![sub]),
+            lost_kernel: Samples(vec![0.0]),
+            lost_sinks: Samples(vec![lost]),
+            daemon_ns: Samples(vec![1.0]),
+        }
+    }
+
+    #[test]
+    fn a_clean_step_has_every_event_on_both_sinks() {
+        assert!(step(1e6, 1e6, 1e6, 0.0).clean());
+        assert!(!step(1e6, 1e6, 0.9e6, 0.0).clean());
+        assert!(!step(1e6, 1e6, 1e6, 3.0).clean());
+        let steps = [step(1e6, 1e6, 1e6, 0.0), step(2e6, 2e6, 1e6, 5.0)];
+        assert_eq!(loss_edges(&steps), (Some(1e6), Some(2e6)));
+    }
+}

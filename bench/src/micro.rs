@@ -724,3 +724,32 @@ pub fn scaling(
     ));
     Ok((out, notes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_series_have_their_lengths_and_miss_the_refused_sources() {
+        let v6 = prefixes6(4096);
+        let lengths: std::collections::BTreeSet<u8> = v6.iter().map(|p| p.1).collect();
+        assert_eq!(lengths.len(), 33);
+        assert_eq!(v6[0].1, 32);
+        let v4 = prefixes(4096, true);
+        let lengths: std::collections::BTreeSet<u8> = v4.iter().map(|p| p.1).collect();
+        assert_eq!(lengths.len(), 17);
+        let covers = |(net, len): &(IpAddr, u8), a: IpAddr| match (net, a) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+                u32::from(*n) == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+                u128::from(*n) == u128::from(a) & m
+            }
+            _ => false,
+        };
+        assert!(!v6.iter().any(|p| covers(p, REFUSED6.into())));
+        assert!(!v4.iter().any(|p| covers(p, REFUSED4.into())));
+    }
+}
