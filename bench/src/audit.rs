@@ -1,10 +1,13 @@
-//! The audit pipeline (section 5): ring buffer -> decode -> enrich -> JSON lines, on a
-//! reader thread, fed by test runs of refused packets (each run one event).
+//! The audit pipeline (section 5), through the real daemon: test runs of the daemon's own
+//! XDP program on refused packets (each run one event) at offered rates, and what reaches
+//! its stdout and a subscriber, with its loss counters. Beside it, for the diagnosis, the
+//! kernel side alone and the daemon's per-event work alone (decode, enrich, JSON line) on a
+//! reader thread of this process.
 
 use std::{
     fs::File,
     io::{BufWriter, Read as _},
-    os::fd::{AsRawFd as _, FromRawFd as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, RawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -19,7 +22,8 @@ use enforcer::events::{decode::decode, enrich::Enricher, sink::JsonLines};
 
 use crate::{
     bpf,
-    env::{check_interrupted, ncpus, pin_to_cpu, Anchor},
+    daemon::BenchDaemon,
+    env::{check_interrupted, in_netns, ncpus, pin_to_cpu, Anchor, Bed, RECEIVER_ADDR},
     kern::Kern,
     micro::{base_policy, local_addrs, HOST4, REFUSED4},
     packets::tcp4,
@@ -51,28 +55,10 @@ impl SinkKind {
     }
 }
 
-/// How the reader waits when the ring is empty.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// poll(2) on the ring buffer's descriptor, as the daemon does (epoll through tokio).
-    Poll,
-    /// Never sleeps: spins on the ring (no wakeups needed, one CPU burnt).
-    Spin,
-}
-
-impl Wait {
-    pub fn label(self) -> &'static str {
-        match self {
-            Wait::Poll => "poll (as the daemon)",
-            Wait::Spin => "spin",
-        }
-    }
-}
-
 /// A running reader: drains the ring into the sink until stopped, then drains what is left.
 pub struct Reader {
     stop: Arc<AtomicBool>,
-    handle: JoinHandle<anyhow::Result<(RingBuf<MapData>, u64, u64)>>,
+    handle: JoinHandle<anyhow::Result<(RingBuf<MapData>, u64)>>,
     pipe_reader: Option<JoinHandle<u64>>,
 }
 
@@ -82,7 +68,6 @@ impl Reader {
     pub fn start(
         mut ring: RingBuf<MapData>,
         sink: SinkKind,
-        wait: Wait,
         cpu: Option<usize>,
         rules: Vec<String>,
     ) -> anyhow::Result<Reader> {
@@ -112,11 +97,10 @@ impl Reader {
             }
         };
         let st = stop.clone();
-        let handle = std::thread::spawn(move || -> anyhow::Result<(RingBuf<MapData>, u64, u64)> {
+        let handle = std::thread::spawn(move || -> anyhow::Result<(RingBuf<MapData>, u64)> {
             if let Some(c) = cpu {
                 pin_to_cpu(0, c)?;
             }
-            let t0 = thread_runtime_ns();
             let mut enricher = Enricher::new(None);
             for g in 0..16 {
                 enricher.rules.insert(g, rules.clone());
@@ -139,21 +123,17 @@ impl Reader {
                     if st.load(Ordering::Acquire) {
                         break;
                     }
-                    if wait == Wait::Poll {
-                        let mut p = libc::pollfd {
-                            fd,
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd.
-                        unsafe { libc::poll(&mut p, 1, 5) };
-                    } else {
-                        std::hint::spin_loop();
-                    }
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 5) };
                 }
             }
             sink.flush()?;
-            Ok((ring, written, thread_runtime_ns() - t0))
+            Ok((ring, written))
         });
         Ok(Reader {
             stop,
@@ -165,12 +145,6 @@ impl Reader {
     /// Stops the reader after it has drained the ring; returns the ring and the count of
     /// records written.
     pub fn stop(self) -> anyhow::Result<(RingBuf<MapData>, u64)> {
-        let (ring, n, _) = self.stop_timed()?;
-        Ok((ring, n))
-    }
-
-    /// As `stop`, with the reader thread's CPU time (ns).
-    pub fn stop_timed(self) -> anyhow::Result<(RingBuf<MapData>, u64, u64)> {
         self.stop.store(true, Ordering::Release);
         let r = self
             .handle
@@ -180,36 +154,55 @@ impl Reader {
             // The writer end closed with the reader thread's sink.
             let _ = p.join();
         }
-        Ok(r)
+        Ok((r.0, r.1))
     }
 }
 
 /// One step of the ladder: offered rate (None: flat out), and what happened.
 pub struct Step {
-    pub sink: SinkKind,
-    pub wait: Wait,
     pub offered: Option<f64>,
-    /// Events produced per second, delivered (written as JSON) per second, lost.
+    /// Events produced per second; lines per second on stdout and on the subscriber
+    /// (including the backlog written after the producer stopped), over the step's time.
     pub produced_per_s: Samples,
-    pub delivered_per_s: Samples,
-    pub lost: Samples,
+    pub stdout_per_s: Samples,
+    pub sub_per_s: Samples,
+    /// Events the kernel could not put in the ring (it was full), and lines the sinks lost.
+    pub lost_kernel: Samples,
+    pub lost_sinks: Samples,
+    /// Daemon CPU time per event (ns).
+    pub daemon_ns: Samples,
+}
+
+impl Step {
+    /// No event lost in any round, and every one on both sinks.
+    pub fn clean(&self) -> bool {
+        self.lost_kernel.max() == 0.0
+            && self.lost_sinks.max() == 0.0
+            && self
+                .stdout_per_s
+                .0
+                .iter()
+                .chain(&self.sub_per_s.0)
+                .zip(self.produced_per_s.0.iter().chain(&self.produced_per_s.0))
+                .all(|(d, p)| (d - p).abs() / p.max(1.0) < 1e-3)
+    }
 }
 
 pub struct AuditResults {
     pub steps: Vec<Step>,
     /// Events per second the producer makes with nobody reading (ring drained first).
     pub kernel_alone: Samples,
-    /// The reader's own rate on a pre-filled ring, per sink.
+    /// The daemon's per-event work alone on a pre-filled ring, per sink.
     pub drain: Vec<(SinkKind, Samples)>,
     pub notes: Vec<String>,
 }
 
 const STEP_SECS: f64 = 1.5;
-pub const RATES: [f64; 4] = [250e3, 500e3, 1e6, 2e6];
+pub const RATES: [f64; 5] = [250e3, 500e3, 1e6, 2e6, 3e6];
 
-/// Produces refused-packet events at `rate` per second (None: as fast as test runs go) for
-/// `secs` of wall clock, on the calling thread; returns how many.
-fn produce(k: &Kern, frame: &[u8], rate: Option<f64>, secs: f64) -> anyhow::Result<u64> {
+/// Produces refused-packet events with `prog` at `rate` per second (None: as fast as test
+/// runs go) for `secs` of wall clock, on the calling thread; returns how many.
+fn produce(prog: RawFd, frame: &[u8], rate: Option<f64>, secs: f64) -> anyhow::Result<u64> {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut produced = 0u64;
@@ -230,14 +223,14 @@ fn produce(k: &Kern, frame: &[u8], rate: Option<f64>, secs: f64) -> anyhow::Resu
             std::thread::sleep(Duration::from_micros(500));
             continue;
         }
-        bpf::test_run(k.xdp, frame, n)?;
+        bpf::test_run(prog, frame, n)?;
         produced += n as u64;
     }
     Ok(produced)
 }
 
 /// How fast the reader empties a ring buffer filled beforehand (no producer running):
-/// the pipeline's own rate, events per second.
+/// the per-event work's own rate, events per second.
 fn drain_rate(
     k: &mut Kern,
     frame: &[u8],
@@ -252,7 +245,7 @@ fn drain_rate(
     }
     let ring = k.events.take().context("ring buffer")?;
     let t = Instant::now();
-    let reader = Reader::start(ring, sink, Wait::Poll, cpu, vec!["postgres".into()])?;
+    let reader = Reader::start(ring, sink, cpu, vec!["postgres".into()])?;
     let (ring, written) = reader.stop()?;
     let secs = t.elapsed().as_secs_f64();
     k.events = Some(ring);
@@ -265,31 +258,47 @@ fn drain_rate(
 /// Events put in the ring before a drain run (it holds ~149,000).
 const DRAIN_EVENTS: u32 = 140_000;
 
-pub fn run(anchor: &Anchor, rounds: usize) -> anyhow::Result<AuditResults> {
+/// The refused frame the daemon's program judges: to the receiving namespace's address.
+pub fn refused_frame() -> Vec<u8> {
+    tcp4(
+        REFUSED4,
+        RECEIVER_ADDR.parse().expect("address"),
+        40000,
+        5432,
+    )
+}
+
+pub fn run(
+    bed: &Bed,
+    daemon: &BenchDaemon,
+    anchor: &Anchor,
+    rounds: usize,
+) -> anyhow::Result<AuditResults> {
     let mut k = Kern::new(&base_policy(true), &local_addrs())?;
     anchor.hold(1, k.xdp)?;
     let frame = tcp4(REFUSED4, HOST4, 40000, 5432);
+    let daemon_frame = refused_frame();
     let two_cpus = ncpus() >= 2;
-    let mut steps: Vec<Step> = Vec::new();
-    for (sink, wait) in [
-        (SinkKind::DevNull, Wait::Poll),
-        (SinkKind::Pipe, Wait::Poll),
-        (SinkKind::DevNull, Wait::Spin),
-    ] {
-        for offered in RATES.iter().copied().map(Some).chain([None]) {
-            steps.push(Step {
-                sink,
-                wait,
-                offered,
-                produced_per_s: Samples::default(),
-                delivered_per_s: Samples::default(),
-                lost: Samples::default(),
-            });
-        }
-    }
-    // The producer (this thread) on CPU 0, the reader on CPU 1.
+    let mut steps: Vec<Step> = RATES
+        .iter()
+        .copied()
+        .map(Some)
+        .chain([None])
+        .map(|offered| Step {
+            offered,
+            produced_per_s: Samples::default(),
+            stdout_per_s: Samples::default(),
+            sub_per_s: Samples::default(),
+            lost_kernel: Samples::default(),
+            lost_sinks: Samples::default(),
+            daemon_ns: Samples::default(),
+        })
+        .collect();
+    // The producer (this thread) on CPU 0; the daemon, and the reader of the diagnosis, on
+    // CPU 1, so the producer does not compete with what it measures.
     if two_cpus {
         pin_to_cpu(0, 0)?;
+        daemon.pin_to_cpu(1)?;
     }
     let mut drain = vec![
         (SinkKind::DevNull, Samples::default()),
@@ -306,37 +315,27 @@ pub fn run(anchor: &Anchor, rounds: usize) -> anyhow::Result<AuditResults> {
                 kernel_alone.push(DRAIN_EVENTS as f64 / t.elapsed().as_secs_f64());
             }
             for (sink, d) in drain.iter_mut() {
-                for _ in 0..2 {
-                    d.push(drain_rate(&mut k, &frame, *sink, two_cpus.then_some(1))?);
-                }
+                d.push(drain_rate(&mut k, &frame, *sink, two_cpus.then_some(1))?);
             }
             for s in steps.iter_mut() {
                 check_interrupted()?;
-                k.drain();
-                let ring = k.events.take().context("ring buffer")?;
-                let reader = Reader::start(
-                    ring,
-                    s.sink,
-                    s.wait,
-                    two_cpus.then_some(1),
-                    vec!["postgres".into()],
-                )?;
-                let lost0 = k.events_lost();
+                let c0 = daemon.counts()?;
+                let (out0, sub0) = daemon.lines();
+                let cpu0 = daemon.cpu_ns();
                 let t = Instant::now();
-                let produced = produce(&k, &frame, s.offered, STEP_SECS);
+                let produced = in_netns(&bed.receiver.path(), || {
+                    produce(daemon.xdp(), &daemon_frame, s.offered, STEP_SECS)
+                })??;
                 let elapsed = t.elapsed().as_secs_f64();
-                let (ring, written) = reader.stop()?;
-                k.events = Some(ring);
-                let produced = produced?;
-                let lost = k.events_lost() - lost0;
-                if written + lost != produced {
-                    bail!(
-                        "audit: {produced} events produced but {written} written and {lost} lost"
-                    );
-                }
+                let c = daemon.settle(c0, produced)?;
+                let (out, sub) = daemon.lines();
+                let cpu = daemon.cpu_ns() - cpu0;
                 s.produced_per_s.push(produced as f64 / elapsed);
-                s.delivered_per_s.push(written as f64 / elapsed);
-                s.lost.push(lost as f64);
+                s.stdout_per_s.push((out - out0) as f64 / elapsed);
+                s.sub_per_s.push((sub - sub0) as f64 / elapsed);
+                s.lost_kernel.push((c.lost_kernel - c0.lost_kernel) as f64);
+                s.lost_sinks.push((c.lost_sinks - c0.lost_sinks) as f64);
+                s.daemon_ns.push(cpu as f64 / produced.max(1) as f64);
             }
         }
         Ok(())
@@ -345,10 +344,10 @@ pub fn run(anchor: &Anchor, rounds: usize) -> anyhow::Result<AuditResults> {
     result?;
     let notes = vec![
         format!(
-            "Producer: BPF_PROG_TEST_RUN of enforcer's XDP program on a refused TCP SYN (events unlimited), each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Reader: a thread on CPU 1 doing what the daemon's audit path does per event — `events::decode::decode`, `events::enrich::Enricher::record` (rule name, interface name, wall-clock time), `events::sink::JsonLines` into a 64 KiB BufWriter — and, when the ring is empty, either sleeping in poll(2) on its descriptor as the daemon does, or spinning. Delivered counts every record written, including the backlog drained after the producer stops; produced = delivered + lost is checked every step."
+            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0, with the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
         ),
-        "The 16 MiB ring buffer absorbs about 149,000 events, so a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
-        format!("Drain rate: {DRAIN_EVENTS} events put in the ring first (no producer running), then the reader started and timed until it has written them all: the user-space pipeline's own rate, with no kernel work beside it."),
+        "The 16 MiB ring buffer absorbs about 149,000 events, and stdout's queue 65,536 lines: a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
+        format!("For the diagnosis: \"kernel alone\" is the producer with nobody reading ({DRAIN_EVENTS} test runs into an emptied ring, enforcer's programs loaded in the bench); \"per-event work alone\" is the daemon's decode, enrich (`events::enrich::Enricher::record`) and JSON line (`events::sink::JsonLines`, 64 KiB BufWriter) on a reader thread of the bench pinned to CPU 1, emptying a ring pre-filled with {DRAIN_EVENTS} events (no producer, no fan-out)."),
     ];
     Ok(AuditResults {
         steps,
@@ -360,11 +359,11 @@ pub fn run(anchor: &Anchor, rounds: usize) -> anyhow::Result<AuditResults> {
 
 /// Going up the ladder: the highest offered rate with no loss in any round before the first
 /// rate with loss in some round, and that first rate.
-pub fn loss_edges(steps: &[Step], sink: SinkKind, wait: Wait) -> (Option<f64>, Option<f64>) {
+pub fn loss_edges(steps: &[Step]) -> (Option<f64>, Option<f64>) {
     let mut best_clean = None;
-    for s in steps.iter().filter(|s| s.sink == sink && s.wait == wait) {
+    for s in steps {
         let Some(r) = s.offered else { continue };
-        if s.lost.max() > 0.0 {
+        if !s.clean() {
             return (best_clean, Some(r));
         }
         best_clean = Some(r);
@@ -372,14 +371,34 @@ pub fn loss_edges(steps: &[Step], sink: SinkKind, wait: Wait) -> (Option<f64>, O
     (best_clean, None)
 }
 
-pub fn flat_out(steps: &[Step], sink: SinkKind, wait: Wait) -> Option<&Step> {
-    steps
-        .iter()
-        .find(|s| s.sink == sink && s.wait == wait && s.offered.is_none())
-}
-
 /// Makes sure writes of a closed pipe do not kill the process.
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(produced: f64, stdout: f64, sub: f64, lost: f64) -> Step {
+        Step {
+            offered: Some(produced),
+            produced_per_s: Samples(vec![produced]),
+            stdout_per_s: Samples(vec![stdout]),
+            sub_per_s: Samples(vec![sub]),
+            lost_kernel: Samples(vec![0.0]),
+            lost_sinks: Samples(vec![lost]),
+            daemon_ns: Samples(vec![1.0]),
+        }
+    }
+
+    #[test]
+    fn a_clean_step_has_every_event_on_both_sinks() {
+        assert!(step(1e6, 1e6, 1e6, 0.0).clean());
+        assert!(!step(1e6, 1e6, 0.9e6, 0.0).clean());
+        assert!(!step(1e6, 1e6, 1e6, 3.0).clean());
+        let steps = [step(1e6, 1e6, 1e6, 0.0), step(2e6, 2e6, 1e6, 5.0)];
+        assert_eq!(loss_edges(&steps), (Some(1e6), Some(2e6)));
+    }
 }

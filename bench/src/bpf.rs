@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
@@ -209,6 +210,24 @@ pub fn prog_size(fd: RawFd) -> io::Result<(u32, u32)> {
     let jited = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
     let xlated = u32::from_ne_bytes(info[20..24].try_into().expect("4 bytes"));
     Ok((xlated, jited))
+}
+
+/// The program a BPF link (by descriptor) runs.
+pub fn link_prog(link: &OwnedFd) -> anyhow::Result<OwnedFd> {
+    // struct bpf_link_info: type, id, prog_id, ...
+    let mut info = [0u8; 64];
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, link.as_raw_fd() as u32);
+    put32(&mut a, 4, info.len() as u32);
+    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("link info")?;
+    let prog_id = u32::from_ne_bytes(info[8..12].try_into().expect("4 bytes"));
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, prog_id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)
+        .with_context(|| format!("opening program id {prog_id}"))?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The raw descriptor of an aya program (loaded).

@@ -18,8 +18,9 @@ use anyhow::{bail, Context as _};
 use enforcer_common::reason::{Hook, Reason};
 
 use crate::{
-    audit::{thread_runtime_ns, Reader, SinkKind, Wait},
+    audit::thread_runtime_ns,
     bpf,
+    daemon::BenchDaemon,
     env::{
         check_interrupted, cpu_times, in_netns, ncpus, pin_to_cpu, ticks_per_sec, Anchor, Bed,
         RECEIVER_ADDR,
@@ -39,16 +40,18 @@ pub enum Variant {
     Enforcer,
     EnforcerAudited,
     XdpFilter,
+    XdpFilterLean,
     Nft,
     Iptables,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::XdpDrop,
         Variant::Enforcer,
         Variant::EnforcerAudited,
         Variant::XdpFilter,
+        Variant::XdpFilterLean,
         Variant::Nft,
         Variant::Iptables,
     ];
@@ -58,9 +61,10 @@ impl Variant {
             Variant::XdpDrop => "XDP_DROP alone (`r0 = 1; exit`)",
             Variant::Enforcer => "enforcer XDP (default audit rate limits)",
             Variant::EnforcerAudited => {
-                "enforcer XDP, every refusal's event (unlimited) read by the audit pipeline"
+                "enforcer XDP, every refusal's event (unlimited), the daemon's audit stream to stdout and a subscriber"
             }
-            Variant::XdpFilter => "xdp-filter (deny list tcp/5432)",
+            Variant::XdpFilter => "xdp-filter (deny list tcp/5432, `-f all`)",
+            Variant::XdpFilterLean => "xdp-filter lean (deny list tcp/5432, `-f tcp`)",
             Variant::Nft => "nftables netdev ingress drop rule",
             Variant::Iptables => "iptables-legacy raw PREROUTING drop rule",
         }
@@ -73,7 +77,8 @@ pub struct Row {
     pub pps: Samples,
     /// CPU nanoseconds per packet, sending and receiving: the run time of the sender threads
     /// (whose softirq receives each batch they send), of ksoftirqd (softirq work deferred
-    /// there) and of the audit reader, if any. Other load on the machine does not enter it.
+    /// there) and of the daemon, if its audit stream is read. Other load on the machine
+    /// does not enter it.
     pub cpu_ns: Samples,
     /// Softirq share of the CPUs' time per packet (/proc/stat ticks): the receiving side.
     pub softirq_ns: Samples,
@@ -81,8 +86,11 @@ pub struct Row {
     pub overflow_pps: Samples,
     /// What the contender's own counter says it dropped, over what arrived.
     pub counted: Samples,
-    /// Audit events written per second (the audited variant).
-    pub events_per_s: Samples,
+    /// The audited variant: lines per second on the daemon's stdout and on its subscriber,
+    /// and events lost (in the kernel and by the sinks, per run).
+    pub stdout_per_s: Samples,
+    pub sub_per_s: Samples,
+    pub lost: Samples,
 }
 
 impl Row {
@@ -270,6 +278,7 @@ pub fn run(
     anchor: &Anchor,
     trivial: &Trivial,
     xdpf: &XdpFilter,
+    daemon: &BenchDaemon,
     rounds: usize,
 ) -> anyhow::Result<E2eResults> {
     if ncpus() < 2 {
@@ -280,7 +289,6 @@ pub fn run(
     let frame = flood_frame();
     let local = [IpAddr::V4(RECEIVER_ADDR.parse()?)];
     let mut enforcer = Kern::new(&policy(false), &local)?;
-    let mut audited = Kern::new(&policy(true), &local)?;
     let limits = has_rate_limits();
 
     let mut rows: Vec<Row> = Variant::ALL
@@ -292,7 +300,9 @@ pub fn run(
             softirq_ns: Samples::default(),
             overflow_pps: Samples::default(),
             counted: Samples::default(),
-            events_per_s: Samples::default(),
+            stdout_per_s: Samples::default(),
+            sub_per_s: Samples::default(),
+            lost: Samples::default(),
         })
         .collect();
     let tick_ns = 1e9 / ticks_per_sec();
@@ -304,8 +314,9 @@ pub fn run(
             let attached = match v {
                 Variant::XdpDrop => attach_link(bed, trivial.xdp_drop.as_raw_fd())?,
                 Variant::Enforcer => attach_link(bed, enforcer.xdp)?,
-                Variant::EnforcerAudited => attach_link(bed, audited.xdp)?,
+                Variant::EnforcerAudited => attach_link(bed, daemon.xdp())?,
                 Variant::XdpFilter => attach_link(bed, xdpf.deny_list.as_raw_fd())?,
+                Variant::XdpFilterLean => attach_link(bed, xdpf.deny_list_lean.as_raw_fd())?,
                 Variant::Nft => {
                     let rules = format!(
                         "table netdev enfbench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr != 10.1.0.0/16 tcp dport 5432 counter drop\n }}\n}}\n",
@@ -328,38 +339,19 @@ pub fn run(
                 }
             };
             let result = (|| -> anyhow::Result<()> {
-                let reader = if v == Variant::EnforcerAudited {
-                    audited.drain();
-                    Some(Reader::start(
-                        audited.events.take().context("ring")?,
-                        SinkKind::DevNull,
-                        Wait::Poll,
-                        None,
-                        vec!["postgres".into()],
-                    )?)
+                let audited = v == Variant::EnforcerAudited;
+                let audit0 = if audited {
+                    Some((daemon.counts()?, daemon.lines(), daemon.cpu_ns()))
                 } else {
                     None
                 };
-                let k: &Kern = if v == Variant::EnforcerAudited {
-                    &audited
-                } else {
-                    &enforcer
-                };
-                let denied0 = k.reason(Hook::Xdp, Reason::Denied);
+                let denied0 = enforcer.reason(Hook::Xdp, Reason::Denied);
                 let c0 = attached.counter(bed);
                 // Let the receiver settle (a first frame through a new program).
                 std::thread::sleep(Duration::from_millis(50));
                 let before = snapshot(bed)?;
                 let sent = generate(bed, tx.as_raw_fd(), &frame, RUN_SECS);
                 let after = snapshot(bed)?;
-                let (written, reader_ns) = match reader {
-                    Some(r) => {
-                        let (ring, n, ns) = r.stop_timed()?;
-                        audited.events = Some(ring);
-                        (Some(n), ns)
-                    }
-                    None => (None, 0),
-                };
                 let (_, sender_ns) = sent?;
                 let secs = (after.t - before.t).as_secs_f64();
                 let rx = after.rx.0 - before.rx.0;
@@ -367,15 +359,23 @@ pub fn run(
                 if rx == 0 {
                     bail!("{}: nothing arrived", v.label());
                 }
+                // The audited run: every arrival is a refusal with its event; wait for the
+                // daemon to write them all (or count them lost).
+                let mut daemon_ns = 0;
+                let row = &mut rows[i];
+                if let Some((c0, (out0, sub0), cpu0)) = audit0 {
+                    let c = daemon.settle(c0, rx)?;
+                    let (out, sub) = daemon.lines();
+                    daemon_ns = daemon.cpu_ns() - cpu0;
+                    row.stdout_per_s.push((out - out0) as f64 / secs);
+                    row.sub_per_s.push((sub - sub0) as f64 / secs);
+                    row.lost.push(
+                        (c.lost_kernel - c0.lost_kernel + c.lost_sinks - c0.lost_sinks) as f64,
+                    );
+                }
                 let counted = match v {
-                    Variant::Enforcer | Variant::EnforcerAudited => {
-                        let k: &Kern = if v == Variant::EnforcerAudited {
-                            &audited
-                        } else {
-                            &enforcer
-                        };
-                        Some(k.reason(Hook::Xdp, Reason::Denied) - denied0)
-                    }
+                    Variant::Enforcer => Some(enforcer.reason(Hook::Xdp, Reason::Denied) - denied0),
+                    Variant::EnforcerAudited => None,
                     _ => match (c0, attached.counter(bed)) {
                         (Some(a), Some(b)) => Some(b - a),
                         _ => None,
@@ -387,17 +387,13 @@ pub fn run(
                     .zip(&before.cpu)
                     .map(|(a, b)| a.1 - b.1)
                     .sum();
-                let ours = sender_ns + (after.ksoftirqd - before.ksoftirqd) + reader_ns;
-                let row = &mut rows[i];
+                let ours = sender_ns + (after.ksoftirqd - before.ksoftirqd) + daemon_ns;
                 row.pps.push(rx as f64 / secs);
                 row.cpu_ns.push(ours as f64 / rx as f64);
                 row.softirq_ns.push(softirq as f64 * tick_ns / rx as f64);
                 row.overflow_pps.push(overflow as f64 / secs);
                 if let Some(c) = counted {
                     row.counted.push(c as f64 / rx as f64);
-                }
-                if let Some(n) = written {
-                    row.events_per_s.push(n as f64 / secs);
                 }
                 Ok(())
             })();
@@ -411,7 +407,8 @@ pub fn run(
         format!(
             "Sender: a live-frames XDP test run (BPF_F_TEST_XDP_LIVE_FRAMES, batches of 64) of `r0 = XDP_TX` on the sending veth, one thread pinned per CPU, in chunks of 100,000 frames: every frame really goes through veth's ndo_xdp_xmit into the receiving veth's queue for that CPU, with no socket or skb on the sending side, so the sender is as cheap as a sender gets. Receiver: the other veth, one queue per CPU, GRO on (NAPI, which frames redirected into a veth need). Each CPU sends a batch, then its softirq receives it: nothing is lost between them (overflow 0), and the rate is what the cores sustain sending and dropping together. {RUN_SECS} s per run; the variants take turns within each round."
         ),
-        "CPU ns/packet is the CPU time spent on the flood per packet that arrived — the sender threads (whose softirq does the receiving), ksoftirqd, and the audit reader where there is one, from /proc/.../schedstat — so other load on the machine does not distort it; sustained Mpps is the CPUs' rate at that cost (CPUs × 1e3 / ns), and the ratios are taken on it. Measured Mpps is the plain wall-clock rate (lower when other processes took CPU time). The sender's share is the same for every receiver (about the XDP_DROP row's cost), so the ratios of these rates understate the receivers' own differences; \"above XDP_DROP\" is each receiver's extra cost per packet over XDP_DROP, within the round, which is the receiver-side difference alone. Softirq ns/packet: the /proc/stat softirq ticks (250 Hz sampling) per packet, roughly the receiving side's whole cost.".into(),
+        "CPU ns/packet is the CPU time spent on the flood per packet that arrived — the sender threads (whose softirq does the receiving), ksoftirqd, and in the audited row the daemon (all its threads), from /proc/.../schedstat — so other load on the machine does not distort it; sustained Mpps is the CPUs' rate at that cost (CPUs × 1e3 / ns), and the ratios are taken on it. Measured Mpps is the plain wall-clock rate (lower when other processes took CPU time). The sender's share is the same for every receiver (about the XDP_DROP row's cost), so the ratios of these rates understate the receivers' own differences; \"above XDP_DROP\" is each receiver's extra cost per packet over XDP_DROP, within the round, which is the receiver-side difference alone. Softirq ns/packet: the /proc/stat softirq ticks (250 Hz sampling) per packet, roughly the receiving side's whole cost.".into(),
+        "Audited row: the real daemon (`enforcer run`, `[audit]` unlimited) runs in the receiving namespace; its own XDP program (taken from its pinned link) is attached to the receiving veth for the run, so every refusal's event goes through its ring buffer, decode, enrich, JSON line and fan-out to its stdout (read by the bench) and one control-socket subscriber (read by the bench). Lines per second on each, counted until the daemon has caught up after the flood, over the run's time; lost = the daemon's audit.lost_kernel + audit.lost_sinks over the run.".into(),
         "All frames are one 5-tuple (a single-flow flood): 54-byte TCP SYNs from 192.0.2.66 to tcp/5432 of the receiver's address. XDP programs are attached in native mode through BPF links; nftables and iptables rules match what enforcer's policy says: tcp/5432 from outside 10.1.0.0/16. \"Counted\" is the contender's own drop counter over the packets that arrived (1.000: each one dropped by the rule).".into(),
     ];
     if !limits {

@@ -3,7 +3,7 @@
 //! bed's `TestKernel`, but the ring buffer stays reachable, for the audit reader thread.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     os::fd::RawFd,
     path::Path,
     time::{Duration, Instant},
@@ -48,7 +48,7 @@ pub fn parse(text: &str) -> anyhow::Result<Policy> {
 /// every field is the parser's), then the rule is copied once per `(port, prefixes)`, named
 /// r0, r1, .... Parsing a file of 65,536 prefixes takes minutes (section 4 measures it),
 /// which the data-path measurements have no need to wait for.
-pub fn build_policy(header: &str, rules: &[(u16, Vec<(Ipv4Addr, u8)>)]) -> anyhow::Result<Policy> {
+pub fn build_policy(header: &str, rules: &[(u16, Vec<(IpAddr, u8)>)]) -> anyhow::Result<Policy> {
     let mut policy = parse(&format!(
         "{header}\n[[rule]]\nname = \"template\"\nprotocol = \"tcp\"\nports = [1]\nallow_from = [\"192.0.2.1/32\"]\n"
     ))?;
@@ -62,10 +62,7 @@ pub fn build_policy(header: &str, rules: &[(u16, Vec<(Ipv4Addr, u8)>)]) -> anyho
         }];
         r.allow_from = prefixes
             .iter()
-            .map(|&(a, len)| Prefix {
-                addr: IpAddr::V4(a),
-                len,
-            })
+            .map(|&(addr, len)| Prefix { addr, len })
             .collect();
         policy.verdict.rules.push(r);
     }

@@ -8,13 +8,16 @@
 
 mod audit;
 mod bpf;
+mod daemon;
 mod e2e;
 mod env;
 mod kern;
+mod load;
 mod micro;
 mod packets;
 mod policy;
 mod report;
+mod sol;
 mod stats;
 mod xdpfilter;
 
@@ -25,11 +28,13 @@ use anyhow::{bail, Context as _};
 pub struct Options {
     out: PathBuf,
     only: Option<Vec<String>>,
-    /// Rounds for the test-run sections, the end-to-end runs, the policy and audit runs.
+    /// Rounds for each section.
     micro_rounds: usize,
     e2e_rounds: usize,
     policy_rounds: usize,
     audit_rounds: usize,
+    load_rounds: usize,
+    scaling_rounds: usize,
 }
 
 fn parse_args() -> anyhow::Result<Option<Options>> {
@@ -37,10 +42,12 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
     let mut o = Options {
         out: PathBuf::from("bench/RESULTS.md"),
         only: None,
-        micro_rounds: 7,
+        micro_rounds: 5,
         e2e_rounds: 3,
         policy_rounds: 3,
         audit_rounds: 2,
+        load_rounds: 3,
+        scaling_rounds: 3,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -59,6 +66,8 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 o.e2e_rounds = 1;
                 o.policy_rounds = 1;
                 o.audit_rounds = 1;
+                o.load_rounds = 2;
+                o.scaling_rounds = 2;
             }
             "--policy-child" => {
                 let n = args
@@ -75,8 +84,10 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
             }
             "-h" | "--help" => {
                 println!(
-                    "enforcer-bench [--out FILE] [--quick] [--only micro,scaling,e2e,policy,audit]\n\
-                     Measures enforcer's programs, policy writer and audit pipeline; needs root."
+                    "enforcer-bench [--out FILE] [--quick] [--only micro,scaling,load,e2e,audit,policy]\n\
+                     Measures enforcer's programs, policy writer and audit pipeline; needs root.\n\
+                     The audit figures run the daemon binary ENFORCER_BIN (cargo xtask bench\n\
+                     builds target/release/enforcer and names it)."
                 );
                 return Ok(None);
             }
@@ -141,12 +152,11 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     let mut r = report::Report::new(report::machine());
 
     let trivial = micro::Trivial::load()?;
+    let sol = sol::Sol::load(&[5432], &[micro::ALLOWED4.into(), micro::ALLOWED6.into()])?;
     let bpffs = env::Bpffs::new()?;
     let bed = env::Bed::new()?;
     let anchor = env::Anchor::new(2)?;
     let xdpf = xdpfilter::load(&bed, &bpffs)?;
-    // xdp-filter is loaded and unloaded by now; its mount is no longer needed.
-    drop(bpffs);
 
     let step = |name: &str| {
         eprintln!(
@@ -156,27 +166,56 @@ fn run(o: &Options) -> anyhow::Result<bool> {
     };
     if want(o, "micro") {
         step("per-packet cost through BPF_PROG_TEST_RUN");
-        r.sizes = report::program_sizes(&trivial, &xdpf);
-        r.micro = Some(micro::run(&trivial, &xdpf, o.micro_rounds).map_err(|e| format!("{e:#}")));
+        r.sizes = report::program_sizes(&trivial, &sol, &xdpf);
+        r.micro =
+            Some(micro::run(&trivial, &sol, &xdpf, o.micro_rounds).map_err(|e| format!("{e:#}")));
     }
     if want(o, "scaling") {
         step("scaling with prefixes and rules");
-        r.scaling = Some(micro::scaling(&trivial, o.micro_rounds).map_err(|e| format!("{e:#}")));
+        r.scaling = Some(micro::scaling(&trivial, o.scaling_rounds).map_err(|e| format!("{e:#}")));
     }
-    if want(o, "e2e") {
-        step("end to end over veth");
-        r.e2e = Some(
-            e2e::run(&bed, &anchor, &trivial, &xdpf, o.e2e_rounds).map_err(|e| format!("{e:#}")),
+    if want(o, "load") {
+        step("program load time");
+        r.load = Some(load::run(o.load_rounds).map_err(|e| format!("{e:#}")));
+    }
+    if want(o, "e2e") || want(o, "audit") {
+        step("starting the daemon for the audited figures");
+        // Pinned under the bench's own bpffs, which outlives it.
+        let started = daemon::BenchDaemon::start(
+            &bed.receiver,
+            &bpffs.dir,
+            "mode = \"enforce\"\n[[rule]]\nname = \"postgres\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.1.0.0/16\"]\n",
         );
+        let d = match started {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let e = format!("starting the daemon: {e:#}");
+                r.e2e = want(o, "e2e").then(|| Err(e.clone()));
+                r.audit = want(o, "audit").then_some(Err(e));
+                None
+            }
+        };
+        if let Some(d) = d {
+            if want(o, "e2e") {
+                step("end to end over veth");
+                r.e2e = Some(
+                    e2e::run(&bed, &anchor, &trivial, &xdpf, &d, o.e2e_rounds)
+                        .map_err(|e| format!("{e:#}")),
+                );
+            }
+            if want(o, "audit") {
+                step("audit pipeline through the daemon");
+                r.audit = Some(
+                    audit::run(&bed, &d, &anchor, o.audit_rounds).map_err(|e| format!("{e:#}")),
+                );
+            }
+        }
     }
     drop(bed);
+    drop(bpffs);
     if want(o, "policy") {
         step("policy apply and reload");
         r.policy = Some(policy::run(o.policy_rounds).map_err(|e| format!("{e:#}")));
-    }
-    if want(o, "audit") {
-        step("audit pipeline");
-        r.audit = Some(audit::run(&anchor, o.audit_rounds).map_err(|e| format!("{e:#}")));
     }
     env::check_interrupted()?;
     r.elapsed_s = started.elapsed().as_secs_f64();

@@ -15,6 +15,7 @@ use crate::{
     env::check_interrupted,
     kern::{self, build_policy, Kern},
     packets::{arp, tcp4, tcp4_vlan, tcp6},
+    sol::Sol,
     stats::Samples,
     xdpfilter::XdpFilter,
 };
@@ -27,6 +28,9 @@ pub const SKB_PASS: u32 = 1;
 pub const XDP_REPEAT: u32 = 2_000_000;
 pub const SKB_REPEAT: u32 = 1_000_000;
 pub const EVENT_REPEAT: u32 = 100_000;
+/// Test runs per scaling figure: 20 policies, three figures each, every round; fewer runs
+/// keep the section within its share of the bench's 10 minutes.
+pub const SCALE_REPEAT: u32 = 500_000;
 
 pub const HOST4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const ALLOWED4: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
@@ -109,9 +113,13 @@ pub struct XdpRow {
     pub case: String,
     pub enforcer: Samples,
     pub floor: Samples,
-    /// The xdp-filter variant that does the nearest job, and its figures.
+    /// The speed-of-light contender (bench/sol-ebpf).
+    pub sol: Samples,
+    /// The xdp-filter list that does the nearest job, and its figures in the full variant
+    /// (`-f all`) and the lean one.
     pub xdpf_label: &'static str,
     pub xdpf: Samples,
+    pub xdpf_lean: Samples,
 }
 
 pub struct SkbRow {
@@ -157,7 +165,12 @@ struct SkbCase {
     expect: u32,
 }
 
-pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result<MicroResults> {
+pub fn run(
+    trivial: &Trivial,
+    sol: &Sol,
+    xdpf: &XdpFilter,
+    rounds: usize,
+) -> anyhow::Result<MicroResults> {
     let limits = has_rate_limits();
     let mut notes = Vec::new();
     let mut unlimited = Kern::new(&base_policy(true), &local_addrs())?;
@@ -320,12 +333,14 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
             case: c.case.clone(),
             enforcer: Samples::default(),
             floor: Samples::default(),
+            sol: Samples::default(),
             xdpf_label: if c.xdpf_allow_list {
                 "allow list (src)"
             } else {
                 "deny list (tcp/5432)"
             },
             xdpf: Samples::default(),
+            xdpf_lean: Samples::default(),
         })
         .collect();
     let mut skb_rows: Vec<SkbRow> = skb_cases
@@ -342,6 +357,7 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
     for c in &cases {
         bpf::test_run(unlimited.xdp, &c.frame, 200_000)?;
         bpf::test_run(xdpf.deny_list.as_raw_fd(), &c.frame, 200_000)?;
+        bpf::test_run(sol.xdp, &c.frame, 200_000)?;
     }
     if let Some(l) = limited.as_mut() {
         // Spend the rate-limit bucket.
@@ -392,13 +408,35 @@ pub fn run(trivial: &Trivial, xdpf: &XdpFilter, rounds: usize) -> anyhow::Result
                 "floor",
             )?;
             xdp_rows[i].floor.push(f);
-            let xfd = if c.xdpf_allow_list {
-                xdpf.allow_list.as_raw_fd()
+            let s = time_run(
+                sol.xdp,
+                &c.frame,
+                XDP_REPEAT,
+                c.enforcer_expect,
+                "speed of light",
+            )?;
+            xdp_rows[i].sol.push(s);
+            let (full, lean) = if c.xdpf_allow_list {
+                (&xdpf.allow_list, &xdpf.allow_list_lean)
             } else {
-                xdpf.deny_list.as_raw_fd()
+                (&xdpf.deny_list, &xdpf.deny_list_lean)
             };
-            let x = time_run(xfd, &c.frame, XDP_REPEAT, c.xdpf_expect, "xdp-filter")?;
+            let x = time_run(
+                full.as_raw_fd(),
+                &c.frame,
+                XDP_REPEAT,
+                c.xdpf_expect,
+                "xdp-filter",
+            )?;
             xdp_rows[i].xdpf.push(x);
+            let x = time_run(
+                lean.as_raw_fd(),
+                &c.frame,
+                XDP_REPEAT,
+                c.xdpf_expect,
+                "xdp-filter (lean)",
+            )?;
+            xdp_rows[i].xdpf_lean.push(x);
         }
         let n = skb_cases.len();
         for i in (0..n).map(|i| (i + round) % n) {
@@ -466,13 +504,15 @@ pub struct ScaleRow {
 
 pub struct ScaleSeries {
     pub title: String,
+    /// The target for this series (largest size ≤ 1.3× the first), by its short name.
+    pub target: Option<&'static str>,
     pub rows: Vec<ScaleRow>,
 }
 
 /// `n` distinct IPv4 prefixes, all /32 (`mixed` false) or of lengths cycling through
 /// /16../32 from a /16 (17 distinct lengths, so up to 17 hash probes per refused packet);
 /// none covers 192.0.2.0/24. The first one holds the allowed source the bench sends from.
-pub fn prefixes(n: usize, mixed: bool) -> Vec<(Ipv4Addr, u8)> {
+pub fn prefixes(n: usize, mixed: bool) -> Vec<(IpAddr, u8)> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut x: u32 = 0x9e37_79b9;
@@ -491,7 +531,28 @@ pub fn prefixes(n: usize, mixed: bool) -> Vec<(Ipv4Addr, u8)> {
             a & (u32::MAX << (32 - len))
         };
         if seen.insert((masked, len)) {
-            out.push((Ipv4Addr::from(masked), len));
+            out.push((IpAddr::V4(Ipv4Addr::from(masked)), len));
+        }
+    }
+    out
+}
+
+/// `n` distinct IPv6 prefixes in fd00::/8 of lengths cycling through /32../64 from a /32
+/// (33 distinct lengths); none covers 2001:db8::/32. The first one, a /32, holds the
+/// allowed source.
+pub fn prefixes6(n: usize) -> Vec<(IpAddr, u8)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let len = 32 + (out.len() % 33) as u8;
+        let a = (0xfdu128 << 120) | ((x as u128 & ((1 << 56) - 1)) << 64);
+        let masked = a & (u128::MAX << (128 - len));
+        if seen.insert((masked, len)) {
+            out.push((IpAddr::V6(Ipv6Addr::from(masked)), len));
         }
     }
     out
@@ -521,39 +582,55 @@ pub fn scaling(
     let refused = tcp4(REFUSED4, HOST4, 40000, 5432);
     let mut notes = Vec::new();
     let header = format!("mode = \"enforce\"\n{audit}");
-    let mut series: Vec<(String, Vec<Config>)> = Vec::new();
-    for (mixed, title) in [
-        (false, "allow_from prefixes, all /32 (one hash probe per packet)"),
-        (true, "allow_from prefixes, lengths /16–/32 (one probe per distinct length, longest first: up to 17; the allowed source is in a /16, found by the last probe)"),
+    let mut series: Vec<(String, Option<&'static str>, Vec<Config>)> = Vec::new();
+    for (family, title, target) in [
+        (32, "IPv4 allow_from prefixes, all /32 (one hash probe per packet)", None),
+        (16, "IPv4 allow_from prefixes, lengths /16–/32 (one probe per distinct length, longest first: up to 17; the allowed source is in a /16, found by the last probe)", Some("IPv4, 17 lengths")),
+        (6, "IPv6 allow_from prefixes, lengths /32–/64 (up to 33 probes; the allowed source is in a /32, found by the last probe)", Some("IPv6, 33 lengths")),
     ] {
         let mut rows = Vec::new();
         for n in [1usize, 16, 256, 4096, 65536] {
-            let p = prefixes(n, mixed);
+            let p = match family {
+                6 => prefixes6(n),
+                _ => prefixes(n, family == 16),
+            };
             let distinct: std::collections::BTreeSet<u8> = p.iter().map(|(_, l)| *l).collect();
-            // The allowed source: in the first prefix (a /32, or in the mixed series a /16,
-            // the shortest length, found by the last probe).
-            let (first, _) = p[0];
-            let o = first.octets();
-            let src = if mixed { Ipv4Addr::new(o[0], o[1], 7, 9) } else { first };
+            // The allowed source: in the first prefix (a /32, or in the mixed series the
+            // shortest length, found by the last probe).
+            let (allowed, refused) = match p[0].0 {
+                IpAddr::V4(first) if family == 16 => {
+                    let o = first.octets();
+                    (tcp4(Ipv4Addr::new(o[0], o[1], 7, 9), HOST4, 40000, 5432), refused.clone())
+                }
+                IpAddr::V4(first) => (tcp4(first, HOST4, 40000, 5432), refused.clone()),
+                IpAddr::V6(first) => {
+                    let s = first.segments();
+                    let src = Ipv6Addr::new(s[0], s[1], 7, 9, 0, 0, 0, 1);
+                    (tcp6(src, HOST6, 40000, 5432), tcp6(REFUSED6, HOST6, 40000, 5432))
+                }
+            };
             rows.push(Config {
                 label: format!("{n} ({} length{})", distinct.len(), if distinct.len() == 1 { "" } else { "s" }),
                 policy: build_policy(&header, &[(5432, p.clone())])?,
-                allowed: tcp4(src, HOST4, 40000, 5432),
-                refused: refused.clone(),
+                allowed,
+                refused,
             });
         }
-        series.push((title.to_string(), rows));
+        series.push((title.to_string(), target, rows));
     }
     let mut rows = Vec::new();
     for n in [1usize, 10, 100, 1000, 10000] {
         let k = n - 1;
         let port = 10000 + k as u16;
         let src = Ipv4Addr::new(10, (k / 256) as u8, (k % 256) as u8, 5);
-        let rules: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = (0..n)
+        let rules: Vec<(u16, Vec<(IpAddr, u8)>)> = (0..n)
             .map(|i| {
                 (
                     10000 + i as u16,
-                    vec![(Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0), 24)],
+                    vec![(
+                        IpAddr::V4(Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 0)),
+                        24,
+                    )],
                 )
             })
             .collect();
@@ -566,12 +643,13 @@ pub fn scaling(
     }
     series.push((
         "rules, each protecting its own port (packet to the last rule's port)".into(),
+        None,
         rows,
     ));
 
     // One loaded copy of the programs per policy, so rounds interleave them.
     let mut kernels: Vec<Vec<Loaded>> = Vec::new();
-    for (_, rows) in &series {
+    for (_, _, rows) in &series {
         let mut ks = Vec::new();
         for c in rows {
             check_interrupted()?;
@@ -592,8 +670,9 @@ pub fn scaling(
     }
     let mut out: Vec<ScaleSeries> = series
         .iter()
-        .map(|(t, rows)| ScaleSeries {
+        .map(|(t, target, rows)| ScaleSeries {
             title: t.clone(),
+            target: *target,
             rows: rows
                 .iter()
                 .map(|c| ScaleRow {
@@ -614,14 +693,14 @@ pub fn scaling(
                 let a = time_run(
                     l.k.xdp,
                     &l.allowed,
-                    XDP_REPEAT / 2,
+                    SCALE_REPEAT,
                     XDP_PASS,
                     "scaling: allowed",
                 )?;
                 let r = time_run(
                     l.k.xdp,
                     &l.refused,
-                    XDP_REPEAT / 2,
+                    SCALE_REPEAT,
                     XDP_DROP,
                     "scaling: refused",
                 )?;
@@ -629,7 +708,7 @@ pub fn scaling(
                 let f = time_run(
                     trivial.xdp_pass.as_raw_fd(),
                     &l.allowed,
-                    XDP_REPEAT / 2,
+                    SCALE_REPEAT,
                     XDP_PASS,
                     "floor",
                 )?;
@@ -644,4 +723,33 @@ pub fn scaling(
         if limits { "rate limit spent" } else { "ring buffer full" }
     ));
     Ok((out, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_series_have_their_lengths_and_miss_the_refused_sources() {
+        let v6 = prefixes6(4096);
+        let lengths: std::collections::BTreeSet<u8> = v6.iter().map(|p| p.1).collect();
+        assert_eq!(lengths.len(), 33);
+        assert_eq!(v6[0].1, 32);
+        let v4 = prefixes(4096, true);
+        let lengths: std::collections::BTreeSet<u8> = v4.iter().map(|p| p.1).collect();
+        assert_eq!(lengths.len(), 17);
+        let covers = |(net, len): &(IpAddr, u8), a: IpAddr| match (net, a) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - *len as u32).unwrap_or(0);
+                u32::from(*n) == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX.checked_shl(128 - *len as u32).unwrap_or(0);
+                u128::from(*n) == u128::from(a) & m
+            }
+            _ => false,
+        };
+        assert!(!v6.iter().any(|p| covers(p, REFUSED6.into())));
+        assert!(!v4.iter().any(|p| covers(p, REFUSED4.into())));
+    }
 }

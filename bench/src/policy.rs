@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -63,10 +63,10 @@ fn policy_text(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> String {
 
 /// The same policy, built (see `kern::build_policy`).
 fn policy_built(rules: &[Vec<(Ipv4Addr, u8)>], ports: &[u16]) -> anyhow::Result<Policy> {
-    let spec: Vec<(u16, Vec<(Ipv4Addr, u8)>)> = rules
+    let spec: Vec<(u16, Vec<(IpAddr, u8)>)> = rules
         .iter()
         .zip(ports)
-        .map(|(r, p)| (*p, r.clone()))
+        .map(|(r, p)| (*p, r.iter().map(|&(a, l)| (IpAddr::V4(a), l)).collect()))
         .collect();
     build_policy(
         &format!("mode = \"enforce\"\n{}", audit_table(false)),

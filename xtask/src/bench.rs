@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: installs the tools the comparisons need, then runs the bench crate
-//! (release build), which writes bench/RESULTS.md and prints a summary.
+//! `cargo xtask bench`: installs the tools the comparisons need, builds the daemon (release)
+//! for the audit figures, then runs the bench crate (release build), which writes
+//! bench/RESULTS.md and prints a summary.
 
 use std::process::{Command, Stdio};
 
@@ -48,6 +49,9 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         pkgs.dedup();
         setup::apt_install(&pkgs)?;
     }
+    // The audit figures run the real daemon: the release build of this tree.
+    crate::cargo(&["build", "--release", "-p", "enforcer"], &[])?;
+    let bin = crate::workspace_root().join("target/release/enforcer");
     let mut args = vec![
         "run",
         "--release",
@@ -58,5 +62,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         "bench/RESULTS.md",
     ];
     args.extend(extra.iter().map(String::as_str));
-    crate::cargo(&args, &[])
+    crate::cargo(
+        &args,
+        &[("ENFORCER_BIN", bin.to_string_lossy().into_owned())],
+    )
 }

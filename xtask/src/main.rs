@@ -34,8 +34,8 @@ enum Cmd {
     },
     /// A self-contained demo in network namespaces: allowed and refused connections.
     Demo,
-    /// Formatting and clippy (-D warnings) for the host crates and for the BPF crate on its
-    /// own target.
+    /// Formatting and clippy (-D warnings) for the host crates and for the BPF crates on
+    /// their own target.
     Lint,
     /// Differential test of the programs against the reference model on many packets.
     FuzzVerdicts {
@@ -145,6 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "clippy",
                     "-p",
                     "enforcer-ebpf",
+                    "-p",
+                    "sol-ebpf",
                     "--target",
                     "bpfel-unknown-none",
                     "-Z",
@@ -156,9 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ])
                 .current_dir(workspace_root())
                 .status()
-                .context("running clippy on the BPF crate")?;
+                .context("running clippy on the BPF crates")?;
             if !status.success() {
-                bail!("clippy on the BPF crate failed ({status})");
+                bail!("clippy on the BPF crates failed ({status})");
             }
             Ok(())
         }

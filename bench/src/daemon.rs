@@ -1,0 +1,314 @@
+//! The real daemon (`enforcer run`, the binary ENFORCER_BIN names, as the tests' Daemon
+//! guard runs it) in the bench's receiving namespace, for the audit figures: its audit
+//! stream goes through ring buffer -> decode -> enrich -> JSON line -> fan-out to stdout and
+//! to one control-socket subscriber, and the bench counts the lines on both. The test bed's
+//! `Daemon` keeps every line in memory, which millions of lines per second cannot afford:
+//! here the lines are only counted.
+//!
+//! The daemon attaches its XDP program to a veth of its own in that namespace (so the
+//! program sits in the XDP dispatcher, and test runs of it cost only their runs); the bench
+//! takes that program from the daemon's pinned link, to test-run it or attach it elsewhere.
+
+use std::{
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::{
+        fd::{AsRawFd as _, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use testbed::{
+    daemon::{collect_text, place, Pins, TempDir},
+    net::{Cgroup, NetNs},
+};
+
+use crate::{bpf, env::sh};
+
+/// The audit figures the daemon reports (`status`, "audit").
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuditCounts {
+    pub events: u64,
+    pub lost_kernel: u64,
+    pub lost_sinks: u64,
+}
+
+pub struct BenchDaemon {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    stdout_lines: Arc<AtomicU64>,
+    sub_lines: Arc<AtomicU64>,
+    /// The subscriber's connection, shut down on drop (its counting thread then ends).
+    sub: Option<UnixStream>,
+    socket: std::path::PathBuf,
+    /// The daemon's XDP program (from its pinned link, once it is up).
+    xdp: Option<OwnedFd>,
+    // Removed after the daemon has exited (drop order: the daemon first, in Drop).
+    _pins: Pins,
+    _cgroup: Cgroup,
+    _dir: TempDir,
+}
+
+/// Counts the newlines `r` carries until it ends.
+fn count_lines(mut r: impl Read + Send + 'static) -> Arc<AtomicU64> {
+    let n = Arc::new(AtomicU64::new(0));
+    let c = n.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(k) = r.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            let lines = buf[..k].iter().filter(|&&b| b == b'\n').count();
+            c.fetch_add(lines as u64, Ordering::Relaxed);
+        }
+    });
+    n
+}
+
+/// One control request on a connection of its own; the answer, parsed.
+fn request(socket: &Path, line: &str) -> anyhow::Result<Value> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(line.as_bytes())?;
+    s.write_all(b"\n")?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer)?;
+    serde_json::from_str(&answer).with_context(|| format!("answer {answer:?}"))
+}
+
+impl BenchDaemon {
+    /// Starts the daemon in `ns` with `policy_body` (mode and rules), audit events
+    /// unlimited, XDP on a veth pair it gets of its own, the cgroup programs on a fresh
+    /// cgroup; pins under `pin_root` (a bpffs). Waits until it answers `status`, then
+    /// subscribes to its stream.
+    pub fn start(ns: &NetNs, pin_root: &Path, policy_body: &str) -> anyhow::Result<Self> {
+        let iface = testbed::unique("bdx");
+        sh(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "link",
+            "add",
+            &iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{iface}p"),
+        ])?;
+        sh(&["ip", "-n", &ns.name, "link", "set", &iface, "up"])?;
+        let dir = TempDir::new();
+        let cgroup = Cgroup::new();
+        let pins = Pins(pin_root.join(testbed::unique("daemon")));
+        let policy = format!(
+            "{policy_body}\n[audit]\nrate_per_rule = 0\nrate_global = 0\n\n[attach]\ninterfaces = [\"{iface}\"]\nxdp_mode = \"native\"\ncgroup = \"{}\"\n",
+            cgroup.path
+        );
+        let policy_path = dir.0.join("policy.toml");
+        std::fs::write(&policy_path, policy)?;
+        let socket = dir.0.join("control.sock");
+        let mut cmd = Command::new(testbed::enforcer_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&policy_path)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pins.0)
+            .arg("--state-dir")
+            .arg(dir.0.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "warn");
+        place(&mut cmd, Some(&ns.path()), None);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", testbed::enforcer_bin().display()))?;
+        let stdout_lines = count_lines(child.stdout.take().context("stdout")?);
+        let stderr = collect_text(child.stderr.take().context("stderr")?);
+        let mut d = BenchDaemon {
+            child: Some(child),
+            stderr,
+            stdout_lines,
+            sub_lines: Arc::new(AtomicU64::new(0)),
+            sub: None,
+            socket,
+            xdp: None,
+            _pins: pins,
+            _cgroup: cgroup,
+            _dir: dir,
+        };
+        d.wait_ready()?;
+        let link = d._pins.0.join("links").join(format!("xdp@{iface}@native"));
+        let prog = bpf::link_prog(&bpf::obj_get(&link)?)?;
+        d.xdp = Some(prog);
+        d.subscribe()?;
+        Ok(d)
+    }
+
+    /// The daemon's XDP program.
+    pub fn xdp(&self) -> RawFd {
+        self.xdp.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        Some(format!(
+            "enforcer run exited ({status}): {}",
+            self.stderr
+                .lock()
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        ))
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(e) = self.exited() {
+                bail!(e);
+            }
+            if let Ok(v) = request(&self.socket, r#"{"version":1,"command":"status"}"#) {
+                if v["ok"] == true && v["policy"]["generation"].as_u64().unwrap_or(0) >= 1 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not come up within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn subscribe(&mut self) -> anyhow::Result<()> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.write_all(b"{\"version\":1,\"command\":\"subscribe\"}\n")?;
+        // The answer, one byte at a time: what follows it is the stream, counted.
+        let mut answer = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            s.read_exact(&mut b)?;
+            answer.push(b[0]);
+        }
+        let v: Value = serde_json::from_slice(&answer).context("subscribe answer")?;
+        if v["ok"] != true {
+            bail!("subscribe refused: {v}");
+        }
+        self.sub_lines = count_lines(s.try_clone()?);
+        self.sub = Some(s);
+        Ok(())
+    }
+
+    /// The daemon's audit counters.
+    pub fn counts(&self) -> anyhow::Result<AuditCounts> {
+        let v = request(&self.socket, r#"{"version":1,"command":"status"}"#)?;
+        let a = &v["audit"];
+        let get = |k: &str| {
+            a[k].as_u64()
+                .with_context(|| format!("status: audit.{k} in {v}"))
+        };
+        Ok(AuditCounts {
+            events: get("events")?,
+            lost_kernel: get("lost_kernel")?,
+            lost_sinks: get("lost_sinks")?,
+        })
+    }
+
+    /// Lines counted so far: (stdout, subscriber).
+    pub fn lines(&self) -> (u64, u64) {
+        (
+            self.stdout_lines.load(Ordering::Relaxed),
+            self.sub_lines.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps every thread of the daemon (and those they start later) on `cpu`.
+    pub fn pin_to_cpu(&self, cpu: usize) -> anyhow::Result<()> {
+        let Some(c) = self.child.as_ref() else {
+            bail!("the daemon is not running");
+        };
+        for t in std::fs::read_dir(format!("/proc/{}/task", c.id()))?.flatten() {
+            if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::pid_t>() {
+                crate::env::pin_to_cpu(tid, cpu)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's CPU time so far (ns): every thread's run time.
+    pub fn cpu_ns(&self) -> u64 {
+        let Some(c) = self.child.as_ref() else {
+            return 0;
+        };
+        let dir = format!("/proc/{}/task", c.id());
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| {
+                std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
+    /// Waits until the daemon has read every event of the ring (the `produced` since
+    /// `from`, less what the kernel lost) and both sinks have stopped moving; returns the
+    /// counters then.
+    pub fn settle(&self, from: AuditCounts, produced: u64) -> anyhow::Result<AuditCounts> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = (self.lines(), Instant::now());
+        loop {
+            let c = self.counts()?;
+            let read = c.events - from.events;
+            let lost = c.lost_kernel - from.lost_kernel;
+            let now = self.lines();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            if read + lost >= produced && last.1.elapsed() > Duration::from_millis(300) {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not catch up within 30 s ({read} read + {lost} lost of {produced})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        if let Some(s) = self.sub.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
