@@ -999,7 +999,9 @@ fn tail_shows_readable_and_json_lines_filters_replays_and_writes_pcap() {
         assert!(text.contains("IP6 fd02::2.40012 > fd02::1.7000:"), "{text}");
         assert!(text.contains("10.2.0.1.7000: Flags [S]"), "{text}");
     } else {
-        eprintln!("tcpdump not installed: skipping `tcpdump -r`");
+        testbed::skip_part(
+            "tcpdump is not installed: the pcap was not read back with `tcpdump -r`",
+        );
     }
 }
 

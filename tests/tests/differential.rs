@@ -24,7 +24,6 @@ use enforcer_common::{
     reason::{Hook, Reason, Verdict},
 };
 use testbed::{
-    is_root,
     kernel::{dropped, model_l3, Prog, TestKernel},
     packets::{generate, hex, hex_compact, test_run_refuses, try_run, Rng, Universe},
 };
@@ -343,10 +342,7 @@ impl Runner {
 
 #[test]
 fn kernel_and_model_agree_on_generated_packets() {
-    if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
+    testbed::need_root!();
     let packets = env_u64("ENFORCER_FUZZ_PACKETS", DEFAULT_PACKETS);
     let seed = env_u64("ENFORCER_FUZZ_SEED", DEFAULT_SEED);
     let u = universe();

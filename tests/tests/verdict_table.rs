@@ -1563,7 +1563,7 @@ fn policy_rows() -> Vec<Row> {
 
 fn need_root() -> bool {
     if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
+        testbed::skip_part("loading BPF programs needs root");
         return false;
     }
     true
