@@ -215,3 +215,43 @@ pub fn dropped(prog: Prog, ret: u32) -> bool {
         _ => ret == SKB_DROP,
     }
 }
+
+/// The ids of the BPF link pinned at `path`: (link id, id of the program it runs), read
+/// with BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD.
+pub fn pinned_link_ids(path: &Path) -> (u32, u32) {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let fd = enforcer::kernel::pins::obj_get(path)
+        .unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
+    // struct bpf_link_info starts with type, id, prog_id (u32 each).
+    let mut info = [0u32; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the attr and the info buffer it points to are what the kernel reads and writes
+    // for this command, and live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_GET_INFO_BY_FD {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    (info[1], info[2])
+}
