@@ -255,3 +255,58 @@ pub fn pinned_link_ids(path: &Path) -> (u32, u32) {
     );
     (info[1], info[2])
 }
+
+/// How many programs are attached to the cgroup at `dir` for each of the attach types the
+/// daemon uses (ingress, egress, connect4/6, sendmsg4/6), read with BPF_PROG_QUERY.
+pub fn cgroup_programs(dir: &Path) -> Vec<(&'static str, u32)> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+    }
+    let cg = std::fs::File::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    [
+        ("ingress", 0),
+        ("egress", 1),
+        ("connect4", 10),
+        ("connect6", 11),
+        ("sendmsg4", 14),
+        ("sendmsg6", 15),
+    ]
+    .into_iter()
+    .map(|(name, attach_type)| {
+        let mut attr = QueryAttr {
+            target_fd: cg.as_raw_fd() as u32,
+            attach_type,
+            ..QueryAttr::default()
+        };
+        // SAFETY: the attr is what the kernel reads and writes for this command; with no
+        // prog_ids buffer it only writes the count.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut QueryAttr,
+                std::mem::size_of::<QueryAttr>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_QUERY {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        (name, attr.prog_cnt)
+    })
+    .collect()
+}

@@ -33,17 +33,22 @@ pub fn run_tag() -> &'static str {
     TAG.get_or_init(register)
 }
 
-fn random_tag() -> String {
-    let mut bytes = [0u8; TAG_LEN];
+/// Random bytes from getrandom.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
     // SAFETY: getrandom writes at most `len` bytes into the buffer we pass.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     assert_eq!(
         n,
-        TAG_LEN as isize,
+        N as isize,
         "getrandom: {}",
         std::io::Error::last_os_error()
     );
     bytes
+}
+
+fn random_tag() -> String {
+    random_bytes::<TAG_LEN>()
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
@@ -86,22 +91,113 @@ pub fn tag_of(name: &str) -> Option<&str> {
     tag.bytes().all(|b| ALPHABET.contains(&b)).then_some(tag)
 }
 
-/// Tags registered under [`RUNS_DIR`] whose process is gone, each with its lock held (so a
-/// new run cannot take the tag while its leftovers are removed).
-fn dead_runs() -> Vec<(String, File)> {
-    let Ok(entries) = std::fs::read_dir(RUNS_DIR) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let tag = e.file_name().to_string_lossy().into_owned();
-            let f = File::open(e.path()).ok()?;
-            // SAFETY: flock on a descriptor we own.
-            let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-            (free && tag_of(&format!("{tag}x0")) == Some(tag.as_str())).then_some((tag, f))
+/// The tags registered under [`RUNS_DIR`].
+pub fn registered() -> Vec<String> {
+    std::fs::read_dir(RUNS_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|t| tag_of(&format!("{t}x0")) == Some(t.as_str()))
+                .collect()
         })
+        .unwrap_or_default()
+}
+
+/// The lock of a registered run, if its process is gone (held until dropped, so a new run
+/// cannot take the tag meanwhile).
+pub fn dead_lock(tag: &str) -> Option<File> {
+    let f = File::open(Path::new(RUNS_DIR).join(tag)).ok()?;
+    // SAFETY: flock on a descriptor we own.
+    let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    free.then_some(f)
+}
+
+/// Registered tags whose process is gone, each with its lock held.
+fn dead_runs() -> Vec<(String, File)> {
+    registered()
+        .into_iter()
+        .filter_map(|t| dead_lock(&t).map(|f| (t, f)))
         .collect()
+}
+
+/// What of the suite's exists now, with the run tag in its name: (tag, what, path).
+fn tagged() -> Vec<(String, Thing)> {
+    let mut v = Vec::new();
+    let mut add = |name: &str, thing: Thing| {
+        if let Some(tag) = tag_of(name) {
+            v.push((tag.to_string(), thing));
+        }
+    };
+    if let Ok(mount) = enforcer::kernel::host::cgroup2_mount() {
+        for (name, path) in names_in(&mount) {
+            if path.is_dir() {
+                add(&name, Thing::Cgroup(path));
+            }
+        }
+    }
+    for ns in ip_names(&["netns", "list"]) {
+        add(&ns, Thing::NetNs(ns.clone()));
+    }
+    for dev in ip_names(&["-o", "link", "show"]) {
+        add(&dev, Thing::Link(dev.clone()));
+    }
+    for (name, path) in names_in(Path::new("/sys/fs/bpf")) {
+        add(&name, Thing::Pins(path));
+    }
+    for (name, path) in names_in(&std::env::temp_dir()) {
+        add(&name, Thing::TempDir(path));
+    }
+    v
+}
+
+/// Something a test run made, found by its name.
+#[derive(Debug)]
+pub enum Thing {
+    Cgroup(PathBuf),
+    NetNs(String),
+    Link(String),
+    Pins(PathBuf),
+    TempDir(PathBuf),
+}
+
+impl Thing {
+    /// Removes it; whether it is gone.
+    fn remove(&self) -> bool {
+        match self {
+            // Its processes (daemons, listeners) are killed first.
+            Thing::Cgroup(p) => {
+                crate::net::remove_cgroup(p);
+                !p.exists()
+            }
+            Thing::NetNs(n) => quiet(&["ip", "netns", "del", n]),
+            Thing::Link(n) => quiet(&["ip", "link", "del", n]),
+            Thing::Pins(p) => enforcer::kernel::pins::remove_all(p).is_ok(),
+            Thing::TempDir(p) => std::fs::remove_dir_all(p).is_ok(),
+        }
+    }
+}
+
+/// What still exists of the runs tagged `tags`: their namespaces, interfaces, cgroups, pin
+/// dirs, temp dirs, and processes whose command line names one of them.
+pub fn leftovers(tags: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = tagged()
+        .into_iter()
+        .filter(|(t, _)| tags.contains(t))
+        .map(|(_, thing)| format!("{thing:?}"))
+        .collect();
+    for (name, path) in names_in(Path::new("/proc")) {
+        let Ok(cmd) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let named = cmd
+            .split([' ', '/'])
+            .any(|w| tag_of(w).is_some_and(|t| tags.iter().any(|x| x == t)));
+        if name.parse::<u32>().is_ok() && named {
+            v.push(format!("process {name}: {cmd}"));
+        }
+    }
+    v
 }
 
 fn names_in(dir: &Path) -> Vec<(String, PathBuf)> {
@@ -150,57 +246,22 @@ pub fn sweep() -> Vec<String> {
     if dead.is_empty() {
         return Vec::new();
     }
-    let is_dead = |name: &str| tag_of(name).is_some_and(|t| dead.iter().any(|(d, _)| d == t));
+    let mut things: Vec<Thing> = tagged()
+        .into_iter()
+        .filter(|(t, _)| dead.iter().any(|(d, _)| d == t))
+        .map(|(_, thing)| thing)
+        .collect();
+    // Cgroups first: their processes (daemons, listeners) hold namespaces and pins.
+    things.sort_by_key(|t| !matches!(t, Thing::Cgroup(_)));
     let mut report = Vec::new();
     let mut failed = false;
-    let mut note = |ok: bool, what: String| {
-        failed |= !ok;
-        report.push(if ok {
-            format!("removed {what}")
-        } else {
-            format!("could not remove {what}")
-        });
-    };
-    // Cgroups first: their processes (daemons, listeners) hold namespaces and pins.
-    if let Ok(mount) = enforcer::kernel::host::cgroup2_mount() {
-        for (name, path) in names_in(&mount) {
-            if is_dead(&name) && path.is_dir() {
-                crate::net::remove_cgroup(&path);
-                note(!path.exists(), format!("cgroup {}", path.display()));
-            }
-        }
-    }
-    for ns in ip_names(&["netns", "list"]) {
-        if is_dead(&ns) {
-            note(
-                quiet(&["ip", "netns", "del", &ns]),
-                format!("network namespace {ns}"),
-            );
-        }
-    }
-    for dev in ip_names(&["-o", "link", "show"]) {
-        if is_dead(&dev) {
-            note(
-                quiet(&["ip", "link", "del", &dev]),
-                format!("interface {dev}"),
-            );
-        }
-    }
-    for (name, path) in names_in(Path::new("/sys/fs/bpf")) {
-        if is_dead(&name) {
-            note(
-                enforcer::kernel::pins::remove_all(&path).is_ok(),
-                format!("pin dir {}", path.display()),
-            );
-        }
-    }
-    for (name, path) in names_in(&std::env::temp_dir()) {
-        if is_dead(&name) {
-            note(
-                std::fs::remove_dir_all(&path).is_ok(),
-                format!("temp dir {}", path.display()),
-            );
-        }
+    for thing in things {
+        let gone = thing.remove();
+        failed |= !gone;
+        report.push(format!(
+            "{} {thing:?}",
+            if gone { "removed" } else { "could not remove" }
+        ));
     }
     if !failed {
         for (tag, _lock) in &dead {

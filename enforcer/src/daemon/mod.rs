@@ -52,6 +52,11 @@ pub enum OnStop {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // Taken before anything is made: a SIGINT or SIGTERM during the start then stops the
+    // daemon through the clean-up below instead of killing it with state half pinned.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let policy = policy::load(&opts.config)?;
     let grants = crate::grants::Store::open(&opts.state_dir)?;
     let cgroup_mount = host::cgroup2_mount()?;
@@ -129,9 +134,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let server = tokio::spawn(control::server::serve(listener, call_tx, sub_tx));
     info!(socket = %opts.socket.display(), "control socket ready");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
