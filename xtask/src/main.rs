@@ -6,6 +6,7 @@ mod bench;
 mod setup;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -250,6 +251,45 @@ impl Tally {
             self.failed_names.push(name.to_string());
         }
     }
+
+    /// The skipped tests from the tests' skip records ("SKIP: binary::test: reason"), each
+    /// with its reasons; a test that failed after recording a skip counts as failed.
+    fn skipped<'a>(&self, records: &'a str) -> BTreeMap<&'a str, Vec<&'a str>> {
+        let mut skipped: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for rec in records.lines().filter_map(|l| l.strip_prefix("SKIP: ")) {
+            let (test, reason) = rec.split_once(": ").unwrap_or((rec, ""));
+            let name = test.split_once("::").map_or(test, |(_, n)| n);
+            if !self.failed_names.iter().any(|f| f == name) {
+                skipped.entry(test).or_default().push(reason);
+            }
+        }
+        skipped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_counted_apart_from_passes_and_failures() {
+        let mut t = Tally::default();
+        for line in [
+            "test a ... ok",
+            "test b ... FAILED",
+            "test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            t.read(line);
+        }
+        assert_eq!((t.passed, t.failed, t.ignored), (5, 1, 1));
+        let records =
+            "SKIP: e2e::a: needs root\nSKIP: e2e::a: no tcpdump\nSKIP: x::b: no bpftool\n";
+        let skipped = t.skipped(records);
+        // b failed after its skip: a failure, not a skip.
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped["e2e::a"], ["needs root", "no tcpdump"]);
+    }
 }
 
 /// Runs `cargo test ...` (with `--no-fail-fast`: every binary runs), echoing its output,
@@ -287,16 +327,7 @@ fn cargo_test(args: &[&str], env: &[(&str, String)], ci: bool) -> anyhow::Result
     let status = child.wait().context("waiting for cargo test")?;
     let records = std::fs::read_to_string(&skips_file).unwrap_or_default();
     let _ = std::fs::remove_file(&skips_file);
-    // One entry per test ("SKIP: binary::test: reason"), all its reasons joined; a test
-    // that failed after recording a skip counts as failed.
-    let mut skipped: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for rec in records.lines().filter_map(|l| l.strip_prefix("SKIP: ")) {
-        let (test, reason) = rec.split_once(": ").unwrap_or((rec, ""));
-        let name = test.split_once("::").map_or(test, |(_, n)| n);
-        if !tally.failed_names.iter().any(|f| f == name) {
-            skipped.entry(test).or_default().push(reason);
-        }
-    }
+    let skipped = tally.skipped(&records);
     let n_skipped = skipped.len() as u64 + tally.ignored;
     if n_skipped > 0 {
         println!("skipped:");
