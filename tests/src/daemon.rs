@@ -179,6 +179,21 @@ impl Daemon {
         self.stderr.lock().expect("stderr").clone()
     }
 
+    /// Waits until the daemon's stderr is closed and read to its end (its process has
+    /// exited), then returns all of it.
+    pub fn stderr_to_end(&self) -> String {
+        let start = Instant::now();
+        // The reader thread holds the other reference until it reads EOF.
+        while Arc::strong_count(&self.stderr) > 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the daemon's stderr is still open"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stderr()
+    }
+
     /// Waits for an event matching `pred`; panics (with the daemon's stderr) on timeout.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();

@@ -183,8 +183,14 @@ impl Tail {
                 return lines;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Its stdout may still be being read: give the reader a moment.
-                std::thread::sleep(Duration::from_millis(100));
+                // Its stdout may still be being read: wait for the reader to reach EOF
+                // (it holds the other reference until then).
+                let exited = Instant::now();
+                while Arc::strong_count(&self.lines) > 1
+                    && exited.elapsed() < Duration::from_secs(20)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 let lines = self.lines();
                 if pred(&lines) {
                     return lines;

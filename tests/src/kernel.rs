@@ -242,3 +242,98 @@ pub fn dropped(prog: Prog, ret: u32) -> bool {
         _ => ret == SKB_DROP,
     }
 }
+
+/// The ids of the BPF link pinned at `path`: (link id, id of the program it runs), read
+/// with BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD.
+pub fn pinned_link_ids(path: &Path) -> (u32, u32) {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let fd = enforcer::kernel::pins::obj_get(path)
+        .unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
+    // struct bpf_link_info starts with type, id, prog_id (u32 each).
+    let mut info = [0u32; 4];
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the attr and the info buffer it points to are what the kernel reads and writes
+    // for this command, and live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_OBJ_GET_INFO_BY_FD {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    (info[1], info[2])
+}
+
+/// How many programs are attached to the cgroup at `dir` for each of the attach types the
+/// daemon uses (ingress, egress, connect4/6, sendmsg4/6), read with BPF_PROG_QUERY.
+pub fn cgroup_programs(dir: &Path) -> Vec<(&'static str, u32)> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+    }
+    let cg = std::fs::File::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    [
+        ("ingress", 0),
+        ("egress", 1),
+        ("connect4", 10),
+        ("connect6", 11),
+        ("sendmsg4", 14),
+        ("sendmsg6", 15),
+    ]
+    .into_iter()
+    .map(|(name, attach_type)| {
+        let mut attr = QueryAttr {
+            target_fd: cg.as_raw_fd() as u32,
+            attach_type,
+            ..QueryAttr::default()
+        };
+        // SAFETY: the attr is what the kernel reads and writes for this command; with no
+        // prog_ids buffer it only writes the count.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut QueryAttr,
+                std::mem::size_of::<QueryAttr>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_QUERY {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        (name, attr.prog_cnt)
+    })
+    .collect()
+}

@@ -188,7 +188,7 @@ impl Default for Cgroup {
     }
 }
 
-fn remove_cgroup(dir: &Path) {
+pub(crate) fn remove_cgroup(dir: &Path) {
     if !dir.exists() {
         return;
     }

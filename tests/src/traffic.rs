@@ -7,7 +7,7 @@ use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -32,7 +32,8 @@ pub struct Flow {
     stop_send: Arc<AtomicBool>,
     stop_recv: Arc<AtomicBool>,
     sender: Option<JoinHandle<(u64, u64)>>,
-    receiver: Option<JoinHandle<BTreeSet<u64>>>,
+    receiver: Option<JoinHandle<()>>,
+    echoed: Arc<Mutex<BTreeSet<u64>>>,
 }
 
 /// What a flow sent and what came back.
@@ -82,8 +83,9 @@ impl Flow {
             (seq, errors)
         });
         let stop = stop_recv.clone();
+        let echoed = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = echoed.clone();
         let receiver = std::thread::spawn(move || {
-            let mut echoed = BTreeSet::new();
             let mut buf = [0u8; 64];
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = rsock.recv_from(&mut buf) {
@@ -92,12 +94,11 @@ impl Flow {
                             .ok()
                             .and_then(|s| s.parse().ok())
                         {
-                            echoed.insert(seq);
+                            seen.lock().expect("echoes").insert(seq);
                         }
                     }
                 }
             }
-            echoed
         });
         Flow {
             dst,
@@ -105,11 +106,13 @@ impl Flow {
             stop_recv,
             sender: Some(sender),
             receiver: Some(receiver),
+            echoed,
         }
     }
 
-    /// Stops sending, waits `settle` for the last echoes, and reports.
-    pub fn finish(mut self, settle: Duration) -> FlowReport {
+    /// Stops sending, waits until every datagram sent is echoed or `patience` passed (a
+    /// refused flow waits all of it: make it at least `ABSENCE`), and reports.
+    pub fn finish(mut self, patience: Duration) -> FlowReport {
         self.stop_send.store(true, Ordering::Relaxed);
         let (sent, send_errors) = self
             .sender
@@ -117,14 +120,19 @@ impl Flow {
             .expect("sender")
             .join()
             .expect("sender thread");
-        std::thread::sleep(settle);
+        let start = Instant::now();
+        while (self.echoed.lock().expect("echoes").len() as u64) < sent
+            && start.elapsed() < patience
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.stop_recv.store(true, Ordering::Relaxed);
-        let echoed = self
-            .receiver
+        self.receiver
             .take()
             .expect("receiver")
             .join()
             .expect("receiver thread");
+        let echoed = std::mem::take(&mut *self.echoed.lock().expect("echoes"));
         FlowReport {
             sent,
             send_errors,

@@ -1,6 +1,7 @@
 //! Differential test: generated and mutated packets go through the loaded XDP, cgroup
 //! ingress and cgroup egress programs (BPF_PROG_TEST_RUN) and through the reference model;
-//! they must agree on every packet: the verdict, the reason (the one counter that moved),
+//! they must agree on every packet: the verdict, the reason (the one counter of the whole
+//! set that moved), the judging rule's counter (the only per-rule counter that moved),
 //! and for judged packets the audit record (verdict, reason, rule, and the addresses and
 //! ports the model decoded).
 //!
@@ -25,7 +26,6 @@ use enforcer_common::{
     reason::{Hook, Reason, Verdict},
 };
 use testbed::{
-    is_root,
     kernel::{dropped, model_l3, Prog, TestKernel},
     packets::{generate, hex, hex_compact, test_run_refuses, try_run_from, Rng, Universe},
 };
@@ -168,8 +168,10 @@ fn env_u64(name: &str, default: u64) -> u64 {
 #[derive(Debug)]
 struct KernelOutcome {
     ret: u32,
-    /// The reason counters that moved, and by how much.
-    moved: Vec<(Reason, u64)>,
+    /// The reason counters (of every hook) that moved, and by how much.
+    moved: Vec<(Hook, Reason, u64)>,
+    /// The per-rule counters that moved: (rule index, verdict, by how much).
+    rules_moved: Vec<(u32, Verdict, u64)>,
     events: Vec<PacketEvent>,
 }
 
@@ -248,11 +250,24 @@ fn disagreement(
             want.verdict.name()
         ));
     }
-    if got.moved != [(want.reason, 1)] {
+    // The whole counter set: exactly the hook's reason counter moved, by one, and the
+    // judging rule's counter for the verdict (none when no rule judged).
+    if got.moved != [(prog.hook(), want.reason, 1)] {
         why.push(format!(
-            "counters moved {:?}, the model says {}",
+            "counters moved {:?}, the model says {} {}",
             got.moved,
+            prog.hook().name(),
             want.reason.name()
+        ));
+    }
+    let want_rules: Vec<(u32, Verdict, u64)> = match want.rule {
+        Some(r) if want.reason.is_judged() => vec![(r as u32, want.verdict, 1)],
+        _ => vec![],
+    };
+    if got.rules_moved != want_rules {
+        why.push(format!(
+            "rule counters moved {:?}, the model says {want_rules:?}",
+            got.rules_moved
         ));
     }
     if want.reason.is_judged() {
@@ -399,48 +414,73 @@ struct Runner {
     k: TestKernel,
     /// Reason counters as last read, per hook.
     counts: HashMap<(Hook, Reason), u64>,
+    /// Per-rule counters as last read.
+    rule_counts: HashMap<(u32, Verdict), u64>,
 }
 
+const VERDICTS: [Verdict; 3] = [Verdict::Allow, Verdict::Drop, Verdict::WouldDrop];
+
 impl Runner {
-    /// Runs `prog` on `frame`; `Err` when test_run refuses the input.
+    fn new(k: TestKernel) -> Self {
+        let mut r = Runner {
+            counts: k.reason_counts(),
+            rule_counts: HashMap::new(),
+            k,
+        };
+        r.rules_moved();
+        r
+    }
+
+    /// The per-rule counters that moved since the last call.
+    fn rules_moved(&mut self) -> Vec<(u32, Verdict, u64)> {
+        let mut moved = Vec::new();
+        for rule in 0..self.k.policy.verdict.rules.len() as u32 {
+            for v in VERDICTS {
+                let now = counters::by_rule(&self.k.loaded.maps, rule, v);
+                let before = self.rule_counts.insert((rule, v), now).unwrap_or(0);
+                if now != before {
+                    moved.push((rule, v, now - before));
+                }
+            }
+        }
+        moved
+    }
+
+    /// Runs `prog` on `frame`; `Err` when test_run refuses the input. Reads back every
+    /// counter (each hook's reasons, each rule's verdicts), not only the expected one.
+    /// Runs `prog` on `frame` (cgroup ingress arriving on `ingress_ifindex`); `Err` when
+    /// test_run refuses the input.
     fn run(
         &mut self,
         prog: Prog,
         frame: &[u8],
         ingress_ifindex: u32,
-        expected: Reason,
     ) -> Result<KernelOutcome, String> {
-        let hook = prog.hook();
         let ret = try_run_from(&self.k, prog, frame, ingress_ifindex)?;
-        // Every run moves exactly one counter: read the expected one first (one lookup),
-        // and all of the hook's only when it did not move by one.
-        let now = counters::by_reason(&self.k.loaded.maps, hook, expected);
-        let before = self.counts[&(hook, expected)];
-        let moved = if now == before + 1 {
-            self.counts.insert((hook, expected), now);
-            vec![(expected, 1)]
-        } else {
-            let mut moved = Vec::new();
+        let mut moved = Vec::new();
+        for h in Hook::ALL {
             for r in Reason::ALL {
-                let now = counters::by_reason(&self.k.loaded.maps, hook, r);
-                let before = self.counts.insert((hook, r), now).unwrap_or(0);
+                let now = counters::by_reason(&self.k.loaded.maps, h, r);
+                let before = self.counts.insert((h, r), now).unwrap_or(0);
                 if now != before {
-                    moved.push((r, now - before));
+                    moved.push((h, r, now - before));
                 }
             }
-            moved
-        };
+        }
+        let rules_moved = self.rules_moved();
         let events = self.k.drain_events();
-        Ok(KernelOutcome { ret, moved, events })
+        Ok(KernelOutcome {
+            ret,
+            moved,
+            rules_moved,
+            events,
+        })
     }
 }
 
 #[test]
 fn kernel_and_model_agree_on_generated_packets() {
-    if !is_root() {
-        eprintln!("skipped: loading BPF programs needs root");
-        return;
-    }
+    testbed::need_root!();
     let packets = env_u64("ENFORCER_FUZZ_PACKETS", DEFAULT_PACKETS);
     let seed = env_u64("ENFORCER_FUZZ_SEED", DEFAULT_SEED);
     let u = universe();
@@ -448,8 +488,7 @@ fn kernel_and_model_agree_on_generated_packets() {
     let mut k = TestKernel::new(POLICY, &locals);
     k.set_path(CONTAINER_IFINDEX, Some(CONTAINER));
     let host = k.host_netns_cookie();
-    let counts = k.reason_counts();
-    let mut r = Runner { k, counts };
+    let mut r = Runner::new(k);
 
     let mut compared = 0u64;
     let mut refused = 0u64;
@@ -480,7 +519,7 @@ fn kernel_and_model_agree_on_generated_packets() {
                 ..Context::remote(prog.hook(), &locals)
             };
             let want = model::judge(&r.k.policy.verdict, &ctx, &parsed);
-            let run = r.run(prog, &g.frame, paths.ingress_ifindex, want.reason);
+            let run = r.run(prog, &g.frame, paths.ingress_ifindex);
             if let Some((_, key)) = flow {
                 r.k.set_flow(key, false);
             }
@@ -571,7 +610,8 @@ fn the_comparison_catches_disagreements() {
     ev.rule = 0;
     let good = KernelOutcome {
         ret: 1,
-        moved: vec![(Reason::Denied, 1)],
+        moved: vec![(Hook::Xdp, Reason::Denied, 1)],
+        rules_moved: vec![(0, Verdict::Drop, 1)],
         events: vec![ev],
     };
     assert_eq!(disagreement(Prog::Xdp, &want, &parsed, &good, 54, 1), None);
@@ -579,6 +619,7 @@ fn the_comparison_catches_disagreements() {
         let mut o = KernelOutcome {
             ret: good.ret,
             moved: good.moved.clone(),
+            rules_moved: good.rules_moved.clone(),
             events: good.events.clone(),
         };
         f(&mut o);
@@ -586,9 +627,15 @@ fn the_comparison_catches_disagreements() {
     };
     let bad = [
         with(&|o| o.ret = 2),
-        with(&|o| o.moved = vec![(Reason::Malformed, 1)]),
-        with(&|o| o.moved = vec![(Reason::Denied, 2)]),
-        with(&|o| o.moved.push((Reason::NotIp, 1))),
+        with(&|o| o.moved = vec![(Hook::Xdp, Reason::Malformed, 1)]),
+        with(&|o| o.moved = vec![(Hook::Xdp, Reason::Denied, 2)]),
+        with(&|o| o.moved = vec![(Hook::CgroupIngress, Reason::Denied, 1)]),
+        with(&|o| o.moved.push((Hook::Xdp, Reason::NotIp, 1))),
+        with(&|o| o.moved.push((Hook::CgroupEgress, Reason::NotProtected, 1))),
+        with(&|o| o.rules_moved.clear()),
+        with(&|o| o.rules_moved = vec![(1, Verdict::Drop, 1)]),
+        with(&|o| o.rules_moved = vec![(0, Verdict::Allow, 1)]),
+        with(&|o| o.rules_moved.push((2, Verdict::Allow, 1))),
         with(&|o| o.events.clear()),
         with(&|o| o.events.push(ev)),
         with(&|o| o.events[0].rule = 1),
@@ -614,7 +661,8 @@ fn the_comparison_catches_disagreements() {
     };
     let quiet = KernelOutcome {
         ret: 2,
-        moved: vec![(Reason::NotProtected, 1)],
+        moved: vec![(Hook::Xdp, Reason::NotProtected, 1)],
+        rules_moved: vec![],
         events: vec![],
     };
     assert_eq!(disagreement(Prog::Xdp, &pass, &parsed, &quiet, 54, 1), None);
@@ -623,4 +671,9 @@ fn the_comparison_catches_disagreements() {
         ..quiet
     };
     assert!(disagreement(Prog::Xdp, &pass, &parsed, &noisy, 54, 1).is_some());
+    let counted = KernelOutcome {
+        rules_moved: vec![(0, Verdict::Allow, 1)],
+        ..noisy
+    };
+    assert!(disagreement(Prog::Xdp, &pass, &parsed, &counted, 54, 1).is_some());
 }

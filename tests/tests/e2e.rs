@@ -33,9 +33,6 @@ const OPEN: &str = "7100";
 const OPEN_N: u64 = 7100;
 /// How long a probe waits before calling a connection "timeout" (ms).
 const PROBE_MS: &str = "1500";
-/// How long a refused connect()/sendmsg() may take to fail: "at once".
-/// (The probe's own start is included; a dropped SYN would give "timeout" after PROBE_MS.)
-const AT_ONCE: Duration = Duration::from_millis(1000);
 /// How long an event may take to reach the audit stream.
 const EVENT_WAIT: Duration = Duration::from_secs(5);
 
@@ -178,13 +175,6 @@ fn udp(ns: &NetNs, cg: Option<&Cgroup>, addr: &str, port: &str) -> String {
     run(ns, cg, &["udp-send", addr, port])
 }
 
-/// As `run`, also returning how long the probe took.
-fn timed(f: impl FnOnce() -> String) -> (String, Duration) {
-    let t = Instant::now();
-    let out = f();
-    (out, t.elapsed())
-}
-
 fn is_packet(v: &Value) -> bool {
     v["event"] == "packet"
 }
@@ -203,9 +193,10 @@ fn expect_event(d: &mut Daemon, fields: &[(&str, Value)]) -> Value {
     })
 }
 
-/// Asserts that no packet event matching `pred` shows up within a short while.
+/// Asserts that no packet event matching `pred` shows up while the test watches
+/// (`testbed::ABSENCE`).
 fn expect_no_event(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) {
-    if let Some(v) = d.poll_for(Duration::from_millis(700), |v| is_packet(v) && pred(v)) {
+    if let Some(v) = d.poll_for(testbed::ABSENCE, |v| is_packet(v) && pred(v)) {
         panic!(
             "unexpected event ({what}): {v}\nall events:\n{:#?}",
             d.events()
@@ -496,12 +487,12 @@ fn local_process_is_judged_by_cgroup_over_loopback() {
     }
 
     for addr in addrs {
-        let (out, took) = timed(|| tcp(&bed.host, Some(&bed.refused), addr, PORT));
+        // "eperm" is the call failing at once (a dropped SYN would be "timeout" after
+        // PROBE_MS): no wall-clock bound, which would time the probe's fork and exec too.
+        let out = tcp(&bed.host, Some(&bed.refused), addr, PORT);
         assert_eq!(out, "eperm", "tcp {addr} from the refused cgroup");
-        assert!(took < AT_ONCE, "connect() took {took:?} to fail");
-        let (out, took) = timed(|| udp(&bed.host, Some(&bed.refused), addr, PORT));
+        let out = udp(&bed.host, Some(&bed.refused), addr, PORT);
         assert_eq!(out, "eperm", "udp {addr} from the refused cgroup");
-        assert!(took < AT_ONCE, "sendmsg() took {took:?} to fail");
 
         // A v4-mapped destination is judged, and reported, as the IPv4 address it is.
         let dst = addr.trim_start_matches("::ffff:");

@@ -1,6 +1,7 @@
 //! packaging/: the systemd unit, the sample policy, the Kubernetes manifests.
 //!
-//! What is checked, and with what (each part says "skipped: ..." when its tool is missing):
+//! What is checked, and with what (each part records a skip, `testbed::skip!`, when its
+//! tool is missing):
 //! - the unit: `systemd-analyze verify` (on a copy whose ExecStart/ExecReload name the built
 //!   binary, since verify refuses a missing executable; on the original only that complaint
 //!   is accepted), `systemd-analyze security --offline=yes` (exposure below 4.0), its
@@ -29,8 +30,9 @@ use std::{
 use serde_json::Value;
 use testbed::{
     daemon::{place, Pins, TempDir},
-    enforcer_bin, is_root,
+    enforcer_bin,
     net::{Cgroup, NetNs, Veth},
+    skip,
 };
 
 fn packaging() -> PathBuf {
@@ -70,8 +72,7 @@ fn unit_values(key: &str) -> Vec<String> {
 #[test]
 fn the_unit_verifies() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze is not installed (the unit was not verified)");
-        return;
+        skip!("systemd-analyze is not installed (the unit was not verified)");
     }
     let bin = enforcer_bin();
     assert!(bin.exists(), "build the binary first: {}", bin.display());
@@ -108,8 +109,7 @@ fn the_unit_verifies() {
         .args(["security", "--offline=yes"])
         .arg(&unit));
     if !ok && err.contains("offline") {
-        eprintln!("skipped: this systemd-analyze has no `security --offline`");
-        return;
+        skip!("this systemd-analyze has no `security --offline` (the sandbox was not scored)");
     }
     let text = format!("{out}{err}");
     let score: f64 = text
@@ -288,17 +288,12 @@ fn bpffs_at_sys_fs_bpf() -> bool {
 
 #[test]
 fn the_units_capabilities_are_enough_and_each_is_needed() {
-    if !is_root() {
-        eprintln!("skipped: needs root (namespaces, cgroups, BPF)");
-        return;
-    }
+    testbed::need_root!();
     if !have("setpriv") {
-        eprintln!("skipped: setpriv (util-linux) is not installed");
-        return;
+        skip!("setpriv (util-linux) is not installed");
     }
     if !bpffs_at_sys_fs_bpf() {
-        eprintln!("skipped: no bpffs at /sys/fs/bpf (systemd mounts it at boot; the unit does not grant CAP_SYS_ADMIN to mount it)");
-        return;
+        skip!("no bpffs at /sys/fs/bpf (systemd mounts it at boot; the unit does not grant CAP_SYS_ADMIN to mount it)");
     }
     let caps: Vec<String> = unit_values("CapabilityBoundingSet")
         .iter()
@@ -437,7 +432,7 @@ fn manifests() -> Option<(Value, Value)> {
             Some((v[0].clone(), v[1].clone()))
         }
         Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'yaml'") => {
-            eprintln!("skipped: python3 has no PyYAML (the manifests were not parsed)");
+            testbed::skip_part("python3 has no PyYAML (the manifests were not parsed)");
             None
         }
         Ok(o) => panic!(
@@ -445,7 +440,7 @@ fn manifests() -> Option<(Value, Value)> {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(_) => {
-            eprintln!("skipped: no python3 (the manifests were not parsed)");
+            testbed::skip_part("no python3 (the manifests were not parsed)");
             None
         }
     }
@@ -454,8 +449,7 @@ fn manifests() -> Option<(Value, Value)> {
 #[test]
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     if !have("kubernetes-validate") {
-        eprintln!("skipped: kubernetes-validate is not installed (pip install kubernetes-validate); schema validation not done");
-        return;
+        skip!("kubernetes-validate is not installed (pip install kubernetes-validate); schema validation not done");
     }
     let k = packaging().join("kubernetes");
     let (ok, out, err) = run(Command::new("kubernetes-validate")

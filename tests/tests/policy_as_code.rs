@@ -698,7 +698,7 @@ fn allow_entries_expire_on_time() {
         "A lost its permanent entry"
     );
     // Once lapsed, the entry stays lapsed: no more expiry events.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(testbed::ABSENCE);
     let n = d
         .events()
         .iter()

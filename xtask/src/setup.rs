@@ -153,11 +153,11 @@ pub fn mount_bpffs() -> anyhow::Result<()> {
     run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"], &[])
 }
 
-/// Tools some tests use to check what they produce (they skip that part without them):
-/// bpftool and tcpdump from Debian, the Kubernetes schema validator from PyPI. And what
-/// packaging_real.rs runs the packaging with (it installs them itself when missing):
-/// debootstrap and systemd-nspawn (a booted Debian), podman (the image), promtool; rsyslog,
-/// the collector the audit-sink tests read with.
+/// Tools the tests use to check what they produce: without one, the tests that need it
+/// record a skip. Each package is installed by its own command, so the error names the one
+/// that failed and the others still get installed.
+/// Beside the checkers: debootstrap and systemd-nspawn (a booted Debian), podman (the
+/// image), promtool, and rsyslog (the collector the audit-sink tests read with).
 pub fn test_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("bpftool", "bpftool"),
@@ -168,29 +168,58 @@ pub fn test_tools() -> anyhow::Result<()> {
         ("podman", "podman"),
         ("promtool", "prometheus"),
         ("rsyslogd", "rsyslog"),
+        ("python3", "python3"),
+        ("pip3", "python3-pip"),
+        ("setpriv", "util-linux"),
     ]
     .iter()
     .filter(|(bin, _)| !ok("which", &[bin]))
     .map(|(_, pkg)| *pkg)
     .collect();
+    let mut failed: Vec<String> = Vec::new();
     if !missing.is_empty() {
-        apt_install(&missing)?;
+        if !ok("apt-get", &["--version"]) {
+            bail!(
+                "test tools missing ({}) and no apt-get to install them: install them by hand",
+                missing.join(", ")
+            );
+        }
+        step("apt-get update");
+        run("apt-get", &["update", "-qq"], &[])?;
+        for pkg in missing {
+            if let Err(e) = apt_install_one(pkg) {
+                failed.push(format!("apt package {pkg}: {e:#}"));
+            }
+        }
     }
-    if ok("python3", &["--version"]) && !ok("python3", &["-c", "import kubernetes_validate, yaml"])
-    {
-        step("pip install kubernetes-validate pyyaml (the Kubernetes manifests' schema check)");
-        run(
+    for (module, pkg) in [
+        ("yaml", "pyyaml"),
+        ("kubernetes_validate", "kubernetes-validate"),
+    ] {
+        if ok("python3", &["-c", &format!("import {module}")]) {
+            continue;
+        }
+        step(&format!(
+            "pip install {pkg} (the Kubernetes manifests' schema check)"
+        ));
+        let installed = run(
             "python3",
             &[
                 "-m",
                 "pip",
                 "install",
                 "--quiet",
-                "kubernetes-validate",
-                "pyyaml",
+                "--break-system-packages",
+                pkg,
             ],
             &[],
-        )?;
+        );
+        if let Err(e) = installed {
+            failed.push(format!("pip package {pkg}: {e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not install {}", failed.join("; "));
     }
     Ok(())
 }
@@ -225,4 +254,13 @@ pub fn build_static() -> anyhow::Result<std::path::PathBuf> {
         &env,
     )?;
     Ok(crate::workspace_root().join(format!("target/{target}/release/enforcer")))
+}
+
+fn apt_install_one(pkg: &str) -> anyhow::Result<()> {
+    step(&format!("apt-get install {pkg}"));
+    run(
+        "apt-get",
+        &["install", "-y", "-qq", "--no-install-recommends", pkg],
+        &[("DEBIAN_FRONTEND", "noninteractive".into())],
+    )
 }

@@ -58,6 +58,11 @@ pub enum OnStop {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // Taken before anything is made: a SIGINT or SIGTERM during the start then stops the
+    // daemon through the clean-up below instead of killing it with state half pinned.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     // Before the first read: a change from then on is reloaded.
     let mut changed = opts.watch.then(|| watch::start(&opts.config)).transpose()?;
     let policy = policy::load(&opts.config)?;
@@ -151,9 +156,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!("{e:#}");
     }
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Set when the daemon cannot go on owning its pins (see `State::tick`).
     let mut fatal = None;

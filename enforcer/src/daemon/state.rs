@@ -838,7 +838,7 @@ impl State {
             .xdp_attachments()
             .map(|(i, a)| json!({"iface": i, "mode": a.mode}))
             .collect();
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = self.loaded.adoption_failures().to_vec();
         let present = host::interfaces();
         for i in &self.policy.attach.interfaces {
             if !present.iter().any(|n| host::glob_match(i, n)) {

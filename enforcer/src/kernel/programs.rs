@@ -109,6 +109,8 @@ pub struct Loaded {
     cgroup: Option<(String, u64)>,
     /// State pinned by an earlier daemon was adopted: (active slot, its generation).
     pub adopted: Option<(u32, u64)>,
+    /// Pinned links that could not be switched in place (re-attached, with a gap).
+    adoption_failures: Vec<String>,
 }
 
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
@@ -244,6 +246,7 @@ impl Loaded {
             cgroup_links: Vec::new(),
             cgroup: None,
             adopted,
+            adoption_failures: Vec::new(),
         })
     }
 
@@ -273,8 +276,16 @@ impl Loaded {
                 .ok_or_else(|| anyhow!("program {prog} missing"))?
                 .fd()?;
             if let Err(e) = pins::link_update(link.as_fd(), prog_fd.as_fd()) {
-                // The attach point went away (an interface was removed): forget it.
-                tracing::info!("pinned link {name} is gone ({e}); removing it");
+                if e.raw_os_error() == Some(libc::ENOLINK) {
+                    // The attach point went away (an interface was removed): forget it.
+                    tracing::info!("pinned link {name} is gone ({e}); removing it");
+                } else {
+                    // The in-place swap is what makes adoption gapless: re-attaching leaves
+                    // the attach point unguarded for a moment, which must not pass unseen.
+                    let msg = format!("pinned link {name} could not be switched to the new programs in place ({e}); it was detached and attached again, leaving a moment without enforcement there");
+                    tracing::error!("{msg}");
+                    self.adoption_failures.push(msg);
+                }
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
@@ -299,6 +310,11 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// Pinned links this daemon could not switch in place when it adopted them.
+    pub fn adoption_failures(&self) -> &[String] {
+        &self.adoption_failures
     }
 
     fn pins(&self) -> anyhow::Result<&PinDir> {

@@ -150,13 +150,20 @@ pub fn normalize(mut v: Vec<PortRange>) -> Vec<PortRange> {
 
 /// The ports in both `a` and `b`.
 pub fn intersect(a: &[PortRange], b: &[PortRange]) -> Vec<PortRange> {
-    let mut out = Vec::new();
-    for x in a {
-        for y in b {
-            let (first, last) = (x.first.max(y.first), x.last.min(y.last));
-            if first <= last {
-                out.push(PortRange { first, last });
-            }
+    // A walk along both sorted lists, not every pair: a policy at the port-group limit has
+    // rules of 32,768 ranges each.
+    let (a, b) = (normalize(a.to_vec()), normalize(b.to_vec()));
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        let (first, last) = (x.first.max(y.first), x.last.min(y.last));
+        if first <= last {
+            out.push(PortRange { first, last });
+        }
+        if x.last < y.last {
+            i += 1;
+        } else {
+            j += 1;
         }
     }
     normalize(out)
@@ -411,13 +418,27 @@ impl Linter<'_> {
 
     fn overlapping_rules(&mut self) {
         let rules = &self.policy.verdict.rules;
+        // Normalized once, with their bounds: a policy at the rule limit has 134M pairs.
+        let ports: Vec<Vec<PortRange>> = rules.iter().map(|r| normalize(r.ports.clone())).collect();
+        let bounds: Vec<(u16, u16)> = ports
+            .iter()
+            .map(|p| match (p.first(), p.last()) {
+                (Some(f), Some(l)) => (f.first, l.last),
+                _ => (1, 0),
+            })
+            .collect();
         for j in 0..rules.len() {
+            let (bf, bl) = bounds[j];
             for i in 0..j {
+                let (af, al) = bounds[i];
+                if al < bf || bl < af || af > al {
+                    continue;
+                }
                 let (a, b) = (&rules[i], &rules[j]);
                 let Some(proto) = common_protocol(a.protocol, b.protocol) else {
                     continue;
                 };
-                let common = intersect(&normalize(a.ports.clone()), &normalize(b.ports.clone()));
+                let common = intersect(&ports[i], &ports[j]);
                 if common.is_empty() {
                     continue;
                 }

@@ -2,7 +2,8 @@
 //! test bed. Prints one word per outcome so tests can assert on it.
 //!
 //!   probe tcp-connect ADDR PORT [TIMEOUT_MS]  -> connected | eperm | timeout | refused | error: ...
-//!   probe udp-send ADDR PORT [TIMEOUT_MS]     -> reply | sent | eperm | error: ...
+//!   probe udp-send ADDR PORT [TIMEOUT_MS [BIND]] -> reply | sent | eperm | error: ...
+//!                                               (from BIND, e.g. 10.2.0.2:40950, if given)
 //!   probe tcp-listen ADDR PORT                -> listening, then "accepted FROM" per connection
 //!   probe udp-listen ADDR PORT                -> listening, then "received FROM" per datagram (echoed)
 //!   probe udp-record ADDR PORT                -> listening, then "got FROM PAYLOAD" per datagram
@@ -166,10 +167,10 @@ fn main() {
             Err(e) => say(&outcome(&e)),
         },
         "udp-send" => {
-            let bind: SocketAddr = if ip.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
+            let bind: SocketAddr = match args.get(4) {
+                Some(b) => b.parse().expect("bind address"),
+                None if ip.is_ipv4() => "0.0.0.0:0".parse().unwrap(),
+                None => "[::]:0".parse().unwrap(),
             };
             let s = UdpSocket::bind(bind).expect("bind");
             s.set_read_timeout(Some(timeout)).expect("timeout");
