@@ -127,14 +127,19 @@ impl Kern {
     /// Compiles and writes `policy` as the next generation; returns how long the write took.
     pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<Duration> {
         let compiled = compile(policy).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
+        // Allowed cgroups that exist (the bench's own, for the egress allowed path).
+        let mount = enforcer::kernel::host::cgroup2_mount()?;
+        let ids = compiled
+            .cgroups
+            .keys()
+            .filter_map(|(_, p)| {
+                enforcer::kernel::host::cgroup_id(&mount, p).map(|id| (p.clone(), id))
+            })
+            .collect();
         self.generation += 1;
         let t = Instant::now();
-        self.writer.apply(
-            &mut self.loaded.maps,
-            &compiled,
-            &Default::default(),
-            self.generation,
-        )?;
+        self.writer
+            .apply(&mut self.loaded.maps, &compiled, &ids, self.generation)?;
         Ok(t.elapsed())
     }
 

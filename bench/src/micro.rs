@@ -76,10 +76,25 @@ pub fn audit_table(unlimited: bool) -> &'static str {
     }
 }
 
+/// The bench's own cgroup (as in /proc/self/cgroup): test_run's socket is in it, so the
+/// egress program's allowed path (a process of this host, judged by its cgroup) is taken
+/// by allowing it.
+fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .unwrap_or_else(|| "/".into())
+}
+
 pub fn base_policy(unlimited: bool) -> String {
     format!(
-        "mode = \"enforce\"\n{}\n[[rule]]\nname = \"postgres\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.1.0.0/16\", \"fd00:1::/48\"]\n",
-        audit_table(unlimited)
+        "mode = \"enforce\"\n{}\n[[rule]]\nname = \"postgres\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.1.0.0/16\", \"fd00:1::/48\"]\nallow_cgroups = [\"{}\"]\n\
+         [[rule]]\nname = \"other\"\nprotocol = \"tcp\"\nports = [5433]\nallow_from = [\"10.1.0.0/16\", \"fd00:1::/48\"]\n",
+        audit_table(unlimited),
+        own_cgroup()
     )
 }
 
@@ -261,6 +276,7 @@ pub fn run(
         },
     ]);
     let skb_refused_l3 = refused.clone();
+    let egress_refused = tcp4(REFUSED4, HOST4, 40000, 5433);
     let skb_cases = vec![
         SkbCase {
             hook: "ingress",
@@ -304,6 +320,8 @@ pub fn run(
             ring: Ring::Any,
             expect: SKB_PASS,
         },
+        // test_run's socket is this host's: it is judged by its cgroup, which the policy
+        // allows; its source address counts for nothing.
         SkbCase {
             hook: "egress",
             case: "allowed source".into(),
@@ -311,17 +329,18 @@ pub fn run(
             ring: Ring::Any,
             expect: SKB_PASS,
         },
+        // Refused: a port whose rule allows no cgroup.
         SkbCase {
             hook: "egress",
             case: "refused source, with its event".into(),
-            frame: skb_refused_l3.clone(),
+            frame: egress_refused.clone(),
             ring: Ring::Events,
             expect: SKB_DROP,
         },
         SkbCase {
             hook: "egress",
             case: "refused source, no event".into(),
-            frame: skb_refused_l3,
+            frame: egress_refused.clone(),
             ring: no_event,
             expect: SKB_DROP,
         },
@@ -363,7 +382,7 @@ pub fn run(
         // Spend the rate-limit bucket.
         bpf::test_run(l.xdp, &refused, 200_000)?;
         bpf::test_run(l.ingress, &refused, 200_000)?;
-        bpf::test_run(l.egress, &refused, 200_000)?;
+        bpf::test_run(l.egress, &egress_refused, 200_000)?;
     }
     unlimited.fill(&refused)?;
 

@@ -33,6 +33,17 @@ pub struct SlotInfo {
     pub global_cost_ns: u64,
 }
 
+impl SlotInfo {
+    /// An empty slot: audit mode, no limits, generation 0.
+    pub const DEFAULT: SlotInfo = SlotInfo {
+        generation: 0,
+        flags: 0,
+        burst: 0,
+        rule_cost_ns: 0,
+        global_cost_ns: 0,
+    };
+}
+
 /// A per-CPU token bucket for audit events, in nanoseconds of credit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,12 +4,12 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use enforcer_common::{
     consts::{MAX_RULES, NO_RULE},
     event::PacketEvent,
-    maps::{GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
+    maps::{SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
     reason::{counter_index, Hook, Verdict, RULE_COUNTER_KINDS},
 };
 
 use crate::{
-    maps::{BUCKETS, EVENTS, EVENT_LOSS, REASONS, RULE_COUNTS, SUPPRESSED},
+    maps::{BUCKETS, EVENTS, EVENT_LOSS, REASONS, RULE_COUNTS, SLOT_INFO, SUPPRESSED},
     parse::Parsed,
     verdict::Outcome,
 };
@@ -58,9 +58,14 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     if out.rule < MAX_RULES {
         bump(RULE_COUNTS.get_ptr_mut(out.rule * RULE_COUNTER_KINDS + out.verdict as u32));
     }
-    if !out.reason.is_judged()
-        || (out.verdict == Verdict::Allow && out.info.flags & SLOT_REPORT_ALLOWED == 0)
-    {
+    if !out.reason.is_judged() {
+        return;
+    }
+    let info = match SLOT_INFO.get(out.slot) {
+        Some(i) => i,
+        None => &SlotInfo::DEFAULT,
+    };
+    if out.verdict == Verdict::Allow && info.flags & SLOT_REPORT_ALLOWED == 0 {
         return;
     }
     // SAFETY: a helper with no arguments.
@@ -72,7 +77,6 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     } else {
         NO_RULE_INDEX
     };
-    let info = &out.info;
     if !take_token(bucket, info.rule_cost_ns, info.burst, now)
         || !take_token(GLOBAL_BUCKET, info.global_cost_ns, info.burst, now)
     {
@@ -86,7 +90,7 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     };
     let mut ev = PacketEvent::EMPTY;
     ev.ts_ns = now;
-    ev.generation = out.info.generation;
+    ev.generation = info.generation;
     ev.src = p.src;
     ev.dst = p.dst;
     ev.rule = if out.rule < MAX_RULES {

@@ -16,8 +16,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     pub reason: Reason,
     pub rule: u32,
-    /// The policy that judged (generation, flags, event rate limits).
-    pub info: SlotInfo,
+    /// The policy slot that judged: its `SLOT_INFO` (generation, flags, event rate limits)
+    /// is read only when an event may be due, so packets nobody judges pay nothing for it.
+    pub slot: u32,
 }
 
 /// What differs between hooks: scope, and how a local sender may be recognised.
@@ -48,28 +49,38 @@ fn refusal(enforce: bool) -> Verdict {
     }
 }
 
+/// The slot the programs read.
 #[inline(always)]
-pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
-    let slot = match ACTIVE.get(0) {
+fn active_slot() -> u32 {
+    match ACTIVE.get(0) {
         Some(a) => a.slot & 1,
         None => 0,
-    };
-    let info = match SLOT_INFO.get(slot) {
-        Some(i) => *i,
-        None => SlotInfo::default(),
-    };
-    let global_enforce = info.flags & SLOT_ENFORCE != 0;
+    }
+}
+
+/// Whether the policy in `slot` enforces drops no rule decides (malformed packets).
+#[inline(always)]
+fn global_enforce(slot: u32) -> bool {
+    SLOT_INFO
+        .get(slot)
+        .is_some_and(|i| i.flags & SLOT_ENFORCE != 0)
+}
+
+#[inline(always)]
+pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     let mut out = Outcome {
         verdict: Verdict::Allow,
         reason: Reason::NotIp,
         rule: NO_RULE,
-        info,
+        slot: 0,
     };
+    // Packets no policy judges return before any map is read.
     match p.kind {
         K_PORTS => {}
         K_NOT_IP => return out,
         K_BAD_IP => {
-            out.verdict = refusal(global_enforce);
+            out.slot = active_slot();
+            out.verdict = refusal(global_enforce(out.slot));
             out.reason = Reason::Malformed;
             return out;
         }
@@ -86,7 +97,8 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
                 out.reason = Reason::NotLocal;
                 return out;
             }
-            out.verdict = refusal(global_enforce);
+            out.slot = active_slot();
+            out.verdict = refusal(global_enforce(out.slot));
             out.reason = match kind {
                 K_BAD_FRAGMENT => Reason::BadFragment,
                 K_CHAIN_TOO_LONG => Reason::ExtChainTooLong,
@@ -96,6 +108,8 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
         }
     }
 
+    let slot = active_slot();
+    out.slot = slot;
     // The cheapest question first: one array load answers "is this port protected?".
     let Some(proto_idx) = proto_index(p.proto) else {
         out.reason = Reason::NotTcpUdp;
@@ -120,7 +134,7 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     let group = (entry - 1) & (MAX_GROUPS - 1);
     let Some(g) = GROUPS.get(slot * MAX_GROUPS + group) else {
         // Unreachable (the index is in range); refuse rather than pass if it ever is.
-        out.verdict = refusal(global_enforce);
+        out.verdict = refusal(global_enforce(slot));
         out.reason = Reason::Denied;
         return out;
     };

@@ -64,9 +64,12 @@ fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `enforcer check` on `text`, in a fresh network namespace: the host-dependent lints
+/// (addresses of this host in a prefix, listeners) see only what the test made.
 fn check(dir: &TempDir, text: &str) -> (PathBuf, Out) {
     let p = write(dir, &format!("{}.toml", unique("p")), text);
-    let out = check_in(None, &p, false);
+    let ns = NetNs::new();
+    let out = check_in(Some(&ns), &p, false);
     (p, out)
 }
 
@@ -95,7 +98,7 @@ fn a_good_policy_is_ok_with_no_warnings() {
     assert!(line.ends_with(')') && !line.contains("warning"), "{line}");
     assert!(out.warnings().is_empty(), "{}", out.stderr);
 
-    let out = check_in(None, &p, true);
+    let out = check_in(Some(&NetNs::new()), &p, true);
     assert_eq!(out.code, 0);
     let v = out.json();
     assert_eq!(v["file"], p.display().to_string());
@@ -118,7 +121,7 @@ fn a_syntax_error_is_located_and_exits_1() {
         out.stderr
     );
 
-    let out = check_in(None, &p, true);
+    let out = check_in(Some(&NetNs::new()), &p, true);
     assert_eq!(out.code, 1);
     let v = out.json();
     assert_eq!(v["ok"], false);
@@ -145,7 +148,7 @@ fn bad_values_are_each_located_and_exit_1() {
         "{}",
         out.stderr
     );
-    let out = check_in(None, &p, true);
+    let out = check_in(Some(&NetNs::new()), &p, true);
     assert_eq!(out.json()["diagnostics"].as_array().map(Vec::len), Some(4));
     // A file that is not there.
     let out = check_in(None, &dir.0.join("missing.toml"), false);
@@ -194,7 +197,7 @@ allow_from = ["192.168.0.0/16"]
     assert!(w[2].starts_with(&format!("{f}:17:9: warning: rules \"web\" (line 5) and \"web-admin\" both cover tcp/8443: on those ports their allow lists add up")), "{}", w[2]);
     assert!(w[3].starts_with(&format!("{f}:17:9: warning: rule \"web-admin\": tcp/8005 is failsafe ([failsafe] at line 2), never judged")), "{}", w[3]);
 
-    let out = check_in(None, &p, true);
+    let out = check_in(Some(&NetNs::new()), &p, true);
     assert_eq!(out.code, 0);
     let v = out.json();
     assert_eq!(v["ok"], true);

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use enforcer_common::maps::{ActiveSlot, AllowKey, HostInfo};
+use enforcer_common::maps::{ActiveSlot, AllowKey, AllowValue, HostInfo};
 use serde_json::Value;
 use testbed::{
     bed::{Bed, A4, A6, HOST_A4, HOST_R4, R4},
@@ -324,7 +324,7 @@ fn active_allow(pins: &Path) -> (HashSet<[u8; 4]>, usize) {
         aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("ACTIVE array");
     let slot = active.get(&0, 0).expect("ACTIVE[0]").slot & 1;
     let data = aya::maps::MapData::from_pin(pins.join("maps/ALLOW")).expect("ALLOW");
-    let allow: aya::maps::HashMap<_, AllowKey, u32> =
+    let allow: aya::maps::HashMap<_, AllowKey, AllowValue> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("ALLOW hash");
     let mut mine = HashSet::new();
     let mut total = 0;

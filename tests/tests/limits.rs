@@ -31,7 +31,7 @@ fn checks(name: &str, text: &str, refused_at_most: Option<usize>) {
                 tail(&said)
             );
             assert!(
-                said.contains(&format!("at most {n} ")),
+                said.contains(&format!("the limit is {n} ")),
                 "{name}: the refusal does not name the limit {n}:\n{}",
                 tail(&said)
             );

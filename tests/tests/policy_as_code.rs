@@ -123,9 +123,9 @@ fn explain_agrees_with_the_kernel() {
         Case { what: "local, allowed cgroup, udp v6", ns: host, cg: allowed, proto: "udp", src: "::1", dst: "::1", dport: PORT, expect: "allow", reason: "allowed-by-cgroup" },
         Case { what: "local, refused cgroup, tcp", ns: host, cg: refused, proto: "tcp", src: "127.0.0.1", dst: "127.0.0.1", dport: PORT, expect: "drop", reason: "dropped-source" },
         Case { what: "local, refused cgroup, udp v6", ns: host, cg: refused, proto: "udp", src: "::1", dst: "::1", dport: PORT, expect: "drop", reason: "dropped-source" },
-        // A local connection to one of the host's addresses leaves from that address: one
-        // in an allowed prefix lets any cgroup in, one outside does not.
-        Case { what: "local, refused cgroup, to an allowed address", ns: host, cg: refused, proto: "tcp", src: HOST_A4, dst: HOST_A4, dport: PORT, expect: "allow", reason: "allowed-by-source" },
+        // A local process is judged by its cgroup only: a prefix that holds the host's
+        // address it connects to (and leaves from) does not let it in.
+        Case { what: "local, refused cgroup, to an allowed address", ns: host, cg: refused, proto: "tcp", src: HOST_A4, dst: HOST_A4, dport: PORT, expect: "drop", reason: "dropped-source" },
         Case { what: "local, refused cgroup, to another address", ns: host, cg: refused, proto: "tcp", src: HOST_R6, dst: HOST_R6, dport: PORT, expect: "drop", reason: "dropped-source" },
         Case { what: "local, refused cgroup, unprotected port", ns: host, cg: refused, proto: "tcp", src: "127.0.0.1", dst: "127.0.0.1", dport: OPEN, expect: "allow", reason: "not-protected" },
     ];
@@ -749,7 +749,7 @@ fn deadlines_hold_with_no_daemon_watching() {
                 "--from",
                 "10.2.0.2/32",
                 "--for",
-                "7s",
+                "12s",
                 "--reason",
                 "deadline",
             ],

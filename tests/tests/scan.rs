@@ -87,9 +87,15 @@ fn listeners_are_judged_against_the_policy() {
 
     let s = socket(&v, "tcp", 8080, "0.0.0.0");
     assert_eq!(s["status"], "exposed");
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", exposed.pid()))
+        .expect("the listener's cgroup");
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
     assert_eq!(
         s["processes"],
-        serde_json::json!([{"pid": exposed.pid(), "name": "probe"}])
+        serde_json::json!([{"pid": exposed.pid(), "name": "probe", "cgroup": cgroup}])
     );
     let s = socket(&v, "udp", 5353, "::");
     assert_eq!(s["status"], "exposed");
@@ -186,7 +192,7 @@ fn listeners_are_judged_against_the_policy() {
         "{out}"
     );
     assert!(
-        out.contains("5 listening sockets: 2 exposed, 1 protected, 1 failsafe, 1 loopback only"),
+        out.contains("5 listening sockets: 2 exposed, 1 protected, 0 partly protected, 1 failsafe, 1 loopback only"),
         "{out}"
     );
 

@@ -277,31 +277,6 @@ impl Tally {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn skips_are_counted_apart_from_passes_and_failures() {
-        let mut t = Tally::default();
-        for line in [
-            "test a ... ok",
-            "test b ... FAILED",
-            "test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out",
-            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
-        ] {
-            t.read(line);
-        }
-        assert_eq!((t.passed, t.failed, t.ignored), (5, 1, 1));
-        let records =
-            "SKIP: e2e::a: needs root\nSKIP: e2e::a: no tcpdump\nSKIP: x::b: no bpftool\n";
-        let skipped = t.skipped(records);
-        // b failed after its skip: a failure, not a skip.
-        assert_eq!(skipped.len(), 1);
-        assert_eq!(skipped["e2e::a"], ["needs root", "no tcpdump"]);
-    }
-}
-
 /// Runs `cargo test ...` (with `--no-fail-fast`: every binary runs), echoing its output,
 /// and ends with one line totalling every binary's results. Tests record their skips
 /// (`testbed::skip!`) in a file named by ENFORCER_TEST_SKIPS: a skipped test counts as
@@ -375,4 +350,29 @@ pub fn cargo(args: &[&str], env: &[(&str, String)]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_are_counted_apart_from_passes_and_failures() {
+        let mut t = Tally::default();
+        for line in [
+            "test a ... ok",
+            "test b ... FAILED",
+            "test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+        ] {
+            t.read(line);
+        }
+        assert_eq!((t.passed, t.failed, t.ignored), (5, 1, 1));
+        let records =
+            "SKIP: e2e::a: needs root\nSKIP: e2e::a: no tcpdump\nSKIP: x::b: no bpftool\n";
+        let skipped = t.skipped(records);
+        // b failed after its skip: a failure, not a skip.
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped["e2e::a"], ["needs root", "no tcpdump"]);
+    }
 }

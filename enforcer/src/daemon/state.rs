@@ -240,7 +240,7 @@ impl State {
                 l.name,
                 netlink::arphrd_name(l.arphrd)
             );
-            if patterns.iter().any(|p| *p == l.name) {
+            if patterns.contains(&l.name) {
                 first_error.get_or_insert(anyhow::anyhow!("interface {}: {why}", l.name));
             } else if !self.xdp_skipped.contains_key(&l.name) {
                 warn!(iface = l.name, "{why}");

@@ -760,7 +760,7 @@ fn as_diff_packet<'a>(g: &'a GenPacket, local: &[IpAddr]) -> Option<Packet<'a>> 
             dport,
             probe: Probe {
                 src,
-                source_counts: !(sending && g.in_host_netns) && !local.contains(&src),
+                source_counts: !(local.contains(&src) || sending && g.in_host_netns),
                 complete,
                 sender_cgroup: if sending { g.cgroup.as_deref() } else { None },
                 authorized_flow: !sending && g.authorized,
