@@ -166,11 +166,6 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
     })
 }
 
-/// Whether an explanation's verdict lets the packet through.
-pub fn is_allowed(e: &Explanation) -> bool {
-    e.verdict == Verdict::Allow.name()
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -81,10 +81,6 @@ impl Writer {
         }
     }
 
-    pub fn active_slot(&self) -> u32 {
-        self.active
-    }
-
     /// Writes `compiled` (with the cgroup ids resolved in `cgroup_ids`) as `generation`
     /// into the idle slot, then makes it the active one.
     pub fn apply(
