@@ -113,6 +113,60 @@ impl Default for GroupInfo {
 
 /// Some rule in the group enforces: a refusal drops (else would-drop).
 pub const GROUP_ENFORCE: u32 = 1;
+/// The group's IPv4 / IPv6 prefixes of `V4_BUCKET_LEN` / `V6_BUCKET_LEN` bits and longer
+/// are indexed in `LEN_BITS` by the source's leading bits: a packet probes only the lengths
+/// present under its own /16 (/32) instead of every length in `v4_lens` (`v6_lens`).
+pub const GROUP_V4_BUCKETS: u32 = 2;
+pub const GROUP_V6_BUCKETS: u32 = 4;
+/// A group gets buckets from this many distinct lengths at or above the bucket length:
+/// below it, probing each length costs no more than looking the bucket up.
+pub const BUCKETS_FROM_LENGTHS: usize = 3;
+/// Leading bits that name a bucket.
+pub const V4_BUCKET_LEN: u8 = 16;
+pub const V6_BUCKET_LEN: u8 = 32;
+
+/// `LEN_BITS`: (slot, group, family, the source's leading bits) -> which prefix lengths of
+/// the group have entries under them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// `slot << 16 | group`.
+    pub group: u32,
+    pub family: u32,
+    /// The first 2 (IPv4) or 4 (IPv6) bytes of the address, the rest zero.
+    pub top: [u8; 4],
+}
+
+/// Bit `i` of `lo`: length `base + i`; of `hi`: length `base + 64 + i` (IPv6 only), where
+/// `base` is the family's bucket length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketBits {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl BucketBits {
+    /// Whether prefix length `len` (at or above `base`) has entries in this bucket.
+    #[inline(always)]
+    pub fn has(&self, base: u8, len: u8) -> bool {
+        let i = len.wrapping_sub(base) as u32;
+        if i < 64 {
+            self.lo >> i & 1 != 0
+        } else {
+            self.hi >> (i - 64) & 1 != 0
+        }
+    }
+
+    pub fn set(&mut self, base: u8, len: u8) {
+        let i = len.wrapping_sub(base) as u32;
+        if i < 64 {
+            self.lo |= 1 << i;
+        } else {
+            self.hi |= 1 << (i - 64);
+        }
+    }
+}
 
 /// The value of an `ALLOW` or `CGROUPS` entry: the rule it belongs to, and when it stops
 /// applying. The programs check the deadline themselves, so a grant or an expiring entry
@@ -240,3 +294,5 @@ const _: () = assert!(core::mem::size_of::<AllowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CgroupKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<AllowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<BucketKey>() == 12);
+const _: () = assert!(core::mem::size_of::<BucketBits>() == 16);

@@ -35,6 +35,11 @@ pub static GROUPS: Array<GroupInfo> = Array::with_max_entries(SLOTS * MAX_GROUPS
 pub static ALLOW: HashMap<AllowKey, AllowValue> =
     HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// Which prefix lengths a group has under a source's leading bits (see `BucketKey`).
+#[map]
+pub static LEN_BITS: HashMap<BucketKey, BucketBits> =
+    HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static CGROUPS: HashMap<CgroupKey, AllowValue> =
     HashMap::with_max_entries(MAX_CGROUP_ENTRIES, BPF_F_NO_PREALLOC);

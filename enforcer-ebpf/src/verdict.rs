@@ -8,7 +8,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, LOCAL_ADDRS, PORTS, SLOT_INFO},
+    maps::{ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, LEN_BITS, LOCAL_ADDRS, PORTS, SLOT_INFO},
     parse::*,
 };
 
@@ -148,9 +148,19 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     let sg = slot_group(slot, group);
     if !env.host_process() {
         let by_source = if p.family == AF_INET {
-            allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src)
+            let bits = bucket(g.flags & GROUP_V4_BUCKETS != 0, sg, AF_INET, &p.src);
+            allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src, bits, V4_BUCKET_LEN)
         } else {
-            allow_by_source::<132>(sg, AF_INET6, g.n_v6, &g.v6_lens, &p.src)
+            let bits = bucket(g.flags & GROUP_V6_BUCKETS != 0, sg, AF_INET6, &p.src);
+            allow_by_source::<132>(
+                sg,
+                AF_INET6,
+                g.n_v6,
+                &g.v6_lens,
+                &p.src,
+                bits,
+                V6_BUCKET_LEN,
+            )
         };
         // A source claiming one of the host's own addresses is a local process (or a
         // forgery of one): a prefix holding the host's address must not admit it. Checked
@@ -177,7 +187,29 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     out
 }
 
-/// Longest-prefix match: one hash probe per distinct prefix length, longest first.
+/// The lengths the group has under the source's bucket (`LEN_BITS`), or None when the
+/// group is not bucketed (every length is probed).
+#[inline(always)]
+fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> Option<BucketBits> {
+    if !bucketed {
+        return None;
+    }
+    let key = BucketKey {
+        group: sg,
+        family: family as u32,
+        top: if family == AF_INET {
+            [src[0], src[1], 0, 0]
+        } else {
+            [src[0], src[1], src[2], src[3]]
+        },
+    };
+    // SAFETY: a hash map lookup; the value is copied out at once.
+    Some(unsafe { LEN_BITS.get(&key) }.copied().unwrap_or_default())
+}
+
+/// Longest-prefix match: one hash probe per distinct prefix length, longest first; with
+/// `bits` (a bucketed group), lengths at or above `base` only where the source's bucket
+/// has them, so a source far from every long prefix probes only the short ones.
 #[inline(always)]
 fn allow_by_source<const N: usize>(
     sg: u32,
@@ -185,6 +217,8 @@ fn allow_by_source<const N: usize>(
     n: u32,
     lens: &[u8; N],
     src: &[u8; 16],
+    bits: Option<BucketBits>,
+    base: u8,
 ) -> Option<u32> {
     let mut key = AllowKey {
         group: sg,
@@ -196,6 +230,11 @@ fn allow_by_source<const N: usize>(
     for (i, &len) in lens.iter().enumerate() {
         if i as u32 >= n {
             break;
+        }
+        if let Some(b) = &bits {
+            if len >= base && !b.has(base, len) {
+                continue;
+            }
         }
         key.family_len = (family as u32) << 8 | len as u32;
         key.addr = *src;

@@ -10,7 +10,7 @@ use enforcer_common::{
         policy::{cgroup_level, cgroup_within},
         Context, Parsed, VerdictPolicy, L4,
     },
-    reason::{Hook, Reason, Verdict},
+    reason::{Hook, Reason},
 };
 use serde::{Deserialize, Serialize};
 

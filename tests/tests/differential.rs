@@ -77,6 +77,14 @@ mode = "audit"
 name = "open"
 ports = [8080]
 allow_from = ["0.0.0.0/0", "::/0"]
+
+# Enough long lengths for the group to be bucketed (LEN_BITS), beside short ones.
+[[rule]]
+name = "bucketed"
+protocol = "tcp"
+ports = [443]
+allow_from = ["10.1.0.0/16", "10.1.2.0/24", "10.1.2.0/28", "10.1.2.3/32", "172.16.0.0/12",
+              "fd00::/16", "2001:db8:1::/48", "2001:db8:1::/64", "2001:db8:1::5/128"]
 "#;
 
 fn local_addrs() -> Vec<IpAddr> {

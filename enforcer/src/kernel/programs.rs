@@ -22,7 +22,8 @@ use aya::{
 use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{
-        ActiveSlot, AllowKey, AllowValue, CgroupKey, GroupInfo, HostInfo, LocalAddrKey, SlotInfo,
+        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo, HostInfo,
+        LocalAddrKey, SlotInfo,
     },
 };
 
@@ -52,6 +53,7 @@ pub struct Maps {
     pub groups: Array<MapData, GroupInfo>,
     pub allow: HashMap<MapData, AllowKey, AllowValue>,
     pub cgroups: HashMap<MapData, CgroupKey, AllowValue>,
+    pub len_bits: HashMap<MapData, BucketKey, BucketBits>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
     /// Host-side interface index -> the network namespace cookie on its other end: an
     /// array below `PATH_TABLE`, a hash above.
@@ -70,7 +72,7 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 18] = [
+const MAP_NAMES: [&str; 19] = [
     "ACTIVE",
     "SLOT_INFO",
     "HOST",
@@ -78,6 +80,7 @@ const MAP_NAMES: [&str; 18] = [
     "GROUPS",
     "ALLOW",
     "CGROUPS",
+    "LEN_BITS",
     "LOCAL_ADDRS",
     "FLOWS",
     "PATHS",
@@ -207,6 +210,7 @@ impl Loaded {
             groups: take(&mut ebpf, "GROUPS")?,
             allow: take(&mut ebpf, "ALLOW")?,
             cgroups: take(&mut ebpf, "CGROUPS")?,
+            len_bits: take(&mut ebpf, "LEN_BITS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
             paths: take(&mut ebpf, "PATHS")?,
             paths_far: take(&mut ebpf, "PATHS_FAR")?,

@@ -14,7 +14,10 @@ use std::{
 use anyhow::Context as _;
 use enforcer_common::{
     consts::{port_index, MAX_GROUPS},
-    maps::{slot_group, ActiveSlot, AllowKey, AllowValue, CgroupKey, GroupInfo, SlotInfo},
+    maps::{
+        slot_group, ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo,
+        SlotInfo,
+    },
 };
 
 use aya::maps::IterableMap as _;
@@ -35,6 +38,7 @@ struct SlotContent {
     groups: Vec<GroupInfo>,
     allow: HashMap<AllowKey, AllowValue>,
     cgroups: HashMap<CgroupKey, AllowValue>,
+    buckets: HashMap<BucketKey, BucketBits>,
 }
 
 /// How much one apply wrote.
@@ -160,7 +164,21 @@ fn content_for(
             ))
         })
         .collect();
+    let buckets = compiled
+        .buckets
+        .iter()
+        .map(|(k, b)| {
+            (
+                BucketKey {
+                    group: slot_group(slot, k.group),
+                    ..*k
+                },
+                *b,
+            )
+        })
+        .collect();
     SlotContent {
+        buckets,
         info: SlotInfo {
             generation,
             flags: compiled.slot_flags,
@@ -230,6 +248,17 @@ fn write_slot(
         &mut stats,
     )
     .context("writing allowed cgroups")?;
+    // Written after the allow entries: until then a bucket may lack a new length (the
+    // slot is not read yet, and its old lengths all still have their entries).
+    sync_hash(
+        &mut maps.len_bits,
+        slot,
+        old.map(|o| &o.buckets),
+        &new.buckets,
+        |k| k.group >> 16,
+        &mut stats,
+    )
+    .context("writing prefix-length buckets")?;
     maps.slot_info
         .set(slot, new.info, 0)
         .context("writing the policy generation")?;

@@ -7,7 +7,11 @@ use std::{
 
 use enforcer_common::{
     consts::{AF_INET, AF_INET6, MAX_ALLOW_ENTRIES, MAX_CGROUP_ENTRIES, MAX_GROUPS, PORT_FAILSAFE},
-    maps::{mask_addr, AllowKey, GroupInfo, GROUP_ENFORCE, SLOT_ENFORCE, SLOT_REPORT_ALLOWED},
+    maps::{
+        mask_addr, AllowKey, BucketBits, BucketKey, GroupInfo, BUCKETS_FROM_LENGTHS, GROUP_ENFORCE,
+        GROUP_V4_BUCKETS, GROUP_V6_BUCKETS, SLOT_ENFORCE, SLOT_REPORT_ALLOWED, V4_BUCKET_LEN,
+        V6_BUCKET_LEN,
+    },
     model::{policy::cgroup_level, Mode, Prefix, Protocol},
 };
 
@@ -28,6 +32,8 @@ pub struct Compiled {
     pub allow: HashMap<AllowKey, Allowed>,
     /// (group, cgroup path); the writer resolves paths to cgroup ids.
     pub cgroups: HashMap<(u32, String), Allowed>,
+    /// Prefix lengths under each source bucket of the bucketed groups (`LEN_BITS`).
+    pub buckets: HashMap<BucketKey, BucketBits>,
     /// Per group id, the names of its rules (None: an unused id). The next compile keeps
     /// these ids for the same sets of rules, so a reload rewrites only what changed.
     pub group_names: Vec<Option<Vec<String>>>,
@@ -208,6 +214,7 @@ pub fn compile_after(
         }
     }
     let mut groups = vec![GroupInfo::default(); n_ids];
+    let mut buckets: HashMap<BucketKey, BucketBits> = HashMap::new();
     let mut allow: HashMap<AllowKey, Allowed> = HashMap::new();
     let mut cgroups: HashMap<(u32, String), Allowed> = HashMap::new();
     for (i, set) in group_sets.iter().enumerate() {
@@ -275,6 +282,33 @@ pub fn compile_after(
         }
         info.n_v4 = v4.len() as u32;
         info.n_v6 = v6.len() as u32;
+        // Many long lengths: index them by the source's leading bits (see GROUP_*_BUCKETS).
+        for (family, lens, base, flag) in [
+            (AF_INET, &v4, V4_BUCKET_LEN, GROUP_V4_BUCKETS),
+            (AF_INET6, &v6, V6_BUCKET_LEN, GROUP_V6_BUCKETS),
+        ] {
+            if lens.range(base..).count() < BUCKETS_FROM_LENGTHS {
+                continue;
+            }
+            info.flags |= flag;
+            let top_bytes = base as usize / 8;
+            for k in allow.keys().filter(|k| {
+                k.group == g
+                    && k.family_len >> 8 == family as u32
+                    && (k.family_len & 0xff) as u8 >= base
+            }) {
+                let mut top = [0u8; 4];
+                top[..top_bytes].copy_from_slice(&k.addr[..top_bytes]);
+                buckets
+                    .entry(BucketKey {
+                        group: g,
+                        family: family as u32,
+                        top,
+                    })
+                    .or_insert_with(BucketBits::default)
+                    .set(base, (k.family_len & 0xff) as u8);
+            }
+        }
         groups[g as usize] = info;
     }
     if allow.len() > (MAX_ALLOW_ENTRIES / 2) as usize {
@@ -306,6 +340,7 @@ pub fn compile_after(
         groups,
         allow,
         cgroups,
+        buckets,
         group_names,
     })
 }
@@ -537,5 +572,35 @@ mod tests {
                 .contains("16385 rules; the limit is 16384 rules per policy"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn many_long_lengths_are_bucketed_by_the_leading_bits() {
+        let c = compiled(
+            "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [443]\nallow_from = [\"10.1.0.0/16\", \"10.1.2.0/24\", \"10.9.9.9/32\", \"172.16.0.0/12\", \"fd00::/64\"]\n",
+        );
+        let g = &c.groups[0];
+        assert_eq!(g.flags & GROUP_V4_BUCKETS, GROUP_V4_BUCKETS);
+        assert_eq!(
+            g.flags & GROUP_V6_BUCKETS,
+            0,
+            "one IPv6 length: probed directly"
+        );
+        // The short /12 is probed for every packet, not bucketed.
+        assert_eq!(c.buckets.len(), 2);
+        let bits = |top: [u8; 4]| {
+            c.buckets[&BucketKey {
+                group: 0,
+                family: AF_INET as u32,
+                top,
+            }]
+        };
+        let b = bits([10, 1, 0, 0]);
+        assert!(b.has(16, 16) && b.has(16, 24) && !b.has(16, 32));
+        let b = bits([10, 9, 0, 0]);
+        assert!(b.has(16, 32) && !b.has(16, 16));
+        // Two lengths are probed directly.
+        let c = compiled("[[rule]]\nname = \"a\"\nports = [443]\nallow_from = [\"10.1.0.0/16\", \"10.1.2.0/24\"]\n");
+        assert!(c.buckets.is_empty() && c.groups[0].flags & GROUP_V4_BUCKETS == 0);
     }
 }
