@@ -82,6 +82,7 @@ impl Kern {
         let events = loaded.events.take();
         let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
         info.netns_cookie = host::netns_cookie().context("netns cookie")?;
+        info.addr_bloom = host::addr_bloom(local_addrs);
         loaded
             .maps
             .host

@@ -74,6 +74,23 @@ pub struct HostInfo {
     /// pinned maps only of its own layout.
     pub layout: u32,
     pub _pad: u32,
+    /// `addr_bloom_bit` of every address in `LOCAL_ADDRS` (more bits are harmless): a
+    /// source whose bit is clear is not one of the host's, without a hash lookup. The
+    /// daemon sets an address's bit before it adds the address, and clears bits only
+    /// after it removed theirs.
+    pub addr_bloom: u64,
+}
+
+/// The `HostInfo::addr_bloom` bit of an address (network order; IPv4 in the first 4
+/// bytes): a multiplicative hash of its last 32 bits.
+#[inline(always)]
+pub fn addr_bloom_bit(family: u8, a: &[u8; 16]) -> u64 {
+    let w = if family == crate::consts::AF_INET {
+        u32::from_be_bytes([a[0], a[1], a[2], a[3]])
+    } else {
+        u32::from_be_bytes([a[12], a[13], a[14], a[15]])
+    };
+    1u64 << (w.wrapping_mul(0x9E37_79B1) >> 26)
 }
 
 /// `GROUPS[slot * MAX_GROUPS + group]`: a port group is a distinct set of rules covering a

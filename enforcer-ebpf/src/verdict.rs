@@ -166,7 +166,7 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
         // forgery of one): a prefix holding the host's address must not admit it. Checked
         // only on a match, so refusals pay nothing for it.
         if let Some(rule) = by_source {
-            if !is_host_addr(p.family, &p.src) {
+            if !is_host_src(p.family, &p.src) {
                 out.rule = rule;
                 out.reason = Reason::AllowedSource;
                 return out;
@@ -301,14 +301,32 @@ pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
 /// Whether `a` is one of the host's addresses (or loopback, broadcast, multicast).
 #[inline(always)]
 pub fn is_host_addr(family: u8, a: &[u8; 16]) -> bool {
-    let special = if family == AF_INET {
+    is_special_local(family, a) || in_local_addrs(family, a)
+}
+
+/// Loopback, broadcast and multicast.
+#[inline(always)]
+fn is_special_local(family: u8, a: &[u8; 16]) -> bool {
+    if family == AF_INET {
         a[0] == 127 || a[0] & 0xf0 == 0xe0 || a[..4] == [255; 4]
     } else {
         is_loopback(family, a) || a[0] == 0xff
-    };
-    if special {
+    }
+}
+
+/// Whether a packet's source claims one of the host's addresses: as `is_host_addr`, but
+/// first through `HostInfo::addr_bloom`, since a source almost never is the host's.
+#[inline(always)]
+pub fn is_host_src(family: u8, a: &[u8; 16]) -> bool {
+    if is_special_local(family, a) {
         return true;
     }
+    let bloom = HOST.get(0).map_or(u64::MAX, |h| h.addr_bloom);
+    bloom & addr_bloom_bit(family, a) != 0 && in_local_addrs(family, a)
+}
+
+#[inline(always)]
+fn in_local_addrs(family: u8, a: &[u8; 16]) -> bool {
     let key = LocalAddrKey {
         family: family as u32,
         addr: *a,

@@ -68,6 +68,7 @@ impl TestKernel {
                 0,
                 HostInfo {
                     netns_cookie: cookie,
+                    addr_bloom: host::addr_bloom(local_addrs),
                     ..HostInfo::default()
                 },
                 0,
@@ -115,18 +116,17 @@ impl TestKernel {
     /// Host-namespace switch for the cgroup programs: set the host cookie to something
     /// else, and test_run's socket looks like a container's.
     pub fn set_host_netns_cookie(&mut self, cookie: u64) {
-        self.loaded
-            .maps
-            .host
-            .set(
-                0,
-                HostInfo {
-                    netns_cookie: cookie,
-                    ..HostInfo::default()
-                },
-                0,
-            )
-            .expect("host info");
+        let host = &mut self.loaded.maps.host;
+        let facts = host.get(&0, 0).expect("host info");
+        host.set(
+            0,
+            HostInfo {
+                netns_cookie: cookie,
+                ..facts
+            },
+            0,
+        )
+        .expect("host info");
     }
 
     /// Makes interface `ifindex` the path of the namespace with `cookie` (`PATHS`); None

@@ -113,6 +113,8 @@ fn universe() -> Universe {
             "203.0.113.5",
             "0.0.0.0",
             "127.0.0.1",
+            // The host's own address as a source: never admitted by a prefix.
+            "192.0.2.1",
         ]),
         v6_sources: v6(&[
             "fd00::1",
@@ -127,6 +129,7 @@ fn universe() -> Universe {
             "::1",
             "::ffff:10.1.2.3",
             "::",
+            "2001:db8::1",
         ]),
         v4_dests: v4(&[
             "192.0.2.1",

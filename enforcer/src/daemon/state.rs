@@ -279,6 +279,13 @@ impl State {
 
     fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
         let now = host::local_addrs().context("listing this host's addresses")?;
+        if now == self.local_addrs {
+            return Ok(());
+        }
+        // A new address's bloom bit goes in before the address (a source with its bit
+        // clear is taken as not the host's), and bits go out only after their addresses.
+        let (old_bloom, new_bloom) = (host::addr_bloom(&self.local_addrs), host::addr_bloom(&now));
+        self.set_addr_bloom(old_bloom | new_bloom)?;
         for a in now.difference(&self.local_addrs) {
             self.loaded
                 .maps
@@ -290,6 +297,16 @@ impl State {
             let _ = self.loaded.maps.local_addrs.remove(&host::addr_key(*a));
         }
         self.local_addrs = now;
+        self.set_addr_bloom(new_bloom)
+    }
+
+    fn set_addr_bloom(&mut self, bloom: u64) -> anyhow::Result<()> {
+        let map = &mut self.loaded.maps.host;
+        let mut facts = map.get(&0, 0).context("reading host facts")?;
+        if facts.addr_bloom != bloom {
+            facts.addr_bloom = bloom;
+            map.set(0, facts, 0).context("writing host facts")?;
+        }
         Ok(())
     }
 

@@ -230,6 +230,14 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// `HostInfo::addr_bloom` for a set of addresses.
+pub fn addr_bloom<'a>(addrs: impl IntoIterator<Item = &'a IpAddr>) -> u64 {
+    addrs.into_iter().fold(0, |bloom, a| {
+        let k = addr_key(*a);
+        bloom | enforcer_common::maps::addr_bloom_bit(k.family as u8, &k.addr)
+    })
+}
+
 /// The `LOCAL_ADDRS` key of an address.
 pub fn addr_key(a: IpAddr) -> enforcer_common::maps::LocalAddrKey {
     use enforcer_common::consts::{AF_INET, AF_INET6};
