@@ -194,7 +194,7 @@ pub fn coverage_on_host(policy: &Policy) -> Coverage {
                     .attach
                     .interfaces
                     .iter()
-                    .any(|p| crate::kernel::host::glob_match(p, &l.name))
+                    .any(|p| crate::policy::values::glob_match(p, &l.name))
             })
             .map(|l| l.name)
             .collect(),

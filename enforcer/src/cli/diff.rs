@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{check::usable, Format, DEFAULT_CONFIG};
 use crate::{
     control::{client, protocol::Request},
-    grants::now_unix,
+    clock::now_unix,
     policy::{
         diff::{self, Side},
         PolicyError,

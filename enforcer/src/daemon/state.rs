@@ -24,11 +24,12 @@ use super::{
 };
 use crate::{
     events::{
-        record,
         sink::{syslog, Origin, Scope},
         Record,
     },
-    grants::{describe, now_unix, Grant, Store},
+    clock::now_unix,
+    grants::{describe, Store},
+    policy::Grant,
     kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
     policy::{
         self, compile, compile_after,
@@ -125,8 +126,8 @@ impl State {
             compiled,
             cgroup_ids: BTreeMap::new(),
             generation,
-            applied_at: record::now(),
-            started_at: record::now(),
+            applied_at: crate::clock::now_rfc3339_nanos(),
+            started_at: crate::clock::now_rfc3339_nanos(),
             cgroup_mount,
             config_path,
             local_addrs: BTreeSet::new(),
@@ -228,7 +229,7 @@ impl State {
         let mut skipped = BTreeMap::new();
         let mut first_error = None;
         for l in &links {
-            if !patterns.iter().any(|p| host::glob_match(p, &l.name)) {
+            if !patterns.iter().any(|p| crate::policy::values::glob_match(p, &l.name)) {
                 continue;
             }
             if l.arphrd == netlink::ARPHRD_ETHER {
@@ -278,7 +279,7 @@ impl State {
     }
 
     fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
-        let now = host::local_addrs().context("listing this host's addresses")?;
+        let now = crate::host::local_addrs().context("listing this host's addresses")?;
         for a in now.difference(&self.local_addrs) {
             self.loaded
                 .maps
@@ -312,7 +313,7 @@ impl State {
         self.compiled = compiled;
         self.cgroup_ids = ids;
         self.generation = generation;
-        self.applied_at = record::now();
+        self.applied_at = crate::clock::now_rfc3339_nanos();
         self.next_expiry = self.compute_next_expiry();
         if let Err(e) = self.attach() {
             warn!("attaching for the new policy: {e:#}");
@@ -467,7 +468,7 @@ impl State {
             .pin_dir()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let at = record::now();
+        let at = crate::clock::now_rfc3339_nanos();
         tracing::error!(
             pin_dir,
             ?lost,
@@ -476,7 +477,7 @@ impl State {
         let generation = self.generation;
         let event = |action: &str, error: Option<String>| {
             Control::Json(json!({
-                "ts": record::now(),
+                "ts": crate::clock::now_rfc3339_nanos(),
                 "event": "pins",
                 "action": action,
                 "pin_dir": pin_dir,
@@ -504,7 +505,7 @@ impl State {
         self.pins_incident = Some(format!(
             "pinned state at {pin_dir} was removed under this daemon at {at} ({}); restored at {}{}",
             lost.join(", "),
-            record::now(),
+            crate::clock::now_rfc3339_nanos(),
             attached.map_or_else(String::new, |e| format!(", but attaching failed: {e}"))
         ));
         Ok(())
@@ -569,12 +570,12 @@ impl State {
                         Entry::Cgroup(c) => ("cgroup", c),
                     };
                     let _ = self.audit.send(Control::Json(json!({
-                        "ts": record::now(),
+                        "ts": crate::clock::now_rfc3339_nanos(),
                         "event": "entry",
                         "action": "expired",
                         "rule": rule,
                         key: value,
-                        "expired_at": crate::grants::rfc3339(*at),
+                        "expired_at": crate::clock::rfc3339(*at),
                         "late": late,
                         "policy": self.generation,
                     })));
@@ -602,7 +603,7 @@ impl State {
     fn grant_record(&self, action: &'static str, g: &Grant, late: bool) {
         let mut v = describe(g, now_unix());
         if let Some(m) = v.as_object_mut() {
-            m.insert("ts".into(), record::now().into());
+            m.insert("ts".into(), crate::clock::now_rfc3339_nanos().into());
             m.insert("event".into(), "grant".into());
             m.insert("action".into(), action.into());
             m.insert("policy".into(), self.generation.into());
@@ -610,7 +611,7 @@ impl State {
             if action == "expired" {
                 m.insert(
                     "expired_at".into(),
-                    crate::grants::rfc3339(g.expires_unix).into(),
+                    crate::clock::rfc3339(g.expires_unix).into(),
                 );
                 m.insert("late".into(), late.into());
             }
@@ -692,7 +693,7 @@ impl State {
         let lost = counters::events_lost(&self.loaded.maps);
         if lost > self.kernel_lost {
             let r = Record {
-                ts: record::now(),
+                ts: crate::clock::now_rfc3339_nanos(),
                 event: "lost",
                 scope: Some("kernel"),
                 count: Some(lost - self.kernel_lost),
@@ -725,7 +726,7 @@ impl State {
             let seen = self.suppressed_seen.entry(idx).or_default();
             if now > *seen {
                 let r = Record {
-                    ts: record::now(),
+                    ts: crate::clock::now_rfc3339_nanos(),
                     event: "suppressed",
                     rule: self
                         .policy
@@ -749,7 +750,7 @@ impl State {
 
     fn policy_record(&self, action: &'static str, old: Option<&Policy>) -> Record {
         let mut r = Record {
-            ts: record::now(),
+            ts: crate::clock::now_rfc3339_nanos(),
             event: "policy",
             action: Some(action),
             policy: Some(self.generation),
@@ -839,9 +840,9 @@ impl State {
             .map(|(i, a)| json!({"iface": i, "mode": a.mode}))
             .collect();
         let mut warnings: Vec<String> = self.loaded.adoption_failures().to_vec();
-        let present = host::interfaces();
+        let present = crate::host::interfaces();
         for i in &self.policy.attach.interfaces {
-            if !present.iter().any(|n| host::glob_match(i, n)) {
+            if !present.iter().any(|n| crate::policy::values::glob_match(i, n)) {
                 warnings.push(if i.contains(['*', '?']) {
                     format!("no interface matches {i} (XDP attaches when one appears)")
                 } else {
@@ -916,6 +917,6 @@ fn resolve_cgroups(mount: &std::path::Path, compiled: &Compiled) -> BTreeMap<Str
     compiled
         .cgroups
         .keys()
-        .filter_map(|(_, path)| host::cgroup_id(mount, path).map(|id| (path.clone(), id)))
+        .filter_map(|(_, path)| crate::host::cgroup_id(mount, path).map(|id| (path.clone(), id)))
         .collect()
 }

@@ -16,7 +16,8 @@ use aya::maps::MapError;
 use enforcer_common::consts::PATH_TABLE;
 use tracing::{info, warn};
 
-use super::{host, netlink::Link, programs::Maps};
+use super::{netlink::Link, programs::Maps};
+use crate::host;
 
 /// What `PATHS` holds, and what it was made from.
 #[derive(Default)]

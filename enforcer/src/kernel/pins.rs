@@ -155,7 +155,7 @@ impl Owner {
         Ok(Owner {
             pid: std::process::id(),
             start_ticks,
-            started: crate::grants::rfc3339(btime + start_ticks / hz),
+            started: crate::clock::rfc3339(btime + start_ticks / hz),
             netns_ino: std::fs::metadata("/proc/self/ns/net")?.ino(),
             netns_cookie,
         })

@@ -377,8 +377,8 @@ impl Loaded {
     /// Attaches the cgroup programs to `path` (a cgroup v2 path) under `mount`. Programs
     /// attached elsewhere before stay until the new ones are in, so there is no gap.
     pub fn attach_cgroup(&mut self, mount: &Path, path: &str) -> anyhow::Result<()> {
-        let dir = super::host::cgroup_dir(mount, path);
-        let id = super::host::cgroup_id(mount, path)
+        let dir = crate::host::cgroup_dir(mount, path);
+        let id = crate::host::cgroup_id(mount, path)
             .ok_or_else(|| anyhow!("cgroup {path} does not exist ({})", dir.display()))?;
         if let Some((p, current)) = &mut self.cgroup {
             if *current == id {
@@ -512,7 +512,7 @@ impl Loaded {
             .cloned()
             .collect();
         if let (false, Some((path, _))) = (missing.is_empty(), &self.cgroup) {
-            let dir = super::host::cgroup_dir(cgroup_mount, path);
+            let dir = crate::host::cgroup_dir(cgroup_mount, path);
             let fd =
                 File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
             for pin in missing {

@@ -49,7 +49,7 @@ impl HostFacts {
     /// Reads the facts of this host (and of the caller's network namespace).
     pub fn gather() -> HostFacts {
         let mut facts = HostFacts {
-            now_unix: crate::grants::now_unix(),
+            now_unix: crate::clock::now_unix(),
             ..HostFacts::default()
         };
         match read_ephemeral_range() {
@@ -59,17 +59,17 @@ impl HostFacts {
                 .push(format!("ephemeral port range not checked: {e:#}")),
         }
         facts.reserved = read_reserved_ports().unwrap_or_default();
-        match crate::kernel::host::cgroup2_mount() {
+        match crate::host::cgroup2_mount() {
             Ok(mount) => {
                 let m = mount.clone();
                 facts.cgroups = Some(CgroupFacts {
                     mount,
-                    exists: Box::new(move |p| crate::kernel::host::cgroup_id(&m, p).is_some()),
+                    exists: Box::new(move |p| crate::host::cgroup_id(&m, p).is_some()),
                 });
             }
             Err(e) => facts.notes.push(format!("cgroups not checked: {e:#}")),
         }
-        match crate::kernel::host::local_addrs() {
+        match crate::host::local_addrs() {
             Ok(a) => facts.local_addrs = a.into_iter().collect(),
             Err(e) => facts
                 .notes
@@ -635,7 +635,7 @@ impl Linter<'_> {
                         .attach
                         .interfaces
                         .iter()
-                        .any(|p| crate::kernel::host::glob_match(p, n))
+                        .any(|p| crate::policy::values::glob_match(p, n))
                 })
                 .cloned()
                 .collect(),
@@ -669,7 +669,7 @@ impl Linter<'_> {
                 let rule = &self.policy.verdict.rules[e.rule].name;
                 self.warn(
                     e.at,
-                    format!("{what} of rule {rule:?} expired at {}: it has lapsed and allows nothing (remove it, or move its expiry)", crate::grants::rfc3339(e.expires_unix)),
+                    format!("{what} of rule {rule:?} expired at {}: it has lapsed and allows nothing (remove it, or move its expiry)", crate::clock::rfc3339(e.expires_unix)),
                 );
             }
         }

@@ -4,14 +4,18 @@
 pub mod compile;
 pub mod diag;
 pub mod diff;
+pub mod explain;
 pub mod file;
+pub mod grant;
 pub mod lint;
 pub mod selftest;
 pub mod sinks;
 pub mod validate;
+pub mod values;
 
 pub use compile::{compile, compile_after, Compiled};
 pub use diag::{Diagnostic, PolicyError};
+pub use grant::Grant;
 pub use validate::{
     load, parse_str, Attach, Entry, Expiring, Loc, Locations, Policy, Rates, XdpModeSetting,
 };

@@ -2,19 +2,20 @@
 
 use std::{
     collections::HashSet,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use enforcer_common::{
-    consts::{MAX_CGROUP_LEVEL, MAX_RULES},
-    model::{policy::cgroup_level, Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy},
+    consts::MAX_RULES,
+    model::{Mode, PortRange, Prefix, Protocol, Rule, VerdictPolicy},
 };
 use toml::Spanned;
 
+pub use super::values::parse_prefix;
 use super::{
     diag::{Diagnostic, Locator, PolicyError, Severity},
     file::{PolicyFile, RuleFile},
+    values::{normalize_cgroup, parse_port_number, parse_port_range},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -587,119 +588,6 @@ impl Validator<'_> {
             }
         }
     }
-}
-
-fn parse_port_number(n: i64) -> Result<u16, String> {
-    if (1..=65535).contains(&n) {
-        Ok(n as u16)
-    } else {
-        Err(format!("port {n} is out of range (1 to 65535)"))
-    }
-}
-
-fn parse_port_range(s: &str) -> Result<PortRange, String> {
-    let num = |t: &str| -> Result<u16, String> {
-        let t = t.trim();
-        let n: i64 = t
-            .parse()
-            .map_err(|_| format!("{t:?} is not a port number"))?;
-        parse_port_number(n)
-    };
-    match s.split_once('-') {
-        None => num(s).map(|n| PortRange { first: n, last: n }),
-        Some((a, b)) => {
-            let (first, last) = (num(a)?, num(b)?);
-            if first > last {
-                Err(format!(
-                    "port range {s:?} runs backwards; write \"{last}-{first}\""
-                ))
-            } else {
-                Ok(PortRange { first, last })
-            }
-        }
-    }
-}
-
-/// Parses "ADDR/LEN" (or a bare address, a host prefix). Host bits must be clear: a typo
-/// such as 10.0.0.1/8 would otherwise open far more than meant.
-pub fn parse_prefix(s: &str) -> Result<Prefix, String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 address or prefix"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        None => max,
-        Some(l) => l
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
-    };
-    let prefix = Prefix { addr, len };
-    let masked = mask(prefix);
-    if masked != addr {
-        return Err(format!("{s:?} has host bits set; write \"{masked}/{len}\""));
-    }
-    if let IpAddr::V6(v6) = addr {
-        if v6.to_ipv4_mapped().is_some() && len >= 96 {
-            return Err(format!("{s:?} is an IPv4-mapped IPv6 prefix; IPv4 packets are matched by IPv4 prefixes: write the IPv4 form"));
-        }
-    }
-    Ok(prefix)
-}
-
-fn mask(p: Prefix) -> IpAddr {
-    match p.addr {
-        IpAddr::V4(a) => {
-            let m = if p.len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - p.len as u32)
-            };
-            IpAddr::V4((u32::from(a) & m).into())
-        }
-        IpAddr::V6(a) => {
-            let m = if p.len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - p.len as u32)
-            };
-            IpAddr::V6((u128::from(a) & m).into())
-        }
-    }
-}
-
-/// Normalizes a cgroup v2 path as /proc/PID/cgroup shows it: absolute, no "." or ".."
-/// components, no trailing slash.
-pub fn normalize_cgroup(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') {
-        return Err(format!(
-            "cgroup path {s:?} must start with '/' (as in /proc/PID/cgroup)"
-        ));
-    }
-    let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
-    if parts
-        .iter()
-        .any(|p| *p == "." || *p == ".." || p.contains('\0'))
-    {
-        return Err(format!(
-            "cgroup path {s:?} must not contain \".\" or \"..\""
-        ));
-    }
-    if parts.len() > MAX_CGROUP_LEVEL as usize {
-        return Err(format!(
-            "cgroup path {s:?} is deeper than {MAX_CGROUP_LEVEL} levels"
-        ));
-    }
-    let path = format!("/{}", parts.join("/"));
-    debug_assert!(cgroup_level(&path) == parts.len());
-    Ok(path)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use enforcer_common::model::Prefix;
 use tokio::sync::mpsc;
 
-use super::record::{self, Record};
+use super::record::Record;
 
 /// Where a sink's lines go; the `scope` of its `lost` notices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +165,7 @@ pub struct Item {
 /// A sink's own `lost` notice (it has no `seq`: only that sink has it).
 pub fn lost_notice(scope: Scope, count: u64) -> Vec<u8> {
     let r = Record {
-        ts: record::now(),
+        ts: crate::clock::now_rfc3339_nanos(),
         event: "lost",
         scope: Some(scope.name()),
         count: Some(count),
@@ -374,7 +374,7 @@ mod tests {
         let f = Filter {
             verdict: Some("drop".into()),
             rule: Some("db".into()),
-            src: Some(crate::policy::validate::parse_prefix("10.0.0.0/8").unwrap()),
+            src: Some(crate::policy::values::parse_prefix("10.0.0.0/8").unwrap()),
         };
         let a: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(f.keeps("packet", Some("drop"), Some("db"), Some(a)));

@@ -212,7 +212,7 @@ pub fn message(facility: u8, meta: &Meta, json: &[u8], procid: &str) -> Vec<u8> 
             let v: serde_json::Value = serde_json::from_slice(json).ok()?;
             v["ts"].as_str().map(timestamp)
         })
-        .unwrap_or_else(|| timestamp(&crate::events::record::now()));
+        .unwrap_or_else(|| timestamp(&crate::clock::now_rfc3339_nanos()));
     format(
         &Header {
             pri: facility * 8 + severity(&meta.event, meta.verdict),

@@ -6,10 +6,10 @@ use enforcer_common::model::{Mode, PortRange, Protocol, Rule, VerdictPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    grants::Grant,
     policy::{
+        Grant,
         selftest::TestCase,
-        validate::{normalize_cgroup, parse_prefix},
+        values::{normalize_cgroup, parse_prefix},
         Entry, Policy,
     },
 };

@@ -10,7 +10,7 @@ use enforcer_common::{
         policy::{cgroup_level, cgroup_within},
         Context, Parsed, VerdictPolicy, L4,
     },
-    reason::{Hook, Reason, Verdict},
+    reason::{Hook, Reason},
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +70,7 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         return Err("src and dst must be of the same family".into());
     }
     let cgroup = match &q.cgroup {
-        Some(c) => Some(crate::policy::validate::normalize_cgroup(c)?),
+        Some(c) => Some(crate::policy::values::normalize_cgroup(c)?),
         None => None,
     };
     let hook = if cgroup.is_some() {
