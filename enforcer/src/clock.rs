@@ -67,4 +67,3 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
-

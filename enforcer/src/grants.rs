@@ -18,8 +18,6 @@ use crate::{
 /// The longest a grant may last.
 pub const MAX_GRANT_SECS: u64 = 30 * 24 * 3600;
 
-
-
 /// Grants in force, persisted as JSON in the state directory.
 pub struct Store {
     path: PathBuf,

@@ -14,5 +14,4 @@ pub mod grants;
 pub mod host;
 pub mod kernel;
 pub mod policy;
-pub mod scan;
 pub mod statefile;

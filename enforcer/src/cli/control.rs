@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::{
     control::{client, protocol::Request},
-    policy::explain::{explain, Explanation, Query},
     kernel::pins::{LockError, PinDir},
+    policy::explain::{explain, Explanation, Query},
 };
 
 pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> anyhow::Result<()> {

@@ -23,14 +23,14 @@ use super::{
     expiries::Ledger,
 };
 use crate::{
+    clock::now_unix,
     events::{
         sink::{syslog, Origin, Scope},
         Record,
     },
-    clock::now_unix,
     grants::{describe, Store},
-    policy::Grant,
     kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
+    policy::Grant,
     policy::{
         self, compile, compile_after,
         diff::{self, Side, Summary},
@@ -229,7 +229,10 @@ impl State {
         let mut skipped = BTreeMap::new();
         let mut first_error = None;
         for l in &links {
-            if !patterns.iter().any(|p| crate::policy::values::glob_match(p, &l.name)) {
+            if !patterns
+                .iter()
+                .any(|p| crate::policy::values::glob_match(p, &l.name))
+            {
                 continue;
             }
             if l.arphrd == netlink::ARPHRD_ETHER {
@@ -515,10 +518,10 @@ impl State {
     /// (outside the attached cgroup, kernel tunnel sockets) and logs each new one.
     fn check_gaps(&mut self) {
         self.gaps_checked = Some(Instant::now());
-        let Ok(sockets) = crate::scan::listeners() else {
+        let Ok(sockets) = crate::host::sockets::listeners() else {
             return;
         };
-        let coverage = crate::scan::Coverage {
+        let coverage = crate::policy::exposure::Coverage {
             cgroup: self.policy.attach.cgroup.clone(),
             xdp: self
                 .loaded
@@ -526,7 +529,7 @@ impl State {
                 .map(|(i, _)| i.clone())
                 .collect(),
         };
-        let report = crate::scan::report(
+        let report = crate::policy::exposure::report(
             Some(&self.policy),
             &sockets.listeners,
             Some(&coverage),
@@ -842,7 +845,10 @@ impl State {
         let mut warnings: Vec<String> = self.loaded.adoption_failures().to_vec();
         let present = crate::host::interfaces();
         for i in &self.policy.attach.interfaces {
-            if !present.iter().any(|n| crate::policy::values::glob_match(i, n)) {
+            if !present
+                .iter()
+                .any(|n| crate::policy::values::glob_match(i, n))
+            {
                 warnings.push(if i.contains(['*', '?']) {
                     format!("no interface matches {i} (XDP attaches when one appears)")
                 } else {

@@ -84,4 +84,3 @@ pub fn find_cgroup(mount: &Path, under: &str, id: u64, max_dirs: usize) -> Optio
     }
     None
 }
-

@@ -27,4 +27,3 @@ pub fn addr_key(a: IpAddr) -> enforcer_common::maps::LocalAddrKey {
         addr,
     }
 }
-
