@@ -166,6 +166,7 @@ pub fn describe(g: &Grant, now: u64) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn policy() -> Policy {
         crate::policy::parse_str(Path::new("t.toml"), "[[rule]]\nname = \"pg\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\"]\n").unwrap()

@@ -197,8 +197,8 @@ fn paths(text: &str) -> Vec<Vec<String>> {
             if !boundary {
                 continue;
             }
-            let head = start.trim_end_matches("::").to_string();
-            tree(&text[from..], vec![head], &mut out);
+            let head = start.trim_end_matches("::");
+            tree(&text[at + head.len()..], vec![head.to_string()], &mut out);
         }
     }
     out
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn groups_expand() {
-        let p = paths("use crate::{a::b, c::{d, e::f}};\nlet x = super::g::h(1);");
+        let p = paths("use crate::{\n    a::b,\n    c::{d, e::f},\n};\nlet x = super::g::h(1);");
         let s: Vec<String> = p.iter().map(|p| p.join("::")).collect();
         assert_eq!(
             s,

@@ -29,7 +29,8 @@ use crate::{
         Record,
     },
     grants::{describe, Store},
-    kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
+    host::netlink,
+    kernel::{counters, host, paths::Paths, programs, writer::Writer, Loaded},
     policy::Grant,
     policy::{
         self, compile, compile_after,

@@ -37,10 +37,10 @@ impl HostFacts {
                 .notes
                 .push(format!("this host's addresses not checked: {e}")),
         }
-        facts.ethernet_ifaces = crate::kernel::netlink::links()
+        facts.ethernet_ifaces = crate::host::netlink::links()
             .unwrap_or_default()
             .into_iter()
-            .filter(|l| l.arphrd == crate::kernel::netlink::ARPHRD_ETHER)
+            .filter(|l| l.arphrd == crate::host::netlink::ARPHRD_ETHER)
             .map(|l| l.name)
             .collect();
         match super::sockets::listeners() {

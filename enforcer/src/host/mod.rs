@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod facts;
+pub mod netlink;
 pub mod sockets;
 
 pub use cgroups::{cgroup2_mount, cgroup_dir, cgroup_id, find_cgroup};

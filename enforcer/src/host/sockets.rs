@@ -112,12 +112,12 @@ pub fn listeners() -> anyhow::Result<Sockets> {
 /// Where `policy`'s programs attach on this host: its cgroup, and the Ethernet interfaces
 /// (this network namespace's) its names and globs match.
 pub fn coverage_on_host(policy: &Policy) -> Coverage {
-    let links = crate::kernel::netlink::links().unwrap_or_default();
+    let links = crate::host::netlink::links().unwrap_or_default();
     Coverage {
         cgroup: policy.attach.cgroup.clone(),
         xdp: links
             .into_iter()
-            .filter(|l| l.arphrd == crate::kernel::netlink::ARPHRD_ETHER)
+            .filter(|l| l.arphrd == crate::host::netlink::ARPHRD_ETHER)
             .filter(|l| {
                 policy
                     .attach

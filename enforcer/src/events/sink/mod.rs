@@ -19,7 +19,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use enforcer_common::model::Prefix;
 use tokio::sync::mpsc;
 
 use super::record::Record;
@@ -174,41 +173,9 @@ pub fn lost_notice(scope: Scope, count: u64) -> Vec<u8> {
     Origin::get().stamp(serde_json::to_vec(&r).unwrap_or_default(), None)
 }
 
-pub const VERDICTS: [&str; 3] = ["allow", "drop", "would-drop"];
-
-/// Which lines a sink (or `enforcer tail`) keeps. With any condition set, only packet
-/// events that meet all of them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub verdict: Option<String>,
-    pub rule: Option<String>,
-    pub src: Option<Prefix>,
-}
+pub use crate::policy::sinks::{Filter, VERDICTS};
 
 impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.verdict.is_none() && self.rule.is_none() && self.src.is_none()
-    }
-
-    pub fn keeps(
-        &self,
-        event: &str,
-        verdict: Option<&str>,
-        rule: Option<&str>,
-        src: Option<IpAddr>,
-    ) -> bool {
-        if self.is_empty() {
-            return true;
-        }
-        event == "packet"
-            && self.verdict.as_deref().is_none_or(|v| verdict == Some(v))
-            && self.rule.as_deref().is_none_or(|r| rule == Some(r))
-            && self
-                .src
-                .as_ref()
-                .is_none_or(|p| src.is_some_and(|a| p.contains(a)))
-    }
-
     fn keeps_line(&self, l: &Line) -> bool {
         self.keeps(
             &l.meta.event,
