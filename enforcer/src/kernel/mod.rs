@@ -8,6 +8,7 @@ pub mod host;
 pub mod paths;
 pub mod pins;
 pub mod programs;
+pub mod sys;
 pub mod writer;
 
 pub use programs::{Loaded, XdpAttachment};

@@ -30,7 +30,10 @@ mod attach;
 
 use attach::attach_cgroup_program;
 
-use super::pins::{self, Owner, Ownership, PinDir};
+use super::{
+    pins::{Owner, Ownership, PinDir},
+    sys,
+};
 use crate::policy::XdpModeSetting;
 
 /// The BPF object built from enforcer-ebpf by build.rs.
@@ -178,7 +181,7 @@ impl Loaded {
             .into_iter()
             .map(|name| {
                 let path = pins.map(name);
-                pins::obj_get(&path)
+                sys::obj_get(&path)
                     .map(|fd| (name, fd))
                     .with_context(|| format!("opening {}", path.display()))
             })
@@ -273,13 +276,13 @@ impl Loaded {
             };
             let path = pins.link(&name);
             let link =
-                pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
+                sys::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
             let prog_fd = self
                 .ebpf
                 .program(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing"))?
                 .fd()?;
-            if let Err(e) = pins::link_update(link.as_fd(), prog_fd.as_fd()) {
+            if let Err(e) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
                 if e.raw_os_error() == Some(libc::ENOLINK) {
                     // The attach point went away (an interface was removed): forget it.
                     tracing::info!("pinned link {name} is gone ({e}); removing it");
@@ -395,7 +398,7 @@ impl Loaded {
         for (name, fd) in &self.map_fds {
             let path = pins.map(name);
             if std::fs::symlink_metadata(&path).is_err() {
-                pins::obj_pin(fd.as_fd(), &path)
+                sys::obj_pin(fd.as_fd(), &path)
                     .with_context(|| format!("pinning {}", path.display()))?;
             }
         }
