@@ -1,21 +1,18 @@
 //! The few bpf(2) commands the bench needs, called directly so every program (enforcer's,
-//! the trivial comparison programs, xdp-filter's) is timed through the very same path.
+//! the trivial comparison programs, xdp-filter's) is timed through the very same path; the
+//! syscall itself is the daemon's (`enforcer::kernel::sys`).
 
 use std::{
-    ffi::CString,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::Path,
 };
 
 use anyhow::{bail, Context as _};
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use enforcer::kernel::sys::{
+    self, bpf, Attr, BPF_LINK_CREATE, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_GET_FD_BY_ID, BPF_PROG_LOAD,
+    BPF_PROG_TEST_RUN,
+};
 
 pub const PROG_TYPE_XDP: u32 = 6;
 pub const PROG_TYPE_CGROUP_SKB: u32 = 8;
@@ -28,29 +25,6 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
-/// `bpf(cmd, attr, size)` on a zero-padded attribute block.
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a valid, writable, zero-initialised bpf_attr-sized buffer.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn put32(a: &mut [u8; 128], off: usize, v: u32) {
-    a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put64(a: &mut [u8; 128], off: usize, v: u64) {
-    a[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn get32(a: &[u8; 128], off: usize) -> u32 {
-    u32::from_ne_bytes(a[off..off + 4].try_into().expect("4 bytes"))
-}
-
 /// `r0 = ret; exit`: the cheapest program of a type that returns `ret`.
 pub fn load_trivial(
     prog_type: u32,
@@ -61,14 +35,14 @@ pub fn load_trivial(
     // mov64 r0, imm (0xb7) ; exit (0x95)
     let insns: [u64; 2] = [0xb7 | ((ret as u32 as u64) << 32), 0x95];
     let license = b"GPL\0";
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, prog_type);
-    put32(&mut a, 4, insns.len() as u32);
-    put64(&mut a, 8, insns.as_ptr() as u64);
-    put64(&mut a, 16, license.as_ptr() as u64);
+    let mut a = Attr::default();
+    a.put32(0, prog_type);
+    a.put32(4, insns.len() as u32);
+    a.put64(8, insns.as_ptr() as u64);
+    a.put64(16, license.as_ptr() as u64);
     let n = name.as_bytes();
-    a[48..48 + n.len().min(15)].copy_from_slice(&n[..n.len().min(15)]);
-    put32(&mut a, 68, expected_attach);
+    a.bytes_mut()[48..48 + n.len().min(15)].copy_from_slice(&n[..n.len().min(15)]);
+    a.put32(68, expected_attach);
     let fd = bpf(BPF_PROG_LOAD, &mut a)
         .with_context(|| format!("loading the trivial program {name}"))?;
     // SAFETY: the kernel just returned this descriptor to us.
@@ -77,13 +51,7 @@ pub fn load_trivial(
 
 /// A pinned object (program or map) by path.
 pub fn obj_get(path: &Path) -> anyhow::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).context("path with a NUL")?;
-    let mut a = [0u8; 128];
-    put64(&mut a, 0, c.as_ptr() as u64);
-    let fd =
-        bpf(BPF_OBJ_GET, &mut a).with_context(|| format!("opening pinned {}", path.display()))?;
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    sys::obj_get(path).with_context(|| format!("opening pinned {}", path.display()))
 }
 
 /// One BPF_PROG_TEST_RUN result.
@@ -96,15 +64,15 @@ pub struct Run {
 
 /// Runs `prog` `repeat` times on `data` (an Ethernet frame).
 pub fn test_run(prog: RawFd, data: &[u8], repeat: u32) -> anyhow::Result<Run> {
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, prog as u32);
-    put32(&mut a, 8, data.len() as u32);
-    put64(&mut a, 16, data.as_ptr() as u64);
-    put32(&mut a, 32, repeat);
+    let mut a = Attr::default();
+    a.put32(0, prog as u32);
+    a.put32(8, data.len() as u32);
+    a.put64(16, data.as_ptr() as u64);
+    a.put32(32, repeat);
     bpf(BPF_PROG_TEST_RUN, &mut a).context("BPF_PROG_TEST_RUN")?;
     Ok(Run {
-        retval: get32(&a, 4),
-        ns: get32(&a, 36),
+        retval: a.get32(4),
+        ns: a.get32(36),
     })
 }
 
@@ -120,26 +88,26 @@ pub fn xdp_live_frames(
 ) -> io::Result<()> {
     // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
     let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, prog as u32);
-    put32(&mut a, 8, frame.len() as u32);
-    put64(&mut a, 16, frame.as_ptr() as u64);
-    put32(&mut a, 32, repeat);
-    put32(&mut a, 40, std::mem::size_of_val(&ctx) as u32);
-    put64(&mut a, 48, ctx.as_ptr() as u64);
-    put32(&mut a, 64, BPF_F_TEST_XDP_LIVE_FRAMES);
-    put32(&mut a, 72, batch);
+    let mut a = Attr::default();
+    a.put32(0, prog as u32);
+    a.put32(8, frame.len() as u32);
+    a.put64(16, frame.as_ptr() as u64);
+    a.put32(32, repeat);
+    a.put32(40, std::mem::size_of_val(&ctx) as u32);
+    a.put64(48, ctx.as_ptr() as u64);
+    a.put32(64, BPF_F_TEST_XDP_LIVE_FRAMES);
+    a.put32(72, batch);
     bpf(BPF_PROG_TEST_RUN, &mut a).map(|_| ())
 }
 
 /// Attaches an XDP program to `ifindex` (native mode) through a BPF link: closing the
 /// returned descriptor detaches it. `ifindex` is resolved in the caller's namespace.
 pub fn xdp_link(prog: RawFd, ifindex: u32) -> anyhow::Result<OwnedFd> {
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, prog as u32);
-    put32(&mut a, 4, ifindex);
-    put32(&mut a, 8, ATTACH_XDP);
-    put32(&mut a, 12, XDP_FLAGS_DRV_MODE);
+    let mut a = Attr::default();
+    a.put32(0, prog as u32);
+    a.put32(4, ifindex);
+    a.put32(8, ATTACH_XDP);
+    a.put32(12, XDP_FLAGS_DRV_MODE);
     let fd = bpf(BPF_LINK_CREATE, &mut a)
         .with_context(|| format!("attaching XDP (native) to ifindex {ifindex}"))?;
     // SAFETY: the kernel just returned this descriptor to us.
@@ -188,10 +156,10 @@ pub fn process_maps() -> anyhow::Result<Vec<MapMem>> {
 fn map_name(fd: RawFd) -> io::Result<String> {
     // struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags, name[16]...
     let mut info = [0u8; 96];
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, fd as u32);
-    put32(&mut a, 4, info.len() as u32);
-    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    let mut a = Attr::default();
+    a.put32(0, fd as u32);
+    a.put32(4, info.len() as u32);
+    a.put64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
     let name = &info[24..40];
     let end = name.iter().position(|&c| c == 0).unwrap_or(16);
@@ -202,10 +170,10 @@ fn map_name(fd: RawFd) -> io::Result<String> {
 pub fn prog_size(fd: RawFd) -> io::Result<(u32, u32)> {
     // struct bpf_prog_info: type, id, tag[8], jited_prog_len, xlated_prog_len, ...
     let mut info = [0u8; 256];
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, fd as u32);
-    put32(&mut a, 4, info.len() as u32);
-    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    let mut a = Attr::default();
+    a.put32(0, fd as u32);
+    a.put32(4, info.len() as u32);
+    a.put64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
     let jited = u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes"));
     let xlated = u32::from_ne_bytes(info[20..24].try_into().expect("4 bytes"));
@@ -216,14 +184,14 @@ pub fn prog_size(fd: RawFd) -> io::Result<(u32, u32)> {
 pub fn link_prog(link: &OwnedFd) -> anyhow::Result<OwnedFd> {
     // struct bpf_link_info: type, id, prog_id, ...
     let mut info = [0u8; 64];
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, link.as_raw_fd() as u32);
-    put32(&mut a, 4, info.len() as u32);
-    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    let mut a = Attr::default();
+    a.put32(0, link.as_raw_fd() as u32);
+    a.put32(4, info.len() as u32);
+    a.put64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).context("link info")?;
     let prog_id = u32::from_ne_bytes(info[8..12].try_into().expect("4 bytes"));
-    let mut a = [0u8; 128];
-    put32(&mut a, 0, prog_id);
+    let mut a = Attr::default();
+    a.put32(0, prog_id);
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)
         .with_context(|| format!("opening program id {prog_id}"))?;
     // SAFETY: the kernel just returned this descriptor to us.

@@ -81,7 +81,7 @@ impl Kern {
         let mut loaded = Loaded::load()?;
         let events = loaded.events.take();
         let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
-        info.netns_cookie = host::netns_cookie().context("netns cookie")?;
+        info.netns_cookie = enforcer::host::netns_cookie().context("netns cookie")?;
         info.addr_bloom = host::addr_bloom(local_addrs);
         loaded
             .maps
@@ -129,13 +129,11 @@ impl Kern {
     pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<Duration> {
         let compiled = compile(policy).map_err(|e| anyhow!("compiling the bench policy: {e}"))?;
         // Allowed cgroups that exist (the bench's own, for the egress allowed path).
-        let mount = enforcer::kernel::host::cgroup2_mount()?;
+        let mount = enforcer::host::cgroup2_mount()?;
         let ids = compiled
             .cgroups
             .keys()
-            .filter_map(|(_, p)| {
-                enforcer::kernel::host::cgroup_id(&mount, p).map(|id| (p.clone(), id))
-            })
+            .filter_map(|(_, p)| enforcer::host::cgroup_id(&mount, p).map(|id| (p.clone(), id)))
             .collect();
         self.generation += 1;
         let t = Instant::now();

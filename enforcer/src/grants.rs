@@ -2,41 +2,21 @@
 //! rule until a deadline. Grants are stored in the state directory, so they survive a
 //! restart, and expire on time whether or not anyone is watching.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 
 use crate::{
-    policy::{validate::normalize_cgroup, validate::parse_prefix, Entry, Policy},
+    clock::{now_unix, rfc3339},
+    policy::{
+        values::{normalize_cgroup, parse_prefix},
+        Entry, Grant, Policy,
+    },
     statefile,
 };
 
 /// The longest a grant may last.
 pub const MAX_GRANT_SECS: u64 = 30 * 24 * 3600;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    pub id: String,
-    pub rule: String,
-    pub entry: Entry,
-    pub reason: String,
-    pub created_unix: u64,
-    pub expires_unix: u64,
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
-}
 
 /// Grants in force, persisted as JSON in the state directory.
 pub struct Store {
@@ -186,6 +166,7 @@ pub fn describe(g: &Grant, now: u64) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn policy() -> Policy {
         crate::policy::parse_str(Path::new("t.toml"), "[[rule]]\nname = \"pg\"\nprotocol = \"tcp\"\nports = [5432]\nallow_from = [\"10.0.0.0/8\"]\n").unwrap()

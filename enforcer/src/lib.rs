@@ -6,12 +6,12 @@
 //! ties them together.
 
 pub mod cli;
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod events;
-pub mod explain;
 pub mod grants;
+pub mod host;
 pub mod kernel;
 pub mod policy;
-pub mod scan;
 pub mod statefile;

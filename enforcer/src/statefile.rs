@@ -67,7 +67,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 /// never read again) and returns its new path.
 pub fn set_aside(path: &Path) -> anyhow::Result<PathBuf> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".corrupt-{}", crate::grants::now_unix()));
+    name.push(format!(".corrupt-{}", crate::clock::now_unix()));
     let aside = path.with_file_name(name);
     std::fs::rename(path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
     Ok(aside)

@@ -60,7 +60,7 @@ impl TestKernel {
     pub fn new(policy: &str, local_addrs: &[IpAddr]) -> Self {
         let mut loaded = Loaded::load().expect("load programs");
         let events = loaded.events.take().expect("ring buffer");
-        let cookie = host::netns_cookie().expect("netns cookie");
+        let cookie = enforcer::host::netns_cookie().expect("netns cookie");
         loaded
             .maps
             .host
@@ -254,7 +254,7 @@ pub fn pinned_link_ids(path: &Path) -> (u32, u32) {
         info_len: u32,
         info: u64,
     }
-    let fd = enforcer::kernel::pins::obj_get(path)
+    let fd = enforcer::kernel::sys::obj_get(path)
         .unwrap_or_else(|e| panic!("BPF_OBJ_GET {}: {e}", path.display()));
     // struct bpf_link_info starts with type, id, prog_id (u32 each).
     let mut info = [0u32; 4];

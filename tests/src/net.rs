@@ -146,7 +146,7 @@ pub fn route_via_host(ns: &NetNs, n: u8) {
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
 pub fn cgroup_mount() -> PathBuf {
-    enforcer::kernel::host::cgroup2_mount().expect("cgroup v2 mounted")
+    enforcer::host::cgroup2_mount().expect("cgroup v2 mounted")
 }
 
 /// A cgroup directory made for a test under the cgroup v2 mount, removed on drop (its

@@ -128,7 +128,7 @@ fn tagged() -> Vec<(String, Thing)> {
             v.push((tag.to_string(), thing));
         }
     };
-    if let Ok(mount) = enforcer::kernel::host::cgroup2_mount() {
+    if let Ok(mount) = enforcer::host::cgroup2_mount() {
         for (name, path) in names_in(&mount) {
             if path.is_dir() {
                 add(&name, Thing::Cgroup(path));

@@ -13,10 +13,7 @@
 
 use std::net::IpAddr;
 
-use enforcer::{
-    kernel::{counters, host},
-    policy::parse_str,
-};
+use enforcer::{kernel::counters, policy::parse_str};
 use enforcer_common::{
     consts::*,
     event::{PacketEvent, EVENT_PACKET},
@@ -1781,7 +1778,7 @@ fn socket_outside_the_host_namespace() {
         return;
     }
     let mut b = Bench::new(&main_policy());
-    let real = host::netns_cookie().expect("netns cookie");
+    let real = enforcer::host::netns_cookie().expect("netns cookie");
     b.k.set_host_netns_cookie(real ^ 0x5a5a_5a5a);
     b.host_netns = false;
     let chain9 = (0..9).fold(tcp(R6, L6, 5432), |p, _| p.ext(Ext::DstOpts(0)));

@@ -3,6 +3,7 @@
 //! nothing else.
 
 mod bench;
+mod imports;
 mod setup;
 
 use std::{
@@ -35,6 +36,9 @@ enum Cmd {
     },
     /// A self-contained demo in network namespaces: allowed and refused connections.
     Demo,
+    /// The module graph of `enforcer/src`: fails on an import cycle or on `policy/`
+    /// importing upward.
+    Imports,
     /// Formatting and clippy (-D warnings) for the host crates and for the BPF crates on
     /// their own target.
     Lint,
@@ -75,6 +79,7 @@ pub fn workspace_root() -> PathBuf {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Setup => setup::setup(),
+        Cmd::Imports => imports::imports(),
         Cmd::Build => {
             setup::setup()?;
             cargo(&["build", "--release", "-p", "enforcer"], &[])

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::{
     control::{client, protocol::Request},
-    explain::{explain, Explanation, Query},
     kernel::pins::{LockError, PinDir},
+    policy::explain::{explain, Explanation, Query},
 };
 
 pub fn reload(socket: &Path, confirm_within: Option<std::time::Duration>) -> anyhow::Result<()> {
@@ -222,7 +222,7 @@ pub fn explain_cmd(a: ExplainArgs) -> anyhow::Result<()> {
     let (e, source): (Explanation, String) = match &a.config {
         Some(path) => {
             // As the policy applies now: allow entries past their `expires` allow nothing.
-            let p = crate::policy::load(path)?.effective(crate::grants::now_unix(), &[]);
+            let p = crate::policy::load(path)?.effective(crate::clock::now_unix(), &[]);
             (
                 explain(&p.verdict, &query).map_err(anyhow::Error::msg)?,
                 format!("policy file {}", path.display()),

@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::{check::usable, Format, DEFAULT_CONFIG};
 use crate::{
+    clock::now_unix,
     control::{client, protocol::Request},
-    grants::now_unix,
     policy::{
         diff::{self, Side},
         PolicyError,

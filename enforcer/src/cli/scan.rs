@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::{
-    policy::{self, lint},
-    scan,
+    host::{facts, sockets},
+    policy::{self, exposure},
 };
 
 pub fn scan(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
@@ -17,11 +17,11 @@ pub fn scan(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
             Some(policy::load(c).map_err(|e| anyhow::anyhow!("the policy cannot be used:\n{e}"))?)
         }
     };
-    let sockets = scan::listeners().context("reading the listening sockets")?;
-    let ephemeral = lint::read_ephemeral_range().ok();
-    let reserved = lint::read_reserved_ports().unwrap_or_default();
-    let coverage = policy.as_ref().map(scan::coverage_on_host);
-    let report = scan::report(
+    let sockets = sockets::listeners().context("reading the listening sockets")?;
+    let ephemeral = facts::read_ephemeral_range().ok();
+    let reserved = facts::read_reserved_ports().unwrap_or_default();
+    let coverage = policy.as_ref().map(sockets::coverage_on_host);
+    let report = exposure::report(
         policy.as_ref(),
         &sockets.listeners,
         coverage.as_ref(),
@@ -33,7 +33,7 @@ pub fn scan(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
         v["unreadable_processes"] = sockets.unreadable_processes.into();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", scan::render(&report));
+        print!("{}", exposure::render(&report));
         if sockets.unreadable_processes > 0 {
             println!(
                 "note: the descriptors of {} processes could not be read (run as root to name every socket's process)",

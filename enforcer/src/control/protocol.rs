@@ -31,7 +31,9 @@ pub enum Request {
     /// The policy in force as `enforcer diff` compares it (grants included).
     Policy,
     /// The verdict for a described packet under the live policy.
-    Explain { query: crate::explain::Query },
+    Explain {
+        query: crate::policy::explain::Query,
+    },
     /// Allow a source prefix (`from`) or a cgroup on a rule for `for_secs` seconds.
     Grant {
         rule: String,

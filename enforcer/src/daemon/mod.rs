@@ -22,8 +22,8 @@ use tracing::info;
 use crate::{
     control::{self, protocol, protocol::Request, server::Call},
     events::enrich::Enricher,
+    host,
     kernel::{
-        host,
         pins::{self, PinDir},
         Loaded,
     },
@@ -192,7 +192,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                         Ok(v) => protocol::ok(v),
                         Err(e) => protocol::error(e),
                     },
-                    Request::Explain { query } => match crate::explain::explain(&st.effective.verdict, &query) {
+                    Request::Explain { query } => match crate::policy::explain::explain(&st.effective.verdict, &query) {
                         Ok(e) => protocol::ok(serde_json::json!({"explanation": e, "policy": st.generation()})),
                         Err(e) => protocol::error(e),
                     },

@@ -14,8 +14,9 @@ use enforcer_common::{
     reason::{Hook, Reason, Verdict},
 };
 
-use super::record::{rfc3339, Record};
-use crate::kernel::host;
+use super::record::Record;
+use crate::clock::rfc3339_nanos as rfc3339;
+use crate::host;
 
 /// Rule names of the policies events may still refer to, by generation.
 #[derive(Default)]
@@ -118,7 +119,7 @@ impl Enricher {
     pub fn new(cgroup_mount: Option<PathBuf>) -> Self {
         Enricher {
             rules: RuleNames::default(),
-            clock_offset_ns: host::monotonic_to_realtime_offset_ns(),
+            clock_offset_ns: crate::clock::monotonic_to_realtime_offset_ns(),
             ifnames: HashMap::new(),
             cgroup_paths: CgroupCache::new(CGROUP_CACHE),
             cgroup_mount,

@@ -67,15 +67,3 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
 }
-
-/// RFC 3339 UTC with nanoseconds for nanoseconds since the Unix epoch.
-pub fn rfc3339(unix_ns: i128) -> String {
-    let ns = unix_ns.max(0) as u128;
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
-    humantime::format_rfc3339_nanos(t).to_string()
-}
-
-/// Now, as `rfc3339`.
-pub fn now() -> String {
-    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
-}

@@ -16,7 +16,8 @@ use aya::maps::MapError;
 use enforcer_common::consts::PATH_TABLE;
 use tracing::{info, warn};
 
-use super::{host, netlink::Link, programs::Maps};
+use super::programs::Maps;
+use crate::host::{self, netlink::Link};
 
 /// What `PATHS` holds, and what it was made from.
 #[derive(Default)]
@@ -115,7 +116,7 @@ fn resolve(wanted: &BTreeSet<i32>) -> BTreeMap<i32, u64> {
             continue;
         }
         let Ok(f) = File::open(&path) else { continue };
-        let Ok(Some(nsid)) = super::netlink::nsid_of(f.as_raw_fd()) else {
+        let Ok(Some(nsid)) = host::netlink::nsid_of(f.as_raw_fd()) else {
             continue;
         };
         if !wanted.contains(&nsid) || found.contains_key(&nsid) {

@@ -15,7 +15,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::AsRawFd as _,
         unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     },
     path::{Path, PathBuf},
@@ -155,7 +155,7 @@ impl Owner {
         Ok(Owner {
             pid: std::process::id(),
             start_ticks,
-            started: crate::grants::rfc3339(btime + start_ticks / hz),
+            started: crate::clock::rfc3339(btime + start_ticks / hz),
             netns_ino: std::fs::metadata("/proc/self/ns/net")?.ino(),
             netns_cookie,
         })
@@ -288,122 +288,6 @@ fn mount_bpffs() -> io::Result<()> {
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-
-/// Opens a pinned object.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
-    let mut attr = [0u64; 3];
-    attr[0] = c.as_ptr() as u64;
-    // SAFETY: the attr buffer is larger than the kernel reads for this command.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Pins the object behind `fd` at `path` (BPF_OBJ_PIN).
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // union bpf_attr for BPF_OBJ_PIN: pathname (u64), bpf_fd, file_flags, path_fd.
-    let mut attr = [0u64; 3];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = fd.as_raw_fd() as u32 as u64;
-    // SAFETY: the attr buffer is larger than the kernel reads for this command.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Atomically replaces the program of a link (BPF_LINK_UPDATE): the attach point is never
-/// without a program.
-pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
-    // union bpf_attr for BPF_LINK_UPDATE: link_fd, new_prog_fd, flags, old_prog_fd.
-    let mut attr = [0u32; 4];
-    attr[0] = link.as_raw_fd() as u32;
-    attr[1] = prog.as_raw_fd() as u32;
-    // SAFETY: the attr buffer is what the kernel reads for this command.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// Writes `values[i]` at index `keys[i]` of an array map in one BPF_MAP_UPDATE_BATCH call
-/// per chunk instead of one syscall per entry.
-pub fn array_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len());
-    for (k, v) in keys.chunks(1 << 16).zip(values.chunks(1 << 16)) {
-        // union bpf_attr for batch ops: in_batch, out_batch, keys, values (u64 pointers),
-        // count, map_fd, elem_flags (u64), flags (u64).
-        #[repr(C)]
-        struct Batch {
-            in_batch: u64,
-            out_batch: u64,
-            keys: u64,
-            values: u64,
-            count: u32,
-            map_fd: u32,
-            elem_flags: u64,
-            flags: u64,
-        }
-        let mut attr = Batch {
-            in_batch: 0,
-            out_batch: 0,
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: keys and values outlive the call and hold `count` entries each.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut Batch,
-                std::mem::size_of::<Batch>(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use enforcer_common::{
 use aya::maps::IterableMap as _;
 use std::os::fd::AsFd as _;
 
-use super::{host, pins, programs::Maps};
+use super::{programs::Maps, sys};
 use crate::policy::{compile::Allowed, Compiled};
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
@@ -127,7 +127,7 @@ fn content_for(
     cgroup_ids: &BTreeMap<String, u64>,
     generation: u64,
 ) -> SlotContent {
-    let to_boot = host::UnixToBoottime::now();
+    let to_boot = crate::clock::UnixToBoottime::now();
     let value = |a: &Allowed| AllowValue {
         rule: a.rule,
         _pad: 0,
@@ -212,7 +212,7 @@ fn write_slot(
     }
     if !keys.is_empty() {
         let fd = maps.ports.map().fd().as_fd();
-        pins::array_update_batch(fd, &keys, &values).context("writing the port table")?;
+        sys::array_update_batch(fd, &keys, &values).context("writing the port table")?;
         stats.entries_written += keys.len();
     }
     let old_groups = old.map_or(MAX_GROUPS as usize, |o| o.groups.len());

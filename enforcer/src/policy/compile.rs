@@ -305,7 +305,7 @@ pub fn compile_after(
                         family: family as u32,
                         top,
                     })
-                    .or_insert_with(BucketBits::default)
+                    .or_default()
                     .set(base, (k.family_len & 0xff) as u8);
             }
         }

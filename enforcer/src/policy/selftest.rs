@@ -11,7 +11,7 @@ use super::{
     file::TestFile,
     Policy,
 };
-use crate::explain::{explain, Query};
+use crate::policy::explain::{explain, Query};
 
 /// One `[[test]]` as validated: kept with the policy so `enforcer diff` can compare them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

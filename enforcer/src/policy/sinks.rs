@@ -1,213 +1,158 @@
-//! `[audit.file]` and `[audit.syslog]`: where else the audit stream goes, validated.
+//! `[audit.file]` and `[audit.syslog]`: where else the audit stream goes. The values the
+//! sinks in `crate::events::sink` run with; `validate::sinks` reads them from the file.
 
-use std::path::{Component, Path};
+use std::{fmt, net::IpAddr, path::PathBuf};
 
-use enforcer_common::model::Rule;
-use toml::Spanned;
-
-use super::{
-    file::{FileSinkFile, SyslogSinkFile},
-    validate::{parse_prefix, Validator},
-};
-use crate::events::sink::{file, syslog, Filter, VERDICTS};
+use enforcer_common::model::Prefix;
 
 /// The audit sinks a policy asks for, besides stdout and subscribers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditSinks {
-    pub file: Option<file::Config>,
-    pub syslog: Option<syslog::Config>,
+    pub file: Option<FileConfig>,
+    pub syslog: Option<SyslogConfig>,
 }
 
-/// Largest rotation size accepted (1 TiB), and the smallest (a few lines).
-const MAX_BYTES: i64 = 1 << 40;
-const MIN_BYTES: i64 = 4096;
-const MAX_KEEP: i64 = 1000;
+pub const DEFAULT_MAX_BYTES: u64 = 100 << 20;
+pub const DEFAULT_KEEP: u32 = 5;
 
-impl Validator<'_> {
-    pub(super) fn audit_sinks(
-        &mut self,
-        f: Option<&FileSinkFile>,
-        s: Option<&SyslogSinkFile>,
-        rules: &[Rule],
-    ) -> AuditSinks {
-        AuditSinks {
-            file: f.and_then(|f| self.file_sink(f, rules)),
-            syslog: s.and_then(|s| self.syslog_sink(s, rules)),
-        }
-    }
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub keep: u32,
+    pub filter: Filter,
+}
 
-    fn file_sink(&mut self, f: &FileSinkFile, rules: &[Rule]) -> Option<file::Config> {
-        let p = f.path.get_ref();
-        let path = Path::new(p);
-        let ok = path.is_absolute()
-            && !p.ends_with('/')
-            && path
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if !ok {
-            self.error(
-                &f.path,
-                format!("path must be an absolute file path without \"..\" or \".\", not {p:?}"),
-            );
-        }
-        let max_bytes = self.int(&f.max_bytes, MIN_BYTES, MAX_BYTES, "max_bytes", "bytes");
-        let keep = self.int(&f.keep, 1, MAX_KEEP, "keep", "rotated files");
-        let filter = self.filter(&f.verdict, &f.rule, &f.src, rules);
-        Some(file::Config {
-            path: path.to_path_buf(),
-            max_bytes: max_bytes.map_or(file::DEFAULT_MAX_BYTES, |n| n as u64),
-            keep: keep.map_or(file::DEFAULT_KEEP, |n| n as u32),
-            filter: filter?,
-        })
-        .filter(|_| ok)
-    }
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyslogTarget {
+    Unix(PathBuf),
+    /// HOST:PORT
+    Udp(String),
+    Tcp(String),
+}
 
-    fn syslog_sink(&mut self, s: &SyslogSinkFile, rules: &[Rule]) -> Option<syslog::Config> {
-        let target = syslog::Target::parse(s.target.get_ref())
-            .map_err(|e| self.error(&s.target, e))
-            .ok();
-        let facility = match &s.facility {
-            None => syslog::facility("local0"),
-            Some(f) => syslog::facility(f.get_ref()).or_else(|| {
-                self.error(
-                    f,
-                    format!(
-                        "facility must be one of {}, not {:?}",
-                        syslog::facility_names(),
-                        f.get_ref()
-                    ),
-                );
-                None
-            }),
+impl SyslogTarget {
+    pub fn parse(s: &str) -> Result<SyslogTarget, String> {
+        let host_port = |a: &str| -> Result<String, String> {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{s:?} has no port (HOST:PORT)"))?;
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 && !host.is_empty() => Ok(a.to_string()),
+                _ => Err(format!(
+                    "{s:?}: expected HOST:PORT with a port from 1 to 65535"
+                )),
+            }
         };
-        let filter = self.filter(&s.verdict, &s.rule, &s.src, rules);
-        Some(syslog::Config {
-            target: target?,
-            facility: facility?,
-            filter: filter?,
-        })
-    }
-
-    /// An integer setting within `min..=max`; None when absent (or wrong, reported).
-    fn int(
-        &mut self,
-        v: &Option<Spanned<i64>>,
-        min: i64,
-        max: i64,
-        what: &str,
-        unit: &str,
-    ) -> Option<i64> {
-        let v = v.as_ref()?;
-        if (min..=max).contains(v.get_ref()) {
-            Some(*v.get_ref())
+        if let Some(p) = s.strip_prefix("unix:") {
+            if !p.starts_with('/') {
+                return Err(format!("{s:?}: a unix target needs an absolute path"));
+            }
+            Ok(SyslogTarget::Unix(p.into()))
+        } else if let Some(a) = s.strip_prefix("udp://") {
+            host_port(a).map(SyslogTarget::Udp)
+        } else if let Some(a) = s.strip_prefix("tcp://") {
+            host_port(a).map(SyslogTarget::Tcp)
         } else {
-            self.error(
-                v,
-                format!(
-                    "{what} must be from {min} to {max} {unit}, not {}",
-                    v.get_ref()
-                ),
-            );
-            None
+            Err(format!(
+                "target must be \"unix:/PATH\", \"udp://HOST:PORT\" or \"tcp://HOST:PORT\", not {s:?}"
+            ))
         }
-    }
-
-    /// The filters `enforcer tail` takes; a rule must be one of this policy's.
-    fn filter(
-        &mut self,
-        verdict: &Option<Spanned<String>>,
-        rule: &Option<Spanned<String>>,
-        src: &Option<Spanned<String>>,
-        rules: &[Rule],
-    ) -> Option<Filter> {
-        let mut ok = true;
-        if let Some(v) = verdict {
-            if !VERDICTS.contains(&v.get_ref().as_str()) {
-                self.error(
-                    v,
-                    format!(
-                        "verdict must be \"allow\", \"drop\" or \"would-drop\", not {:?}",
-                        v.get_ref()
-                    ),
-                );
-                ok = false;
-            }
-        }
-        if let Some(r) = rule {
-            if !rules.iter().any(|x| &x.name == r.get_ref()) {
-                self.error(r, format!("no rule named {:?} in this policy", r.get_ref()));
-                ok = false;
-            }
-        }
-        let src = match src {
-            None => None,
-            Some(s) => match parse_prefix(s.get_ref()) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.error(s, e);
-                    ok = false;
-                    None
-                }
-            },
-        };
-        ok.then(|| Filter {
-            verdict: verdict.as_ref().map(|v| v.get_ref().clone()),
-            rule: rule.as_ref().map(|r| r.get_ref().clone()),
-            src,
-        })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use crate::policy::parse_str;
-    use std::path::Path;
-
-    const RULE: &str = "[[rule]]\nname = \"db\"\nports = [5432]\n";
-
-    fn parse(audit: &str) -> Result<crate::policy::Policy, String> {
-        parse_str(Path::new("p.toml"), &format!("{audit}\n{RULE}")).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn sinks_are_read_with_defaults() {
-        let p = parse("[audit.file]\npath = \"/var/log/enforcer/audit.jsonl\"\n[audit.syslog]\ntarget = \"udp://127.0.0.1:514\"\nverdict = \"drop\"\nrule = \"db\"\nsrc = \"10.0.0.0/8\"\n").unwrap();
-        let f = p.sinks.file.unwrap();
-        assert_eq!(
-            (f.max_bytes, f.keep, f.filter.is_empty()),
-            (100 << 20, 5, true)
-        );
-        let s = p.sinks.syslog.unwrap();
-        assert_eq!(s.facility, 16);
-        assert_eq!(s.filter.rule.as_deref(), Some("db"));
-        assert!(parse("").unwrap().sinks.file.is_none());
-    }
-
-    #[test]
-    fn bad_sinks_are_refused_with_their_place() {
-        let e = parse("[audit.file]\npath = \"var/log/a\"\nmax_bytes = 10\nkeep = 0\nverdict = \"dropped\"\nrule = \"nope\"\nsrc = \"10.0.0.1/8\"\n").unwrap_err();
-        for want in [
-            "p.toml:2:8: error: path must be an absolute",
-            "p.toml:3:13: error: max_bytes must be from 4096",
-            "p.toml:4:8: error: keep must be from 1",
-            "p.toml:5:11: error: verdict must be",
-            "p.toml:6:8: error: no rule named \"nope\"",
-            "p.toml:7:7: error:",
-        ] {
-            assert!(e.contains(want), "{want} not in:\n{e}");
+impl fmt::Display for SyslogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyslogTarget::Unix(p) => write!(f, "unix:{}", p.display()),
+            SyslogTarget::Udp(a) => write!(f, "udp://{a}"),
+            SyslogTarget::Tcp(a) => write!(f, "tcp://{a}"),
         }
-        let e = parse("[audit.syslog]\ntarget = \"udp://h\"\nfacility = \"local9\"\n").unwrap_err();
-        assert!(
-            e.contains("p.toml:2:10: error:") && e.contains("no port"),
-            "{e}"
-        );
-        assert!(
-            e.contains("p.toml:3:12: error: facility must be one of"),
-            "{e}"
-        );
-        let e = parse("[audit.syslog]\nfacility = \"local1\"\n").unwrap_err();
-        assert!(e.contains("missing field `target`"), "{e}");
-        let e = parse("[audit.file]\npath = \"/a\"\nsize = 1\n").unwrap_err();
-        assert!(e.contains("unknown field `size`"), "{e}");
+    }
+}
+
+/// Facility names (RFC 5424 table 1) and their codes.
+const FACILITIES: &[(&str, u8)] = &[
+    ("kern", 0),
+    ("user", 1),
+    ("mail", 2),
+    ("daemon", 3),
+    ("auth", 4),
+    ("syslog", 5),
+    ("lpr", 6),
+    ("news", 7),
+    ("uucp", 8),
+    ("cron", 9),
+    ("authpriv", 10),
+    ("ftp", 11),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+    ("local7", 23),
+];
+
+pub fn facility(name: &str) -> Option<u8> {
+    FACILITIES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
+pub fn facility_name(code: u8) -> &'static str {
+    FACILITIES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map_or("?", |(n, _)| n)
+}
+
+pub fn facility_names() -> String {
+    FACILITIES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyslogConfig {
+    pub target: SyslogTarget,
+    pub facility: u8,
+    pub filter: Filter,
+}
+
+pub const VERDICTS: [&str; 3] = ["allow", "drop", "would-drop"];
+
+/// Which lines a sink (or `enforcer tail`) keeps. With any condition set, only packet
+/// events that meet all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub verdict: Option<String>,
+    pub rule: Option<String>,
+    pub src: Option<Prefix>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.verdict.is_none() && self.rule.is_none() && self.src.is_none()
+    }
+
+    pub fn keeps(
+        &self,
+        event: &str,
+        verdict: Option<&str>,
+        rule: Option<&str>,
+        src: Option<IpAddr>,
+    ) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        event == "packet"
+            && self.verdict.as_deref().is_none_or(|v| verdict == Some(v))
+            && self.rule.as_deref().is_none_or(|r| rule == Some(r))
+            && self
+                .src
+                .as_ref()
+                .is_none_or(|p| src.is_some_and(|a| p.contains(a)))
     }
 }

@@ -18,22 +18,14 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{chain, lost_notice, Filter, Item, LineWriter, LostCounts, Scope};
+pub use crate::policy::sinks::{FileConfig as Config, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 
-pub const DEFAULT_MAX_BYTES: u64 = 100 << 20;
-pub const DEFAULT_KEEP: u32 = 5;
+use super::{chain, lost_notice, Item, LineWriter, LostCounts, Scope};
+
 /// Lines the file may fall behind the stream before it loses some.
 pub const QUEUE: usize = 1 << 16;
 /// Where the last run's last chain is kept in the state directory.
 const ANCHOR: &str = "audit-chain.json";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub path: PathBuf,
-    pub max_bytes: u64,
-    pub keep: u32,
-    pub filter: Filter,
-}
 
 /// Rotation limits a reload may change while the sink runs.
 #[derive(Debug)]
@@ -271,7 +263,7 @@ fn last_chain(path: &Path) -> (Option<String>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::sink::{Line, Meta};
+    use crate::events::sink::{Filter, Line, Meta};
     use std::os::unix::fs::MetadataExt as _;
 
     fn item(seq: u64, lost_before: u64) -> Item {

@@ -19,10 +19,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use enforcer_common::model::Prefix;
 use tokio::sync::mpsc;
 
-use super::record::{self, Record};
+use super::record::Record;
 
 /// Where a sink's lines go; the `scope` of its `lost` notices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +164,7 @@ pub struct Item {
 /// A sink's own `lost` notice (it has no `seq`: only that sink has it).
 pub fn lost_notice(scope: Scope, count: u64) -> Vec<u8> {
     let r = Record {
-        ts: record::now(),
+        ts: crate::clock::now_rfc3339_nanos(),
         event: "lost",
         scope: Some(scope.name()),
         count: Some(count),
@@ -174,41 +173,9 @@ pub fn lost_notice(scope: Scope, count: u64) -> Vec<u8> {
     Origin::get().stamp(serde_json::to_vec(&r).unwrap_or_default(), None)
 }
 
-pub const VERDICTS: [&str; 3] = ["allow", "drop", "would-drop"];
-
-/// Which lines a sink (or `enforcer tail`) keeps. With any condition set, only packet
-/// events that meet all of them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub verdict: Option<String>,
-    pub rule: Option<String>,
-    pub src: Option<Prefix>,
-}
+pub use crate::policy::sinks::{Filter, VERDICTS};
 
 impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.verdict.is_none() && self.rule.is_none() && self.src.is_none()
-    }
-
-    pub fn keeps(
-        &self,
-        event: &str,
-        verdict: Option<&str>,
-        rule: Option<&str>,
-        src: Option<IpAddr>,
-    ) -> bool {
-        if self.is_empty() {
-            return true;
-        }
-        event == "packet"
-            && self.verdict.as_deref().is_none_or(|v| verdict == Some(v))
-            && self.rule.as_deref().is_none_or(|r| rule == Some(r))
-            && self
-                .src
-                .as_ref()
-                .is_none_or(|p| src.is_some_and(|a| p.contains(a)))
-    }
-
     fn keeps_line(&self, l: &Line) -> bool {
         self.keeps(
             &l.meta.event,
@@ -374,7 +341,7 @@ mod tests {
         let f = Filter {
             verdict: Some("drop".into()),
             rule: Some("db".into()),
-            src: Some(crate::policy::validate::parse_prefix("10.0.0.0/8").unwrap()),
+            src: Some(crate::policy::values::parse_prefix("10.0.0.0/8").unwrap()),
         };
         let a: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(f.keeps("packet", Some("drop"), Some("db"), Some(a)));

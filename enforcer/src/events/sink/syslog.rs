@@ -6,18 +6,20 @@
 //! reported with the next message that goes through.
 
 use std::{
-    fmt,
     io::Write as _,
     net::{SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
     os::unix::net::{UnixDatagram, UnixStream},
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
 
-use super::{lost_notice, Filter, Item, LineWriter, LostCounts, Meta, Origin, Scope};
+pub use crate::policy::sinks::{
+    facility, facility_name, facility_names, SyslogConfig as Config, SyslogTarget as Target,
+};
+
+use super::{lost_notice, Item, LineWriter, LostCounts, Meta, Origin, Scope};
 
 /// Lines syslog may fall behind the stream before it loses some.
 pub const QUEUE: usize = 1 << 14;
@@ -26,104 +28,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A stuck collector costs at most this per message before the connection is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Unix(PathBuf),
-    /// HOST:PORT
-    Udp(String),
-    Tcp(String),
-}
-
-impl Target {
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let host_port = |a: &str| -> Result<String, String> {
-            let (host, port) = a
-                .rsplit_once(':')
-                .ok_or_else(|| format!("{s:?} has no port (HOST:PORT)"))?;
-            match port.parse::<u16>() {
-                Ok(p) if p > 0 && !host.is_empty() => Ok(a.to_string()),
-                _ => Err(format!(
-                    "{s:?}: expected HOST:PORT with a port from 1 to 65535"
-                )),
-            }
-        };
-        if let Some(p) = s.strip_prefix("unix:") {
-            if !p.starts_with('/') {
-                return Err(format!("{s:?}: a unix target needs an absolute path"));
-            }
-            Ok(Target::Unix(p.into()))
-        } else if let Some(a) = s.strip_prefix("udp://") {
-            host_port(a).map(Target::Udp)
-        } else if let Some(a) = s.strip_prefix("tcp://") {
-            host_port(a).map(Target::Tcp)
-        } else {
-            Err(format!(
-                "target must be \"unix:/PATH\", \"udp://HOST:PORT\" or \"tcp://HOST:PORT\", not {s:?}"
-            ))
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Unix(p) => write!(f, "unix:{}", p.display()),
-            Target::Udp(a) => write!(f, "udp://{a}"),
-            Target::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
-
-/// Facility names (RFC 5424 table 1) and their codes.
-const FACILITIES: &[(&str, u8)] = &[
-    ("kern", 0),
-    ("user", 1),
-    ("mail", 2),
-    ("daemon", 3),
-    ("auth", 4),
-    ("syslog", 5),
-    ("lpr", 6),
-    ("news", 7),
-    ("uucp", 8),
-    ("cron", 9),
-    ("authpriv", 10),
-    ("ftp", 11),
-    ("local0", 16),
-    ("local1", 17),
-    ("local2", 18),
-    ("local3", 19),
-    ("local4", 20),
-    ("local5", 21),
-    ("local6", 22),
-    ("local7", 23),
-];
-
-pub fn facility(name: &str) -> Option<u8> {
-    FACILITIES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
-}
-
-pub fn facility_name(code: u8) -> &'static str {
-    FACILITIES
-        .iter()
-        .find(|(_, c)| *c == code)
-        .map_or("?", |(n, _)| n)
-}
-
-pub fn facility_names() -> String {
-    FACILITIES
-        .iter()
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub target: Target,
-    pub facility: u8,
-    pub filter: Filter,
-}
 
 /// The RFC 5424 HEADER fields.
 pub struct Header<'a> {
@@ -212,7 +116,7 @@ pub fn message(facility: u8, meta: &Meta, json: &[u8], procid: &str) -> Vec<u8> 
             let v: serde_json::Value = serde_json::from_slice(json).ok()?;
             v["ts"].as_str().map(timestamp)
         })
-        .unwrap_or_else(|| timestamp(&crate::events::record::now()));
+        .unwrap_or_else(|| timestamp(&crate::clock::now_rfc3339_nanos()));
     format(
         &Header {
             pri: facility * 8 + severity(&meta.event, meta.verdict),

@@ -429,7 +429,7 @@ pub fn diff(old: &Side, new: &Side) -> Diff {
                 id: g.id.clone(),
                 rule: g.rule.clone(),
                 entry: g.entry.clone(),
-                expires: crate::grants::rfc3339(g.expires_unix),
+                expires: crate::clock::rfc3339(g.expires_unix),
                 kept: new.grants.iter().any(|n| n.id == g.id),
             })
             .collect(),
@@ -752,7 +752,7 @@ fn expiring_changes(old: &[Expiry], new: &[Expiry]) -> ExpiringChanges {
     let item = |e: &Expiry| ExpiryItem {
         rule: e.rule.clone(),
         entry: e.entry.clone(),
-        expires: crate::grants::rfc3339(e.expires_unix),
+        expires: crate::clock::rfc3339(e.expires_unix),
     };
     let find = |list: &'_ [Expiry], e: &Expiry| {
         list.iter()
@@ -770,8 +770,8 @@ fn expiring_changes(old: &[Expiry], new: &[Expiry]) -> ExpiringChanges {
             Some(b) if b.expires_unix != e.expires_unix => out.changed.push(ExpiryMoved {
                 rule: e.rule.clone(),
                 entry: e.entry.clone(),
-                expires_before: crate::grants::rfc3339(b.expires_unix),
-                expires_after: crate::grants::rfc3339(e.expires_unix),
+                expires_before: crate::clock::rfc3339(b.expires_unix),
+                expires_after: crate::clock::rfc3339(e.expires_unix),
             }),
             _ => {}
         }

@@ -164,7 +164,7 @@ impl Except {
     /// Whether `addr` is in the prefix and in none of the exceptions.
     pub fn contains_addr(&self, addr: IpAddr) -> bool {
         let has = |s: &str| {
-            crate::policy::validate::parse_prefix(s).is_ok_and(|p: Prefix| p.contains(addr))
+            crate::policy::values::parse_prefix(s).is_ok_and(|p: Prefix| p.contains(addr))
         };
         has(&self.set) && !self.except.iter().any(|e| has(e))
     }
@@ -191,7 +191,7 @@ mod tests {
     fn set(s: &[&str]) -> PrefixSet {
         let p: Vec<Prefix> = s
             .iter()
-            .map(|s| crate::policy::validate::parse_prefix(s).unwrap())
+            .map(|s| crate::policy::values::parse_prefix(s).unwrap())
             .collect();
         PrefixSet::new(&p)
     }

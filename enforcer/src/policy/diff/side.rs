@@ -5,13 +5,10 @@
 use enforcer_common::model::{Mode, PortRange, Protocol, Rule, VerdictPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    grants::Grant,
-    policy::{
-        selftest::TestCase,
-        validate::{normalize_cgroup, parse_prefix},
-        Entry, Policy,
-    },
+use crate::policy::{
+    selftest::TestCase,
+    values::{normalize_cgroup, parse_prefix},
+    Entry, Grant, Policy,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

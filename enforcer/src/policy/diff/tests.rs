@@ -384,7 +384,7 @@ fn tests_added_removed_and_changed() {
 #[test]
 fn grants_apply_to_both_sides_and_show() {
     let p = parse_str(Path::new("t.toml"), BASE).unwrap();
-    let grant = crate::grants::Grant {
+    let grant = crate::policy::Grant {
         id: "g1".into(),
         rule: "postgres".into(),
         entry: Entry::From("198.51.100.7/32".into()),
@@ -570,7 +570,7 @@ fn mutate(rng: &mut Rng, p: &GenPolicy) -> GenPolicy {
             0 => {
                 // Split a prefix into its halves.
                 if let Some(f) = r.from.first().cloned() {
-                    let pre = crate::policy::validate::parse_prefix(&f).unwrap();
+                    let pre = crate::policy::values::parse_prefix(&f).unwrap();
                     let max = if pre.addr.is_ipv4() { 32 } else { 128 };
                     if pre.len < max {
                         let lo = format!("{}/{}", pre.addr, pre.len + 1);
@@ -909,7 +909,7 @@ fn edges(p: &enforcer_common::model::Prefix) -> Vec<IpAddr> {
 /// policies: a listed change is never vacuous. Candidates are the edges of every prefix
 /// and the cgroups the change names, and their neighbours.
 fn has_witness(c: &PortChange, a: &VerdictPolicy, b: &VerdictPolicy, local: &[IpAddr]) -> bool {
-    let parse = |s: &str| crate::policy::validate::parse_prefix(s).unwrap();
+    let parse = |s: &str| crate::policy::values::parse_prefix(s).unwrap();
     let mut srcs: Vec<IpAddr> = vec![
         "203.0.113.9".parse().unwrap(),
         "2001:db8:ffff::9".parse().unwrap(),

@@ -27,7 +27,14 @@ use enforcer_common::{
     },
 };
 
-use super::pins::{self, Owner, Ownership, PinDir};
+mod attach;
+
+use attach::attach_cgroup_program;
+
+use super::{
+    pins::{Owner, Ownership, PinDir},
+    sys,
+};
 use crate::policy::XdpModeSetting;
 
 /// The BPF object built from enforcer-ebpf by build.rs.
@@ -177,7 +184,7 @@ impl Loaded {
             .into_iter()
             .map(|name| {
                 let path = pins.map(name);
-                pins::obj_get(&path)
+                sys::obj_get(&path)
                     .map(|fd| (name, fd))
                     .with_context(|| format!("opening {}", path.display()))
             })
@@ -273,13 +280,13 @@ impl Loaded {
             };
             let path = pins.link(&name);
             let link =
-                pins::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
+                sys::obj_get(&path).with_context(|| format!("opening {}", path.display()))?;
             let prog_fd = self
                 .ebpf
                 .program(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing"))?
                 .fd()?;
-            if let Err(e) = pins::link_update(link.as_fd(), prog_fd.as_fd()) {
+            if let Err(e) = sys::link_update(link.as_fd(), prog_fd.as_fd()) {
                 if e.raw_os_error() == Some(libc::ENOLINK) {
                     // The attach point went away (an interface was removed): forget it.
                     tracing::info!("pinned link {name} is gone ({e}); removing it");
@@ -325,112 +332,6 @@ impl Loaded {
         self.pins
             .as_ref()
             .ok_or_else(|| anyhow!("programs loaded without a pin directory cannot be attached"))
-    }
-
-    /// Whether XDP is attached to `iface`.
-    pub fn has_xdp(&self, iface: &str) -> bool {
-        self.xdp_links.contains_key(iface)
-    }
-
-    /// Attaches XDP to `iface`: `mode` "native", "generic", or "auto" (native, else generic).
-    pub fn attach_xdp(
-        &mut self,
-        iface: &str,
-        mode: XdpModeSetting,
-    ) -> anyhow::Result<XdpAttachment> {
-        if let Some((_, a)) = self.xdp_links.get(iface) {
-            return Ok(a.clone());
-        }
-        let pins = self.pins()?.clone();
-        let prog: &mut Xdp = program(&mut self.ebpf, XDP)?;
-        let tries: &[(XdpMode, &'static str)] = match mode {
-            XdpModeSetting::Native => &[(XdpMode::Driver, "native")],
-            XdpModeSetting::Generic => &[(XdpMode::Skb, "generic")],
-            XdpModeSetting::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-        };
-        let mut last = None;
-        for (m, label) in tries {
-            match prog.attach(iface, *m) {
-                Ok(id) => {
-                    let link: FdLink = prog.take_link(id)?.try_into()?;
-                    let name = xdp_pin_name(iface, label);
-                    link.pin(pins.link(&name))
-                        .with_context(|| format!("pinning the XDP link of {iface}"))?;
-                    let a = XdpAttachment { mode: label };
-                    self.xdp_links.insert(iface.to_string(), (name, a.clone()));
-                    return Ok(a);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(anyhow!(last.expect("at least one mode tried"))
-            .context(format!("attaching XDP to {iface}")))
-    }
-
-    /// Detaches XDP from `iface` (nothing if it is not attached or already gone).
-    pub fn detach_xdp(&mut self, iface: &str) {
-        if let (Some((name, _)), Some(pins)) = (self.xdp_links.remove(iface), &self.pins) {
-            let _ = std::fs::remove_file(pins.link(&name));
-        }
-    }
-
-    pub fn xdp_attachments(&self) -> impl Iterator<Item = (&String, &XdpAttachment)> {
-        self.xdp_links.iter().map(|(k, (_, a))| (k, a))
-    }
-
-    /// Attaches the cgroup programs to `path` (a cgroup v2 path) under `mount`. Programs
-    /// attached elsewhere before stay until the new ones are in, so there is no gap.
-    pub fn attach_cgroup(&mut self, mount: &Path, path: &str) -> anyhow::Result<()> {
-        let dir = super::host::cgroup_dir(mount, path);
-        let id = super::host::cgroup_id(mount, path)
-            .ok_or_else(|| anyhow!("cgroup {path} does not exist ({})", dir.display()))?;
-        if let Some((p, current)) = &mut self.cgroup {
-            if *current == id {
-                *p = path.to_string();
-                return Ok(());
-            }
-        }
-        let pins = self.pins()?.clone();
-        let fd = File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
-        let mut new_links = Vec::new();
-        let attached = (|| -> anyhow::Result<()> {
-            for name in [INGRESS, EGRESS].into_iter().chain(SOCK_ADDR) {
-                let pin = format!("cgroup@{id}@{name}");
-                attach_cgroup_program(&mut self.ebpf, &fd, name, &pins.link(&pin))
-                    .with_context(|| format!("attaching {name} to cgroup {path}"))?;
-                new_links.push(pin);
-            }
-            Ok(())
-        })();
-        if let Err(e) = attached {
-            for pin in new_links {
-                let _ = std::fs::remove_file(pins.link(&pin));
-            }
-            return Err(e);
-        }
-        for old in std::mem::replace(&mut self.cgroup_links, new_links) {
-            let _ = std::fs::remove_file(pins.link(&old));
-        }
-        self.cgroup = Some((path.to_string(), id));
-        Ok(())
-    }
-
-    pub fn cgroup_path(&self) -> Option<&str> {
-        self.cgroup.as_ref().map(|(p, _)| p.as_str())
-    }
-
-    /// Detaches everything this daemon attached or adopted.
-    pub fn detach_all(&mut self) {
-        let ifaces: Vec<String> = self.xdp_links.keys().cloned().collect();
-        for i in ifaces {
-            self.detach_xdp(&i);
-        }
-        if let Some(pins) = &self.pins {
-            for l in self.cgroup_links.drain(..) {
-                let _ = std::fs::remove_file(pins.link(&l));
-            }
-        }
-        self.cgroup = None;
     }
 
     pub fn pin_dir(&self) -> Option<&Path> {
@@ -501,7 +402,7 @@ impl Loaded {
         for (name, fd) in &self.map_fds {
             let path = pins.map(name);
             if std::fs::symlink_metadata(&path).is_err() {
-                pins::obj_pin(fd.as_fd(), &path)
+                sys::obj_pin(fd.as_fd(), &path)
                     .with_context(|| format!("pinning {}", path.display()))?;
             }
         }
@@ -516,7 +417,7 @@ impl Loaded {
             .cloned()
             .collect();
         if let (false, Some((path, _))) = (missing.is_empty(), &self.cgroup) {
-            let dir = super::host::cgroup_dir(cgroup_mount, path);
+            let dir = crate::host::cgroup_dir(cgroup_mount, path);
             let fd =
                 File::open(&dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
             for pin in missing {
@@ -527,39 +428,6 @@ impl Loaded {
         }
         Ok(())
     }
-}
-
-/// Attaches cgroup program `name` to the cgroup open as `cgroup` and pins its link at `pin`.
-fn attach_cgroup_program(
-    ebpf: &mut Ebpf,
-    cgroup: &File,
-    name: &str,
-    pin: &Path,
-) -> anyhow::Result<()> {
-    // On this kernel aya attaches through bpf_link_create, which always coexists with
-    // other programs on the cgroup (systemd's, for one) and takes no attach flags:
-    // "Single" is the mode that passes none.
-    let mode = CgroupAttachMode::Single;
-    let link: FdLink = match name {
-        INGRESS | EGRESS => {
-            let kind = if name == INGRESS {
-                CgroupSkbAttachType::Ingress
-            } else {
-                CgroupSkbAttachType::Egress
-            };
-            let p: &mut CgroupSkb = program(ebpf, name)?;
-            let lid = p.attach(cgroup, kind, mode)?;
-            p.take_link(lid)?.try_into()?
-        }
-        _ => {
-            let p: &mut CgroupSockAddr = program(ebpf, name)?;
-            let lid = p.attach(cgroup, mode)?;
-            p.take_link(lid)?.try_into()?
-        }
-    };
-    link.pin(pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
 }
 
 fn mode_label(m: &str) -> &'static str {

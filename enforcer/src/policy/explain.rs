@@ -70,7 +70,7 @@ pub fn explain(policy: &VerdictPolicy, q: &Query) -> Result<Explanation, String>
         return Err("src and dst must be of the same family".into());
     }
     let cgroup = match &q.cgroup {
-        Some(c) => Some(crate::policy::validate::normalize_cgroup(c)?),
+        Some(c) => Some(crate::policy::values::normalize_cgroup(c)?),
         None => None,
     };
     let hook = if cgroup.is_some() {

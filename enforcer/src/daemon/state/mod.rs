@@ -1,5 +1,7 @@
-//! What the policy owner holds, and every change it makes: apply, reload (with an optional
-//! confirmation deadline), confirm, follow the host (addresses, cgroups), report status.
+//! What the policy owner holds, and its state machine: apply, reload (with an optional
+//! confirmation deadline), confirm or roll back, expire; status. Following the host
+//! (`following`), grant operations (`granting`) and the audit records it writes
+//! (`records`) are its other jobs, each in its own file.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,24 +20,31 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
+mod following;
+mod granting;
+mod records;
+
 use super::{
     audit::{Control, Stats},
     expiries::Ledger,
 };
 use crate::{
+    clock::now_unix,
     events::{
-        record,
         sink::{syslog, Origin, Scope},
         Record,
     },
-    grants::{describe, now_unix, Grant, Store},
-    kernel::{counters, host, netlink, paths::Paths, programs, writer::Writer, Loaded},
+    grants::{describe, Store},
+    host::netlink,
+    kernel::{counters, host, paths::Paths, programs, writer::Writer, Loaded},
+    policy::Grant,
     policy::{
         self, compile, compile_after,
         diff::{self, Side, Summary},
         Compiled, Entry, Policy,
     },
 };
+use following::resolve_cgroups;
 
 /// How often the listeners are checked for coverage gaps.
 const GAPS_INTERVAL: Duration = Duration::from_secs(5);
@@ -125,8 +134,8 @@ impl State {
             compiled,
             cgroup_ids: BTreeMap::new(),
             generation,
-            applied_at: record::now(),
-            started_at: record::now(),
+            applied_at: crate::clock::now_rfc3339_nanos(),
+            started_at: crate::clock::now_rfc3339_nanos(),
             cgroup_mount,
             config_path,
             local_addrs: BTreeSet::new(),
@@ -209,107 +218,6 @@ impl State {
         let _ = self.audit.send(Control::Cgroups(ids));
     }
 
-    fn attach(&mut self) -> anyhow::Result<()> {
-        self.loaded
-            .attach_cgroup(&self.cgroup_mount, &self.policy.attach.cgroup)?;
-        self.sync_interfaces()
-    }
-
-    /// XDP on exactly the interfaces that exist now and match the policy's names and
-    /// globs: ones that appear get it, ones that go away (or no longer match) are forgotten.
-    /// Only Ethernet devices: the program reads an Ethernet header first, so on a tun,
-    /// WireGuard or IPIP device it would misread every frame. A glob skips such a device
-    /// (said in `status`); a device named outright is refused. Also keeps `PATHS` current.
-    fn sync_interfaces(&mut self) -> anyhow::Result<()> {
-        let links = netlink::links().context("listing this host's interfaces")?;
-        self.paths.sync(&mut self.loaded.maps, &links);
-        let patterns = &self.policy.attach.interfaces;
-        let mut wanted = BTreeSet::new();
-        let mut skipped = BTreeMap::new();
-        let mut first_error = None;
-        for l in &links {
-            if !patterns.iter().any(|p| host::glob_match(p, &l.name)) {
-                continue;
-            }
-            if l.arphrd == netlink::ARPHRD_ETHER {
-                wanted.insert(l.name.clone());
-                continue;
-            }
-            let why = format!(
-                "XDP is not attached to {}: it is a {} device, whose frames do not start with the Ethernet header the XDP program parses (the cgroup programs still judge what reaches this host's sockets through it)",
-                l.name,
-                netlink::arphrd_name(l.arphrd)
-            );
-            if patterns.contains(&l.name) {
-                first_error.get_or_insert(anyhow::anyhow!("interface {}: {why}", l.name));
-            } else if !self.xdp_skipped.contains_key(&l.name) {
-                warn!(iface = l.name, "{why}");
-            }
-            skipped.insert(l.name.clone(), why);
-        }
-        self.xdp_skipped = skipped;
-        let attached: Vec<String> = self
-            .loaded
-            .xdp_attachments()
-            .map(|(k, _)| k.clone())
-            .collect();
-        for iface in attached {
-            if !wanted.contains(&iface) {
-                self.loaded.detach_xdp(&iface);
-                info!(
-                    iface,
-                    "XDP detached (interface gone or no longer in the policy)"
-                );
-            }
-        }
-        for iface in &wanted {
-            if self.loaded.has_xdp(iface) {
-                continue;
-            }
-            match self.loaded.attach_xdp(iface, self.policy.attach.xdp_mode) {
-                Ok(a) => info!(iface, mode = a.mode, "XDP attached"),
-                Err(e) => {
-                    warn!(iface, "{e:#}");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    fn sync_local_addrs(&mut self) -> anyhow::Result<()> {
-        let now = host::local_addrs().context("listing this host's addresses")?;
-        if now == self.local_addrs {
-            return Ok(());
-        }
-        // A new address's bloom bit goes in before the address (a source with its bit
-        // clear is taken as not the host's), and bits go out only after their addresses.
-        let (old_bloom, new_bloom) = (host::addr_bloom(&self.local_addrs), host::addr_bloom(&now));
-        self.set_addr_bloom(old_bloom | new_bloom)?;
-        for a in now.difference(&self.local_addrs) {
-            self.loaded
-                .maps
-                .local_addrs
-                .insert(host::addr_key(*a), 1, 0)
-                .context("adding a host address")?;
-        }
-        for a in self.local_addrs.difference(&now) {
-            let _ = self.loaded.maps.local_addrs.remove(&host::addr_key(*a));
-        }
-        self.local_addrs = now;
-        self.set_addr_bloom(new_bloom)
-    }
-
-    fn set_addr_bloom(&mut self, bloom: u64) -> anyhow::Result<()> {
-        let map = &mut self.loaded.maps.host;
-        let mut facts = map.get(&0, 0).context("reading host facts")?;
-        if facts.addr_bloom != bloom {
-            facts.addr_bloom = bloom;
-            map.set(0, facts, 0).context("writing host facts")?;
-        }
-        Ok(())
-    }
-
     /// Applies `new` as the next generation; returns the policy it replaced and the change
     /// in access.
     fn apply(&mut self, new: Policy) -> anyhow::Result<(Policy, Summary)> {
@@ -329,7 +237,7 @@ impl State {
         self.compiled = compiled;
         self.cgroup_ids = ids;
         self.generation = generation;
-        self.applied_at = record::now();
+        self.applied_at = crate::clock::now_rfc3339_nanos();
         self.next_expiry = self.compute_next_expiry();
         if let Err(e) = self.attach() {
             warn!("attaching for the new policy: {e:#}");
@@ -475,87 +383,6 @@ impl State {
         Ok(())
     }
 
-    /// Pinned state removed under this daemon (`enforcer unload --force`, or by hand) is put
-    /// back: the maps by the descriptors it holds, the links by attaching again. Said in
-    /// the log, an audit event and `status`.
-    fn restore_pins(&mut self, lost: Vec<String>) -> anyhow::Result<()> {
-        let pin_dir = self
-            .loaded
-            .pin_dir()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let at = record::now();
-        tracing::error!(
-            pin_dir,
-            ?lost,
-            "pinned state removed under this daemon; restoring it"
-        );
-        let generation = self.generation;
-        let event = |action: &str, error: Option<String>| {
-            Control::Json(json!({
-                "ts": record::now(),
-                "event": "pins",
-                "action": action,
-                "pin_dir": pin_dir,
-                "lost": lost,
-                "policy": generation,
-                "error": error,
-            }))
-        };
-        let _ = self.audit.send(event("lost", None));
-        if let Err(e) = self.loaded.restore_pins(&self.cgroup_mount) {
-            let msg = format!("{e:#}");
-            let _ = self.audit.send(event("restore-failed", Some(msg.clone())));
-            return Err(e.context(format!(
-                "restoring the pinned state at {pin_dir}; exiting so that a supervisor starts a daemon afresh"
-            )));
-        }
-        // As at any time: an attach point that refuses is logged, and XDP is tried again
-        // on every tick.
-        let attached = self.attach().err().map(|e| format!("{e:#}"));
-        let _ = self.audit.send(event("restored", attached.clone()));
-        info!(
-            pin_dir,
-            "pinned state restored: programs attached, policy in force"
-        );
-        self.pins_incident = Some(format!(
-            "pinned state at {pin_dir} was removed under this daemon at {at} ({}); restored at {}{}",
-            lost.join(", "),
-            record::now(),
-            attached.map_or_else(String::new, |e| format!(", but attaching failed: {e}"))
-        ));
-        Ok(())
-    }
-
-    /// Finds the listeners on protected ports that only part of the programs can guard
-    /// (outside the attached cgroup, kernel tunnel sockets) and logs each new one.
-    fn check_gaps(&mut self) {
-        self.gaps_checked = Some(Instant::now());
-        let Ok(sockets) = crate::scan::listeners() else {
-            return;
-        };
-        let coverage = crate::scan::Coverage {
-            cgroup: self.policy.attach.cgroup.clone(),
-            xdp: self
-                .loaded
-                .xdp_attachments()
-                .map(|(i, _)| i.clone())
-                .collect(),
-        };
-        let report = crate::scan::report(
-            Some(&self.policy),
-            &sockets.listeners,
-            Some(&coverage),
-            None,
-            &[],
-        );
-        let gaps: Vec<String> = report.sockets.iter().filter_map(|f| f.gap_line()).collect();
-        for g in gaps.iter().filter(|g| !self.gaps.contains(g)) {
-            warn!("coverage gap: {g}");
-        }
-        self.gaps = gaps;
-    }
-
     /// Grants and policy entries whose time is up stop applying: the policy is applied
     /// again without them (atomically, as a new generation) and each is reported.
     /// The kernel stopped honouring them at their deadline already; `late`: they expired
@@ -586,12 +413,12 @@ impl State {
                         Entry::Cgroup(c) => ("cgroup", c),
                     };
                     let _ = self.audit.send(Control::Json(json!({
-                        "ts": record::now(),
+                        "ts": crate::clock::now_rfc3339_nanos(),
                         "event": "entry",
                         "action": "expired",
                         "rule": rule,
                         key: value,
-                        "expired_at": crate::grants::rfc3339(*at),
+                        "expired_at": crate::clock::rfc3339(*at),
                         "late": late,
                         "policy": self.generation,
                     })));
@@ -616,196 +443,8 @@ impl State {
         }
     }
 
-    fn grant_record(&self, action: &'static str, g: &Grant, late: bool) {
-        let mut v = describe(g, now_unix());
-        if let Some(m) = v.as_object_mut() {
-            m.insert("ts".into(), record::now().into());
-            m.insert("event".into(), "grant".into());
-            m.insert("action".into(), action.into());
-            m.insert("policy".into(), self.generation.into());
-            m.remove("seconds_left");
-            if action == "expired" {
-                m.insert(
-                    "expired_at".into(),
-                    crate::grants::rfc3339(g.expires_unix).into(),
-                );
-                m.insert("late".into(), late.into());
-            }
-        }
-        let _ = self.audit.send(Control::Json(v));
-    }
-
-    /// `enforcer grant`: allow a source or cgroup on a rule until a deadline.
-    pub fn grant(
-        &mut self,
-        rule: &str,
-        from: Option<&str>,
-        cgroup: Option<&str>,
-        secs: u64,
-        reason: &str,
-    ) -> Result<Value, String> {
-        let g = self
-            .grants
-            .add(&self.policy, rule, from, cgroup, secs, reason)?;
-        let persisted = self.grants.save().map_err(|e| format!("{e:#}"));
-        let applied = persisted.and_then(|_| {
-            let p = self.policy.clone();
-            self.apply(p).map(|_| ()).map_err(|e| format!("{e:#}"))
-        });
-        if let Err(e) = applied {
-            self.grants.remove(&g.id);
-            let _ = self.grants.save();
-            return Err(format!("grant not applied: {e}"));
-        }
-        self.grant_record("granted", &g, false);
-        info!(id = g.id, rule, reason, "grant applied");
-        Ok(json!({"grant": describe(&g, now_unix()), "generation": self.generation}))
-    }
-
-    pub fn revoke(&mut self, id: &str) -> Result<Value, String> {
-        let g = self
-            .grants
-            .remove(id)
-            .ok_or_else(|| format!("no grant {id:?} (see `enforcer grants`)"))?;
-        if let Err(e) = self.grants.save() {
-            warn!("saving grants: {e:#}");
-        }
-        let p = self.policy.clone();
-        self.apply(p).map_err(|e| format!("{e:#}"))?;
-        self.grant_record("revoked", &g, false);
-        info!(id, "grant revoked");
-        Ok(json!({"revoked": describe(&g, now_unix()), "generation": self.generation}))
-    }
-
-    pub fn list_grants(&self) -> Value {
-        let now = now_unix();
-        let list: Vec<Value> = self
-            .grants
-            .grants
-            .iter()
-            .map(|g| {
-                let mut v = describe(g, now);
-                let active = self.policy.verdict.rules.iter().any(|r| r.name == g.rule);
-                v["active"] = active.into();
-                v
-            })
-            .collect();
-        json!({"grants": list})
-    }
-
-    /// Reports grants and entries that expired while no daemon was running (the kernel
-    /// stopped honouring them on time all the same).
-    pub fn report_late_expiries(&mut self) {
-        let now = now_unix();
-        let due = self.grants.grants.iter().any(|g| g.expires_unix <= now)
-            || self.policy.expiring.iter().any(|e| e.expires_unix <= now);
-        if due {
-            self.expire(true);
-        }
-    }
-
-    /// A `lost` event for events the kernel could not queue since the last report.
-    fn report_lost(&mut self) {
-        let lost = counters::events_lost(&self.loaded.maps);
-        if lost > self.kernel_lost {
-            let r = Record {
-                ts: record::now(),
-                event: "lost",
-                scope: Some("kernel"),
-                count: Some(lost - self.kernel_lost),
-                policy: Some(self.generation),
-                ..Record::default()
-            };
-            let _ = self.audit.send(Control::Record(Box::new(r)));
-            self.kernel_lost = lost;
-        }
-    }
-
-    /// Reports what is still unreported (lost and suppressed counts): on stopping.
-    pub fn flush_reports(&mut self) {
-        self.report_lost();
-        self.report_suppressed();
-    }
-
-    /// One `suppressed` event per rule whose events the kernel held back since the last
-    /// report, with the exact count.
-    fn report_suppressed(&mut self) {
-        let maps = &self.loaded.maps;
-        let total = counters::suppressed(maps, GLOBAL_BUCKET);
-        if total == self.suppressed_total {
-            return;
-        }
-        self.suppressed_total = total;
-        let n = self.policy.verdict.rules.len() as u32;
-        for idx in (0..n).chain([NO_RULE_INDEX]) {
-            let now = counters::suppressed(maps, idx);
-            let seen = self.suppressed_seen.entry(idx).or_default();
-            if now > *seen {
-                let r = Record {
-                    ts: record::now(),
-                    event: "suppressed",
-                    rule: self
-                        .policy
-                        .verdict
-                        .rules
-                        .get(idx as usize)
-                        .map(|r| r.name.clone()),
-                    count: Some(now - *seen),
-                    policy: Some(self.generation),
-                    ..Record::default()
-                };
-                *seen = now;
-                let _ = self.audit.send(Control::Record(Box::new(r)));
-            }
-        }
-    }
-
     pub fn stop(&mut self) {
         self.loaded.detach_all();
-    }
-
-    fn policy_record(&self, action: &'static str, old: Option<&Policy>) -> Record {
-        let mut r = Record {
-            ts: record::now(),
-            event: "policy",
-            action: Some(action),
-            policy: Some(self.generation),
-            hash: Some(self.policy.hash.clone()),
-            file: Some(self.policy.path.display().to_string()),
-            ..Record::default()
-        };
-        if let Some(old) = old {
-            let by_name = |p: &Policy| {
-                p.verdict
-                    .rules
-                    .iter()
-                    .map(|r| (r.name.clone(), r.clone()))
-                    .collect::<BTreeMap<_, _>>()
-            };
-            let (before, after) = (by_name(old), by_name(&self.policy));
-            r.rules_added = Some(
-                after
-                    .keys()
-                    .filter(|k| !before.contains_key(*k))
-                    .cloned()
-                    .collect(),
-            );
-            r.rules_removed = Some(
-                before
-                    .keys()
-                    .filter(|k| !after.contains_key(*k))
-                    .cloned()
-                    .collect(),
-            );
-            r.rules_changed = Some(
-                after
-                    .iter()
-                    .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-            );
-        }
-        r
     }
 
     /// The policy in force as `enforcer diff --against live` compares it: the file's
@@ -856,9 +495,12 @@ impl State {
             .map(|(i, a)| json!({"iface": i, "mode": a.mode}))
             .collect();
         let mut warnings: Vec<String> = self.loaded.adoption_failures().to_vec();
-        let present = host::interfaces();
+        let present = crate::host::interfaces();
         for i in &self.policy.attach.interfaces {
-            if !present.iter().any(|n| host::glob_match(i, n)) {
+            if !present
+                .iter()
+                .any(|n| crate::policy::values::glob_match(i, n))
+            {
                 warnings.push(if i.contains(['*', '?']) {
                     format!("no interface matches {i} (XDP attaches when one appears)")
                 } else {
@@ -926,13 +568,4 @@ impl State {
             "warnings": warnings,
         })
     }
-}
-
-/// Ids of the allowed cgroups that exist now.
-fn resolve_cgroups(mount: &std::path::Path, compiled: &Compiled) -> BTreeMap<String, u64> {
-    compiled
-        .cgroups
-        .keys()
-        .filter_map(|(_, path)| host::cgroup_id(mount, path).map(|id| (path.clone(), id)))
-        .collect()
 }

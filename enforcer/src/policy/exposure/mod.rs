@@ -1,23 +1,18 @@
-//! Internal-port exposure: the host's listening sockets (procfs, this network namespace)
-//! and the processes that hold them (/proc/PID/fd), judged against a policy.
-//!
-//! [`listeners`] reads the host; [`report`] is pure.
+//! Internal-port exposure, judged: the host's listening sockets (read by
+//! `crate::host::sockets`) against a policy and where its programs attach. Pure; the
+//! text form is `render`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+mod render;
 
-use anyhow::Context as _;
+use std::{collections::BTreeMap, net::IpAddr};
+
 use enforcer_common::model::{policy::cgroup_within, PortRange, Protocol};
-use procfs::{
-    net::{TcpState, UdpState},
-    process::FDTarget,
-};
 use serde::Serialize;
 
-use crate::policy::{
-    lint::{concrete, ephemeral_overlap, fmt_range, judged_ports},
+pub use render::render;
+
+use super::{
+    ports::{concrete, ephemeral_overlap, fmt_range, judged_ports},
     Policy,
 };
 
@@ -83,176 +78,6 @@ impl Listener {
             IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
         }
     }
-}
-
-/// The listening sockets of the caller's network namespace.
-pub struct Sockets {
-    pub listeners: Vec<Listener>,
-    /// Processes whose descriptors could not be read (not root): their sockets show no owner.
-    pub unreadable_processes: usize,
-}
-
-impl Sockets {
-    /// The TCP ports a process named "sshd" listens on.
-    pub fn sshd_tcp_ports(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self
-            .listeners
-            .iter()
-            .filter(|l| l.proto == Transport::Tcp && l.owners.iter().any(|o| o.name == "sshd"))
-            .map(|l| l.port)
-            .collect();
-        ports.sort_unstable();
-        ports.dedup();
-        ports
-    }
-}
-
-/// Reads /proc/net/{tcp,tcp6,udp,udp6} (the caller's network namespace) and maps socket
-/// inodes to processes through /proc/PID/fd.
-pub fn listeners() -> anyhow::Result<Sockets> {
-    let mut out = Vec::new();
-    for (table, entries) in [
-        ("/proc/net/tcp", procfs::net::tcp()),
-        ("/proc/net/tcp6", procfs::net::tcp6()),
-    ] {
-        let entries = match entries {
-            Ok(e) => e,
-            // No IPv6 in this kernel or namespace.
-            Err(_) if table.ends_with('6') => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
-        };
-        out.extend(
-            entries
-                .into_iter()
-                .filter(|e| e.state == TcpState::Listen)
-                .map(|e| Listener {
-                    proto: Transport::Tcp,
-                    addr: e.local_address.ip(),
-                    port: e.local_address.port(),
-                    inode: e.inode,
-                    uid: e.uid,
-                    owners: Vec::new(),
-                    kernel: false,
-                }),
-        );
-    }
-    for (table, entries) in [
-        ("/proc/net/udp", procfs::net::udp()),
-        ("/proc/net/udp6", procfs::net::udp6()),
-    ] {
-        let entries = match entries {
-            Ok(e) => e,
-            Err(_) if table.ends_with('6') => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {table}")),
-        };
-        // A connected UDP socket talks to one peer (a client); an unconnected bound one
-        // takes datagrams from anyone.
-        out.extend(
-            entries
-                .into_iter()
-                .filter(|e| {
-                    e.state != UdpState::Established
-                        && e.remote_address.port() == 0
-                        && e.local_address.port() != 0
-                })
-                .map(|e| Listener {
-                    proto: Transport::Udp,
-                    addr: e.local_address.ip(),
-                    port: e.local_address.port(),
-                    inode: e.inode,
-                    uid: e.uid,
-                    owners: Vec::new(),
-                    kernel: false,
-                }),
-        );
-    }
-    let (owners, unreadable_processes) = socket_owners();
-    for l in &mut out {
-        match owners.get(&l.inode) {
-            Some(o) => l.owners = o.clone(),
-            None => l.kernel = unreadable_processes == 0,
-        }
-    }
-    out.sort_by_key(|l| (l.proto, l.port, l.addr));
-    Ok(Sockets {
-        listeners: out,
-        unreadable_processes,
-    })
-}
-
-/// Where `policy`'s programs attach on this host: its cgroup, and the Ethernet interfaces
-/// (this network namespace's) its names and globs match.
-pub fn coverage_on_host(policy: &Policy) -> Coverage {
-    let links = crate::kernel::netlink::links().unwrap_or_default();
-    Coverage {
-        cgroup: policy.attach.cgroup.clone(),
-        xdp: links
-            .into_iter()
-            .filter(|l| l.arphrd == crate::kernel::netlink::ARPHRD_ETHER)
-            .filter(|l| {
-                policy
-                    .attach
-                    .interfaces
-                    .iter()
-                    .any(|p| crate::kernel::host::glob_match(p, &l.name))
-            })
-            .map(|l| l.name)
-            .collect(),
-    }
-}
-
-/// socket inode -> the processes holding it; and how many processes could not be read.
-fn socket_owners() -> (HashMap<u64, Vec<Owner>>, usize) {
-    let mut map: HashMap<u64, Vec<Owner>> = HashMap::new();
-    let mut unreadable = 0;
-    let Ok(procs) = procfs::process::all_processes() else {
-        return (map, 0);
-    };
-    for p in procs.flatten() {
-        let fds = match p.fd() {
-            Ok(f) => f,
-            Err(procfs::ProcError::PermissionDenied(_)) => {
-                unreadable += 1;
-                continue;
-            }
-            // Gone meanwhile, or a kernel thread.
-            Err(_) => continue,
-        };
-        let mut who = None;
-        for fd in fds.flatten() {
-            if let FDTarget::Socket(inode) = fd.target {
-                let (name, cgroup) = who.get_or_insert_with(|| {
-                    let name = std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                        .map(|s| s.trim_end().to_string())
-                        .unwrap_or_default();
-                    (name, cgroup_of(p.pid))
-                });
-                let owners = map.entry(inode).or_default();
-                if !owners.iter().any(|o| o.pid == p.pid) {
-                    owners.push(Owner {
-                        pid: p.pid,
-                        name: name.clone(),
-                        cgroup: cgroup.clone(),
-                    });
-                }
-            }
-        }
-    }
-    for v in map.values_mut() {
-        v.sort();
-    }
-    (map, unreadable)
-}
-
-/// A process's cgroup v2 path ("0::/a/b" in /proc/PID/cgroup).
-fn cgroup_of(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
-        })
-        .unwrap_or_default()
 }
 
 /// Where the programs are attached: what decides which listeners they can guard.
@@ -550,109 +375,6 @@ fn plural(n: usize, what: &str) -> String {
     } else {
         format!("{n} {what}s")
     }
-}
-
-/// The readable form.
-pub fn render(r: &Report) -> String {
-    let mut s = String::new();
-    match &r.policy {
-        Some(p) => s += &format!("policy:          {p}\n"),
-        None => s += "policy:          none given (--config FILE): no port counts as protected\n",
-    }
-    if let Some(e) = &r.ephemeral_ports {
-        let reserved = if e.reserved.is_empty() {
-            String::new()
-        } else {
-            format!(", reserved {}", e.reserved.join(","))
-        };
-        s += &format!(
-            "ephemeral ports: {}-{} (net.ipv4.ip_local_port_range{reserved})\n",
-            e.first, e.last
-        );
-    }
-    s += "\n";
-    let rows: Vec<[String; 6]> = r
-        .sockets
-        .iter()
-        .map(|f| {
-            let note = match f.status {
-                Status::Protected => format!("rule {}", f.rules.join(", ")),
-                Status::Partial => format!(
-                    "rule {}, but {}",
-                    f.rules.join(", "),
-                    f.gap.as_deref().unwrap_or_default()
-                ),
-                Status::Failsafe => "failsafe port, never judged".into(),
-                Status::Loopback => "loopback only".into(),
-                Status::Exposed => "no rule protects this port".into(),
-            };
-            let status = match f.status {
-                Status::Exposed => "EXPOSED".to_string(),
-                Status::Partial => "PARTLY".to_string(),
-                st => serde_json::to_value(st)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-            };
-            [
-                f.proto.name().to_string(),
-                f.addr.to_string(),
-                f.port.to_string(),
-                status,
-                processes(&f.processes),
-                note,
-            ]
-        })
-        .collect();
-    let head = ["PROTO", "ADDRESS", "PORT", "STATUS", "PROCESS", "WHY"].map(String::from);
-    let mut widths = [0usize; 6];
-    for row in std::iter::once(&head).chain(&rows) {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for row in std::iter::once(&head).chain(&rows) {
-        let mut line = String::new();
-        for (i, (w, c)) in widths.iter().zip(row).enumerate() {
-            if i == 5 {
-                line += c;
-            } else if i == 2 {
-                line += &format!("{c:>w$}  ");
-            } else {
-                line += &format!("{c:<w$}  ");
-            }
-        }
-        s += line.trim_end();
-        s += "\n";
-    }
-    if r.sockets.is_empty() {
-        s += "(no listening sockets)\n";
-    }
-    if !r.idle_protected.is_empty() {
-        s += "\nprotected ports with nothing listening:\n";
-        for f in &r.idle_protected {
-            s += &format!("  {:<15} rule {}\n", f.ports(), f.rule);
-        }
-    }
-    if !r.ephemeral.is_empty() {
-        s += "\nprotected ports inside the ephemeral port range (replies to this host's own outgoing\nconnections from these ports are judged by the rule, and refused unless allowed):\n";
-        for f in &r.ephemeral {
-            s += &format!("  {:<15} rule {}\n", f.ports(), f.rule);
-        }
-    }
-    let count = |st: Status| r.sockets.iter().filter(|f| f.status == st).count();
-    s += &format!(
-        "\n{}: {} exposed, {} protected, {} partly protected, {} failsafe, {} loopback only; {} with nothing listening; {} in the ephemeral range\n",
-        plural(r.sockets.len(), "listening socket"),
-        count(Status::Exposed),
-        count(Status::Protected),
-        count(Status::Partial),
-        count(Status::Failsafe),
-        count(Status::Loopback),
-        plural(r.idle_protected.len(), "protected port range"),
-        plural(r.ephemeral.len(), "protected port range"),
-    );
-    s
 }
 
 #[cfg(test)]
