@@ -155,9 +155,10 @@ fn link_mac(ns: &NetNs, dev: &str) -> String {
     v[0]["address"].as_str().expect("address").to_string()
 }
 
-/// Everything the container ends answer on the refused sender's link, from the moment
-/// this starts (tcpdump in `r`, started before the container): any SYN-ACK or RST from
-/// the guarded port means a refused sender reached it.
+/// What the container answers on the refused sender's link, from the moment this starts
+/// (tcpdump in `r`, started before the container): any SYN-ACK or RST from the guarded
+/// port means a refused sender reached it. (Other segments are not answers: a connection
+/// a grant let in earlier closes with retransmitted FINs once the grant is revoked.)
 struct Answers {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -168,7 +169,9 @@ impl Answers {
         need_tool("tcpdump", "tcpdump");
         let mut cmd = Command::new("tcpdump");
         cmd.args(["-l", "-n", "-Q", "in", "-i", &net.r_end])
-            .arg(format!("tcp and src host {C_R} and src port {PORT}"))
+            .arg(format!(
+                "tcp and src host {C_R} and src port {PORT} and tcp[tcpflags] & (tcp-syn|tcp-rst) != 0"
+            ))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         place(&mut cmd, Some(&net.r.path()), None);
