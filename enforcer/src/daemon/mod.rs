@@ -171,7 +171,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             },
             Some(call) = calls.recv() => {
                 let answer = match call.request {
-                    Request::Status => protocol::ok(st.status()),
+                    Request::Status => protocol::ok(serde_json::to_value(st.status()).expect("a status serializes")),
                     Request::Policy => protocol::ok(st.policy_view()),
                     Request::Reload { confirm_within_secs } => match st.reload(confirm_within_secs.map(Duration::from_secs)) {
                         Ok(v) => protocol::ok(v),
