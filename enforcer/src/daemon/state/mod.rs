@@ -25,7 +25,7 @@ mod granting;
 mod records;
 
 use super::{
-    audit::{Control, Stats},
+    audit::{AuditMsg, Stats},
     expiries::Ledger,
 };
 use crate::{
@@ -99,7 +99,7 @@ pub struct State {
     gaps_checked: Option<Instant>,
     /// The last time pinned state vanished under this daemon, and what it did about it.
     pins_incident: Option<String>,
-    audit: UnboundedSender<Control>,
+    audit: UnboundedSender<AuditMsg>,
     stats: Arc<Stats>,
 }
 
@@ -112,7 +112,7 @@ impl State {
         grants: Store,
         cgroup_mount: PathBuf,
         config_path: PathBuf,
-        audit: UnboundedSender<Control>,
+        audit: UnboundedSender<AuditMsg>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
         let effective = policy.effective(now_unix(), &grants.entries(&policy));
@@ -194,7 +194,7 @@ impl State {
     pub fn announce_initial(&mut self) {
         self.tell_audit();
         let r = self.policy_record("applied", None);
-        let _ = self.audit.send(Control::Record(Box::new(r)));
+        let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
         info!(generation = self.generation, hash = %self.policy.hash, file = %self.policy.path.display(), "policy applied");
     }
 
@@ -206,17 +206,17 @@ impl State {
             .iter()
             .map(|r| r.name.clone())
             .collect();
-        if let Err(e) = super::history::remember(self.grants.dir(), self.generation, &names) {
+        if let Err(e) = super::rule_names::remember(self.grants.dir(), self.generation, &names) {
             warn!("remembering rule names: {e:#}");
         }
-        let _ = self.audit.send(Control::RuleNames(self.generation, names));
-        let _ = self.audit.send(Control::Sinks(self.policy.sinks.clone()));
+        let _ = self.audit.send(AuditMsg::RuleNames(self.generation, names));
+        let _ = self.audit.send(AuditMsg::Sinks(self.policy.sinks.clone()));
         let ids = self
             .cgroup_ids
             .iter()
             .map(|(p, i)| (*i, p.clone()))
             .collect();
-        let _ = self.audit.send(Control::Cgroups(ids));
+        let _ = self.audit.send(AuditMsg::Cgroups(ids));
     }
 
     /// Applies `new` as the next generation; returns the policy it replaced and the change
@@ -262,7 +262,7 @@ impl State {
                 };
                 let mut r = self.policy_record(action, Some(&old));
                 r.access = Some(change.clone());
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(
                     generation = self.generation,
                     hash = %self.policy.hash,
@@ -299,7 +299,7 @@ impl State {
                 let mut r = self.policy_record("refused", None);
                 r.error = Some(msg.clone());
                 r.file = Some(self.config_path.display().to_string());
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 Err(format!(
                     "reload refused; generation {} stays in force:\n{msg}",
                     self.generation
@@ -314,7 +314,7 @@ impl State {
             None => Err("no policy is waiting for confirmation".into()),
             Some(_) => {
                 let r = self.policy_record("confirmed", None);
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(generation = self.generation, "policy confirmed");
                 Ok(json!({"generation": self.generation, "hash": self.policy.hash}))
             }
@@ -376,7 +376,7 @@ impl State {
                     );
                     let mut r = self.policy_record("rolled-back", Some(&old));
                     r.access = Some(change);
-                    let _ = self.audit.send(Control::Record(Box::new(r)));
+                    let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 }
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
             }
@@ -413,7 +413,7 @@ impl State {
                         Entry::From(f) => ("from", f),
                         Entry::Cgroup(c) => ("cgroup", c),
                     };
-                    let _ = self.audit.send(Control::Json(json!({
+                    let _ = self.audit.send(AuditMsg::Json(json!({
                         "ts": crate::clock::now_rfc3339_nanos(),
                         "event": "entry",
                         "action": "expired",
@@ -433,7 +433,7 @@ impl State {
                     None,
                 );
                 r.access = Some(change);
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(
                     generation = self.generation,
                     grants = expired.len(),

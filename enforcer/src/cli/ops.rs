@@ -1,4 +1,5 @@
-//! Commands that talk to the running daemon: reload, confirm, status, explain.
+//! Operating the running daemon and its pins: reload, confirm, status, explain, grant,
+//! grants, revoke, unload.
 
 use std::{net::IpAddr, path::Path, path::PathBuf};
 
