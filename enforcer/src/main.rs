@@ -41,20 +41,20 @@ fn main() -> ExitCode {
                     watch,
                 }))
             }),
-        Command::Unload { pin_dir, force } => cli::control::unload(&pin_dir, force),
+        Command::Unload { pin_dir, force } => cli::ops::unload(&pin_dir, force),
         Command::Reload {
             socket,
             confirm_within,
-        } => cli::control::reload(&socket, confirm_within),
-        Command::Confirm { socket } => cli::control::confirm(&socket),
-        Command::Status { socket, json } => cli::control::status(&socket, json),
+        } => cli::ops::reload(&socket, confirm_within),
+        Command::Confirm { socket } => cli::ops::confirm(&socket),
+        Command::Status { socket, json } => cli::ops::status(&socket, json),
         Command::Scan { config, json } => cli::scan::scan(config.as_deref(), json),
         Command::Tail(args) => cli::tail::tail(args),
         Command::Audit { command } => cli::audit::run(command),
-        Command::Grant(args) => cli::control::grant(args),
-        Command::Grants { socket, json } => cli::control::grants(&socket, json),
-        Command::Revoke { id, socket } => cli::control::revoke(&socket, &id),
-        Command::Explain(args) => cli::control::explain_cmd(args),
+        Command::Grant(args) => cli::ops::grant(args),
+        Command::Grants { socket, json } => cli::ops::grants(&socket, json),
+        Command::Revoke { id, socket } => cli::ops::revoke(&socket, &id),
+        Command::Explain(args) => cli::ops::explain_cmd(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

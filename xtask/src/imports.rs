@@ -1,7 +1,8 @@
 //! `cargo xtask imports`: the module graph of `enforcer/src`, read from the `crate::`,
 //! `super::` and `self::` paths in the code (test-only modules left out). Fails on a
 //! cycle between files, on a cycle between the top-level modules, or on `policy/`
-//! importing from outside itself and the clock (it is the pure stage).
+//! importing from outside itself and the clock (it is the pure stage). Also fails on a
+//! file in `enforcer/src` longer than `MAX_LINES`: past that, a file mixes concerns.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,6 +14,9 @@ use anyhow::{bail, Context as _};
 
 /// What `policy/` may import besides itself: leaves with no host I/O.
 const POLICY_MAY_USE: &[&str] = &["policy", "clock"];
+
+/// The longest a source file in `enforcer/src` may be.
+const MAX_LINES: usize = 600;
 
 pub fn imports() -> anyhow::Result<()> {
     let src = crate::workspace_root().join("enforcer/src");
@@ -80,14 +84,38 @@ pub fn imports() -> anyhow::Result<()> {
     for cycle in cycles(&graph).into_iter().chain(cycles(&top_graph)) {
         problems.push(format!("cycle: {}", cycle.join(" -> ")));
     }
+    for (path, lines) in line_counts(&src)? {
+        if lines > MAX_LINES {
+            problems.push(format!(
+                "{} has {lines} lines: split it along its concerns (at most {MAX_LINES})",
+                path.display()
+            ));
+        }
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("{p}");
         }
-        bail!("{} import problem(s)", problems.len());
+        bail!("{} problem(s)", problems.len());
     }
-    println!("no cycles; policy/ imports only {POLICY_MAY_USE:?}");
+    println!("no cycles; policy/ imports only {POLICY_MAY_USE:?}; no file over {MAX_LINES} lines");
     Ok(())
+}
+
+/// Every `.rs` file under `dir` with its line count.
+fn line_counts(dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, usize)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(line_counts(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push((path, text.lines().count()));
+        }
+    }
+    Ok(out)
 }
 
 /// Module path (e.g. `["policy", "lint"]`, `[]` for the crate root) -> source text.

@@ -2,8 +2,8 @@
 
 pub mod audit;
 pub mod check;
-pub mod control;
 pub mod diff;
+pub mod ops;
 pub mod scan;
 pub mod tail;
 
@@ -114,7 +114,7 @@ pub enum Command {
         command: audit::AuditCommand,
     },
     /// Allow a source or a cgroup on a rule for a limited time (just-in-time access).
-    Grant(control::GrantArgs),
+    Grant(ops::GrantArgs),
     /// List the grants in force, with the time they have left.
     Grants {
         #[arg(long, default_value = crate::control::DEFAULT_SOCKET)]
@@ -130,7 +130,7 @@ pub enum Command {
         socket: PathBuf,
     },
     /// The verdict for a packet, the rule and the allow entry that decided it.
-    Explain(control::ExplainArgs),
+    Explain(ops::ExplainArgs),
     /// What a policy change opens and closes: per protocol and port, who gains and who
     /// loses access (exit 0: no change in access; 2: access changes; 1: invalid policy).
     Diff(diff::DiffArgs),

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -21,7 +20,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::{protocol::Request, server::Call};
+use super::{protocol::Request, server::Call, status::Status};
 
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 32;
@@ -163,7 +162,15 @@ async fn current(calls: &mpsc::Sender<Call>, snapshot: &Snapshot) -> Option<Arc<
         })
         .await
         .ok()?;
-    let text = Arc::new(render(&rx.await.ok()?));
+    let answer = rx.await.ok()?;
+    let status = match serde_json::from_value::<Status>(answer) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("metrics: the status answer does not read as a status: {e}");
+            return None;
+        }
+    };
+    let text = Arc::new(render(&status));
     *snap = Some((Instant::now(), text.clone()));
     Some(text)
 }
@@ -175,7 +182,7 @@ fn label(v: &str) -> String {
 }
 
 /// The text exposition of a status answer.
-pub fn render(v: &Value) -> String {
+pub fn render(st: &Status) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
         out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
@@ -184,14 +191,12 @@ pub fn render(v: &Value) -> String {
         }
     };
     let mut packets = Vec::new();
-    if let Some(hooks) = v["counters"].as_object() {
-        for (hook, reasons) in hooks {
-            for (reason, n) in reasons.as_object().into_iter().flatten() {
-                packets.push((
-                    format!("{{hook=\"{}\",reason=\"{}\"}}", label(hook), label(reason)),
-                    n.as_u64().unwrap_or(0),
-                ));
-            }
+    for (hook, reasons) in &st.counters {
+        for (reason, n) in reasons {
+            packets.push((
+                format!("{{hook=\"{}\",reason=\"{}\"}}", label(hook), label(reason)),
+                *n,
+            ));
         }
     }
     family(
@@ -201,17 +206,14 @@ pub fn render(v: &Value) -> String {
         packets,
     );
     let mut rules = Vec::new();
-    for r in v["rules"].as_array().into_iter().flatten() {
-        let name = label(r["name"].as_str().unwrap_or(""));
-        for (key, verdict) in [
-            ("allowed", "allow"),
-            ("dropped", "drop"),
-            ("would_drop", "would-drop"),
+    for r in &st.rules {
+        let name = label(&r.name);
+        for (n, verdict) in [
+            (r.allowed, "allow"),
+            (r.dropped, "drop"),
+            (r.would_drop, "would-drop"),
         ] {
-            rules.push((
-                format!("{{rule=\"{name}\",verdict=\"{verdict}\"}}"),
-                r[key].as_u64().unwrap_or(0),
-            ));
+            rules.push((format!("{{rule=\"{name}\",verdict=\"{verdict}\"}}"), n));
         }
     }
     family(
@@ -220,12 +222,12 @@ pub fn render(v: &Value) -> String {
         "Packets judged by each rule, by verdict.",
         rules,
     );
-    let p = &v["policy"];
+    let p = &st.policy;
     family(
         "enforcer_policy_generation",
         "gauge",
         "Generation of the policy in force.",
-        vec![(String::new(), p["generation"].as_u64().unwrap_or(0))],
+        vec![(String::new(), p.generation)],
     );
     family(
         "enforcer_policy_info",
@@ -234,56 +236,51 @@ pub fn render(v: &Value) -> String {
         vec![(
             format!(
                 "{{hash=\"{}\",file=\"{}\"}}",
-                label(p["hash"].as_str().unwrap_or("")),
-                label(p["file"].as_str().unwrap_or(""))
+                label(&p.hash),
+                label(&p.file)
             ),
             1,
         )],
     );
-    let a = &v["audit"];
+    let a = &st.audit;
     family(
         "enforcer_audit_events_total",
         "counter",
         "Audit events delivered by the kernel.",
-        vec![(String::new(), a["events"].as_u64().unwrap_or(0))],
+        vec![(String::new(), a.events)],
     );
     family(
         "enforcer_audit_suppressed_total",
         "counter",
         "Audit events held back by rate limits.",
-        vec![(String::new(), a["suppressed"].as_u64().unwrap_or(0))],
+        vec![(String::new(), a.suppressed)],
     );
     family(
         "enforcer_audit_lost_total",
         "counter",
         "Audit events lost: in the kernel (ring buffer full) or by slow sinks.",
         vec![
-            (
-                "{scope=\"kernel\"}".to_string(),
-                a["lost_kernel"].as_u64().unwrap_or(0),
-            ),
-            (
-                "{scope=\"sinks\"}".to_string(),
-                a["lost_sinks"].as_u64().unwrap_or(0),
-            ),
+            ("{scope=\"kernel\"}".to_string(), a.lost_kernel),
+            ("{scope=\"sinks\"}".to_string(), a.lost_sinks),
         ],
     );
     family(
         "enforcer_audit_subscribers",
         "gauge",
         "Clients following the audit stream.",
-        vec![(String::new(), a["subscribers"].as_u64().unwrap_or(0))],
+        vec![(String::new(), a.subscribers)],
     );
-    let xdp = v["programs"]["xdp"]["attached"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let xdp = st
+        .programs
+        .xdp
+        .attached
+        .iter()
         .map(|x| {
             (
                 format!(
                     "{{iface=\"{}\",mode=\"{}\"}}",
-                    label(x["iface"].as_str().unwrap_or("")),
-                    label(x["mode"].as_str().unwrap_or(""))
+                    label(&x.iface),
+                    label(&x.mode)
                 ),
                 1,
             )
@@ -299,10 +296,7 @@ pub fn render(v: &Value) -> String {
         "enforcer_warnings",
         "gauge",
         "Warnings in the status (see `enforcer status`).",
-        vec![(
-            String::new(),
-            v["warnings"].as_array().map_or(0, |w| w.len() as u64),
-        )],
+        vec![(String::new(), st.warnings.len() as u64)],
     );
     out
 }
@@ -314,14 +308,21 @@ mod tests {
     #[test]
     fn renders_counters_rules_and_health() {
         let v = serde_json::json!({
+            "version": 1, "ok": true,
+            "daemon": {"pid": 7, "started": "t0", "config": "/etc/enforcer.toml"},
+            "pins": {"dir": null, "owner": null, "restored": null},
             "counters": {"xdp": {"dropped-source": 3}},
-            "rules": [{"name": "pg", "allowed": 1, "dropped": 3, "would_drop": 0}],
-            "policy": {"generation": 4, "hash": "ab", "file": "/etc/p.toml"},
-            "audit": {"events": 3, "suppressed": 0, "lost_kernel": 0, "lost_sinks": 0, "subscribers": 1},
-            "programs": {"xdp": {"attached": [{"iface": "eth0", "mode": "native"}]}},
+            "rules": [{"name": "pg", "mode": "enforce", "allowed": 1, "dropped": 3, "would_drop": 0}],
+            "policy": {"generation": 4, "hash": "ab", "applied_at": "t1", "file": "/etc/p.toml",
+                       "mode": "enforce", "rules": 1, "confirm_by": null},
+            "audit": {"events": 3, "suppressed": 0, "lost_kernel": 0, "lost_sinks": 0, "subscribers": 1,
+                      "lost": {}, "next_seq": 4, "origin": {"boot_id": "b", "host": "h"},
+                      "file": null, "syslog": null},
+            "programs": {"xdp": {"name": "xdp", "attached": [{"iface": "eth0", "mode": "native"}]},
+                         "cgroup": {"path": null, "programs": []}},
             "warnings": [],
         });
-        let t = render(&v);
+        let t = render(&serde_json::from_value(v).unwrap());
         for line in [
             "enforcer_packets_total{hook=\"xdp\",reason=\"dropped-source\"} 3",
             "enforcer_rule_packets_total{rule=\"pg\",verdict=\"drop\"} 3",

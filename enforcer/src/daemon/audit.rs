@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// What the policy owner tells the audit stream.
-pub enum Control {
+pub enum AuditMsg {
     Record(Box<Record>),
     /// A record that is not a packet or policy event (grants), as JSON.
     Json(serde_json::Value),
@@ -54,7 +54,7 @@ pub struct Stats {
 }
 
 /// Recent lines held for `tail --since`.
-const HISTORY: usize = 10_000;
+const RECENT: usize = 10_000;
 
 fn unix_ns() -> u128 {
     std::time::SystemTime::now()
@@ -80,7 +80,7 @@ struct Fanout {
     subscribers: Vec<Sink>,
     /// Sink threads, joined when the stream ends (everything queued gets written).
     threads: Vec<JoinHandle<()>>,
-    history: VecDeque<(u128, Arc<Line>)>,
+    recent: VecDeque<(u128, Arc<Line>)>,
     stats: Arc<Stats>,
     state_dir: PathBuf,
 }
@@ -103,10 +103,10 @@ impl Fanout {
         self.stats
             .subscribers
             .store(self.subscribers.len() as u64, Ordering::Relaxed);
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
         }
-        self.history.push_back((unix_ns(), line));
+        self.recent.push_back((unix_ns(), line));
     }
 
     fn offer_record(&mut self, r: &Record) {
@@ -121,7 +121,7 @@ impl Fanout {
             self.stats.lost.clone(),
         );
         if let Some(since) = sub.since_unix_ns {
-            for (_, line) in self.history.iter().filter(|(t, _)| *t >= since) {
+            for (_, line) in self.recent.iter().filter(|(t, _)| *t >= since) {
                 sink.offer(line);
             }
         }
@@ -197,7 +197,7 @@ pub async fn run(
     mut enricher: Enricher,
     sinks: AuditSinks,
     state_dir: PathBuf,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    mut inbox: mpsc::UnboundedReceiver<AuditMsg>,
     mut subscribe: mpsc::Receiver<Subscribe>,
     stats: Arc<Stats>,
 ) {
@@ -220,7 +220,7 @@ pub async fn run(
         syslog: None,
         subscribers: Vec::new(),
         threads: vec![stdout_thread],
-        history: VecDeque::with_capacity(HISTORY),
+        recent: VecDeque::with_capacity(RECENT),
         stats: stats.clone(),
         state_dir,
     };
@@ -256,16 +256,16 @@ pub async fn run(
                     out.subscribe(sub);
                 }
             }
-            msg = control.recv() => match msg {
+            msg = inbox.recv() => match msg {
                 None => break,
-                Some(Control::Record(r)) => out.offer_record(&r),
-                Some(Control::Json(v)) => {
+                Some(AuditMsg::Record(r)) => out.offer_record(&r),
+                Some(AuditMsg::Json(v)) => {
                     let meta = Meta { event: v["event"].as_str().unwrap_or("").to_string(), ..Meta::default() };
                     out.offer(v.to_string().into_bytes(), meta);
                 }
-                Some(Control::RuleNames(g, names)) => enricher.rules.insert(g, names),
-                Some(Control::Cgroups(ids)) => for (id, p) in ids { enricher.know_cgroup(id, p) },
-                Some(Control::Sinks(s)) => out.configure(s),
+                Some(AuditMsg::RuleNames(g, names)) => enricher.rules.insert(g, names),
+                Some(AuditMsg::Cgroups(ids)) => for (id, p) in ids { enricher.know_cgroup(id, p) },
+                Some(AuditMsg::Sinks(s)) => out.configure(s),
             }
         }
     }

@@ -4,7 +4,7 @@
 
 pub mod audit;
 mod expiries;
-mod history;
+mod rule_names;
 mod sd_notify;
 mod seq;
 mod state;
@@ -125,7 +125,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let mut enricher = Enricher::new(Some(cgroup_mount));
     // Names first: the pinned ring buffer may hold an earlier daemon's events.
-    for (generation, names) in history::load(&opts.state_dir) {
+    for (generation, names) in rule_names::load(&opts.state_dir) {
         enricher.rules.insert(generation, names);
     }
     let (sub_tx, sub_rx) = mpsc::channel(16);
@@ -171,7 +171,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             },
             Some(call) = calls.recv() => {
                 let answer = match call.request {
-                    Request::Status => protocol::ok(st.status()),
+                    Request::Status => protocol::ok(serde_json::to_value(st.status()).expect("a status serializes")),
                     Request::Policy => protocol::ok(st.policy_view()),
                     Request::Reload { confirm_within_secs } => match st.reload(confirm_within_secs.map(Duration::from_secs)) {
                         Ok(v) => protocol::ok(v),

@@ -126,7 +126,7 @@ impl State {
         );
         let generation = self.generation;
         let event = |action: &str, error: Option<String>| {
-            Control::Json(json!({
+            AuditMsg::Json(json!({
                 "ts": crate::clock::now_rfc3339_nanos(),
                 "event": "pins",
                 "action": action,

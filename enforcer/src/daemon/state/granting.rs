@@ -20,7 +20,7 @@ impl State {
                 m.insert("late".into(), late.into());
             }
         }
-        let _ = self.audit.send(Control::Json(v));
+        let _ = self.audit.send(AuditMsg::Json(v));
     }
 
     /// `enforcer grant`: allow a source or cgroup on a rule until a deadline.

@@ -1,7 +1,7 @@
 //! What the policy owner holds, and its state machine: apply, reload (with an optional
-//! confirmation deadline), confirm or roll back, expire; status. Following the host
-//! (`following`), grant operations (`granting`) and the audit records it writes
-//! (`records`) are its other jobs, each in its own file.
+//! confirmation deadline), confirm or roll back, expire. Following the host (`following`),
+//! grant operations (`granting`), the audit records it writes (`records`) and the status
+//! it reports (`reporting`) are its other jobs, each in its own file.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,13 +23,15 @@ use tracing::{info, warn};
 mod following;
 mod granting;
 mod records;
+mod reporting;
 
 use super::{
-    audit::{Control, Stats},
+    audit::{AuditMsg, Stats},
     expiries::Ledger,
 };
 use crate::{
     clock::now_unix,
+    control::status::{self, Status},
     events::{
         sink::{syslog, Origin, Scope},
         Record,
@@ -98,7 +100,7 @@ pub struct State {
     gaps_checked: Option<Instant>,
     /// The last time pinned state vanished under this daemon, and what it did about it.
     pins_incident: Option<String>,
-    audit: UnboundedSender<Control>,
+    audit: UnboundedSender<AuditMsg>,
     stats: Arc<Stats>,
 }
 
@@ -111,7 +113,7 @@ impl State {
         grants: Store,
         cgroup_mount: PathBuf,
         config_path: PathBuf,
-        audit: UnboundedSender<Control>,
+        audit: UnboundedSender<AuditMsg>,
         stats: Arc<Stats>,
     ) -> anyhow::Result<Self> {
         let effective = policy.effective(now_unix(), &grants.entries(&policy));
@@ -193,7 +195,7 @@ impl State {
     pub fn announce_initial(&mut self) {
         self.tell_audit();
         let r = self.policy_record("applied", None);
-        let _ = self.audit.send(Control::Record(Box::new(r)));
+        let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
         info!(generation = self.generation, hash = %self.policy.hash, file = %self.policy.path.display(), "policy applied");
     }
 
@@ -205,17 +207,17 @@ impl State {
             .iter()
             .map(|r| r.name.clone())
             .collect();
-        if let Err(e) = super::history::remember(self.grants.dir(), self.generation, &names) {
+        if let Err(e) = super::rule_names::remember(self.grants.dir(), self.generation, &names) {
             warn!("remembering rule names: {e:#}");
         }
-        let _ = self.audit.send(Control::RuleNames(self.generation, names));
-        let _ = self.audit.send(Control::Sinks(self.policy.sinks.clone()));
+        let _ = self.audit.send(AuditMsg::RuleNames(self.generation, names));
+        let _ = self.audit.send(AuditMsg::Sinks(self.policy.sinks.clone()));
         let ids = self
             .cgroup_ids
             .iter()
             .map(|(p, i)| (*i, p.clone()))
             .collect();
-        let _ = self.audit.send(Control::Cgroups(ids));
+        let _ = self.audit.send(AuditMsg::Cgroups(ids));
     }
 
     /// Applies `new` as the next generation; returns the policy it replaced and the change
@@ -261,7 +263,7 @@ impl State {
                 };
                 let mut r = self.policy_record(action, Some(&old));
                 r.access = Some(change.clone());
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(
                     generation = self.generation,
                     hash = %self.policy.hash,
@@ -298,7 +300,7 @@ impl State {
                 let mut r = self.policy_record("refused", None);
                 r.error = Some(msg.clone());
                 r.file = Some(self.config_path.display().to_string());
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 Err(format!(
                     "reload refused; generation {} stays in force:\n{msg}",
                     self.generation
@@ -313,7 +315,7 @@ impl State {
             None => Err("no policy is waiting for confirmation".into()),
             Some(_) => {
                 let r = self.policy_record("confirmed", None);
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(generation = self.generation, "policy confirmed");
                 Ok(json!({"generation": self.generation, "hash": self.policy.hash}))
             }
@@ -375,7 +377,7 @@ impl State {
                     );
                     let mut r = self.policy_record("rolled-back", Some(&old));
                     r.access = Some(change);
-                    let _ = self.audit.send(Control::Record(Box::new(r)));
+                    let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 }
                 Err(e) => warn!("restoring the previous policy failed: {e:#}"),
             }
@@ -412,7 +414,7 @@ impl State {
                         Entry::From(f) => ("from", f),
                         Entry::Cgroup(c) => ("cgroup", c),
                     };
-                    let _ = self.audit.send(Control::Json(json!({
+                    let _ = self.audit.send(AuditMsg::Json(json!({
                         "ts": crate::clock::now_rfc3339_nanos(),
                         "event": "entry",
                         "action": "expired",
@@ -432,7 +434,7 @@ impl State {
                     None,
                 );
                 r.access = Some(change);
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
                 info!(
                     generation = self.generation,
                     grants = expired.len(),
@@ -455,117 +457,6 @@ impl State {
             "hash": self.policy.hash,
             "file": self.policy.path.display().to_string(),
             "side": Side::of(&self.policy, now_unix(), &self.grants.grants),
-        })
-    }
-
-    /// Everything `enforcer status` shows.
-    pub fn status(&self) -> Value {
-        let maps = &self.loaded.maps;
-        let mut reasons = serde_json::Map::new();
-        for h in Hook::ALL {
-            let mut m = serde_json::Map::new();
-            for r in Reason::ALL {
-                let n = counters::by_reason(maps, h, r);
-                if n > 0 {
-                    m.insert(r.name().into(), n.into());
-                }
-            }
-            reasons.insert(h.name().into(), Value::Object(m));
-        }
-        let rules: Vec<Value> = self
-            .policy
-            .verdict
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let i = i as u32;
-                json!({
-                    "name": r.name,
-                    "mode": match r.mode { enforcer_common::model::Mode::Enforce => "enforce", _ => "audit" },
-                    "allowed": counters::by_rule(maps, i, Verdict::Allow),
-                    "dropped": counters::by_rule(maps, i, Verdict::Drop),
-                    "would_drop": counters::by_rule(maps, i, Verdict::WouldDrop),
-                })
-            })
-            .collect();
-        let xdp: Vec<Value> = self
-            .loaded
-            .xdp_attachments()
-            .map(|(i, a)| json!({"iface": i, "mode": a.mode}))
-            .collect();
-        let mut warnings: Vec<String> = self.loaded.adoption_failures().to_vec();
-        let present = crate::host::interfaces();
-        for i in &self.policy.attach.interfaces {
-            if !present
-                .iter()
-                .any(|n| crate::policy::values::glob_match(i, n))
-            {
-                warnings.push(if i.contains(['*', '?']) {
-                    format!("no interface matches {i} (XDP attaches when one appears)")
-                } else {
-                    format!(
-                        "interface {i} in the policy does not exist (XDP attaches when it appears)"
-                    )
-                });
-            }
-        }
-        warnings.extend(self.xdp_skipped.values().cloned());
-        warnings.extend(self.gaps.iter().cloned());
-        for (_, path) in self.compiled.cgroups.keys() {
-            if !self.cgroup_ids.contains_key(path)
-                && !warnings
-                    .iter()
-                    .any(|w| w.contains(&format!("cgroup {path} ")))
-            {
-                warnings.push(format!(
-                    "cgroup {path} does not exist yet (its rule applies once it is created)"
-                ));
-            }
-        }
-        warnings.extend(self.pins_incident.clone());
-        json!({
-            "daemon": {"pid": std::process::id(), "started": self.started_at, "config": self.config_path.display().to_string()},
-            "pins": {
-                "dir": self.loaded.pin_dir().map(|p| p.display().to_string()),
-                "owner": self.loaded.owner().map(|o| o.to_string()),
-                "restored": self.pins_incident,
-            },
-            "policy": {
-                "generation": self.generation,
-                "hash": self.policy.hash,
-                "applied_at": self.applied_at,
-                "file": self.policy.path.display().to_string(),
-                "mode": match self.policy.verdict.mode { enforcer_common::model::Mode::Enforce => "enforce", _ => "audit" },
-                "rules": self.policy.verdict.rules.len(),
-                "confirm_by": self.pending.as_ref().map(|p| p.deadline_wall.clone()),
-            },
-            "programs": {
-                "xdp": {"name": programs::XDP, "attached": xdp},
-                "cgroup": {
-                    "path": self.loaded.cgroup_path(),
-                    "programs": [programs::INGRESS, programs::EGRESS, programs::SOCK_ADDR[0], programs::SOCK_ADDR[1], programs::SOCK_ADDR[2], programs::SOCK_ADDR[3]],
-                },
-            },
-            "counters": reasons,
-            "rules": rules,
-            "audit": {
-                "events": self.stats.events.load(Ordering::Relaxed),
-                "lost_kernel": counters::events_lost(maps),
-                "suppressed": counters::suppressed(maps, GLOBAL_BUCKET),
-                "lost_sinks": self.stats.lost.total(),
-                "lost": Scope::ALL.iter().map(|s| (s.name().to_string(), Value::from(self.stats.lost.get(*s)))).collect::<serde_json::Map<_, _>>(),
-                "subscribers": self.stats.subscribers.load(Ordering::Relaxed),
-                "next_seq": self.stats.next_seq.load(Ordering::Relaxed),
-                "origin": {"boot_id": Origin::get().boot_id, "host": Origin::get().host},
-                "file": self.policy.sinks.file.as_ref().map(|f| json!({
-                    "path": f.path.display().to_string(), "max_bytes": f.max_bytes, "keep": f.keep,
-                })),
-                "syslog": self.policy.sinks.syslog.as_ref().map(|s| json!({
-                    "target": s.target.to_string(), "facility": syslog::facility_name(s.facility),
-                })),
-            },
-            "warnings": warnings,
         })
     }
 }

@@ -27,7 +27,7 @@ impl State {
                 policy: Some(self.generation),
                 ..Record::default()
             };
-            let _ = self.audit.send(Control::Record(Box::new(r)));
+            let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
             self.kernel_lost = lost;
         }
     }
@@ -66,7 +66,7 @@ impl State {
                     ..Record::default()
                 };
                 *seen = now;
-                let _ = self.audit.send(Control::Record(Box::new(r)));
+                let _ = self.audit.send(AuditMsg::Record(Box::new(r)));
             }
         }
     }

@@ -36,7 +36,7 @@ mod tests {
 
     #[test]
     fn keeps_the_last_generations() {
-        let dir = std::env::temp_dir().join(format!("enforcer-history-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("enforcer-rule-names-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(load(&dir).is_empty());
         for g in 1..=10 {

@@ -1,13 +1,13 @@
-//! Commands that talk to the running daemon: reload, confirm, status, explain.
+//! Operating the running daemon and its pins: reload, confirm, status, explain, grant,
+//! grants, revoke, unload.
 
 use std::{net::IpAddr, path::Path, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::Value;
 
 use crate::{
-    control::{client, protocol::Request},
+    control::{client, protocol::Request, status::Status},
     kernel::pins::{LockError, PinDir},
     policy::explain::{explain, Explanation, Query},
 };
@@ -73,47 +73,39 @@ pub fn confirm(socket: &Path) -> anyhow::Result<()> {
 }
 
 pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let mut v = client::call(socket, Request::Status)?;
+    let v = client::call(socket, Request::Status)?;
+    let st: Status =
+        serde_json::from_value(v.clone()).context("reading the daemon's status answer")?;
     if json {
-        if let Some(m) = v.as_object_mut() {
-            m.remove("ok");
+        // The answer as the daemon sent it, less `ok`: the protocol version stays.
+        let mut out = serde_json::to_value(&st)?;
+        if let (Some(m), Some(version)) = (out.as_object_mut(), v.get("version")) {
+            m.insert("version".into(), version.clone());
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    print!("{}", render_status(&v));
+    print!("{}", render_status(&st));
     Ok(())
 }
 
 /// The readable form of a status answer.
-pub fn render_status(v: &Value) -> String {
+pub fn render_status(st: &Status) -> String {
     let mut s = String::new();
-    let p = &v["policy"];
+    let p = &st.policy;
     s += &format!(
         "policy     generation {} ({}), sha256 {}, applied {}\n           {} rules from {}\n",
-        p["generation"],
-        p["mode"].as_str().unwrap_or(""),
-        p["hash"].as_str().unwrap_or(""),
-        p["applied_at"].as_str().unwrap_or(""),
-        p["rules"],
-        p["file"].as_str().unwrap_or("")
+        p.generation, p.mode, p.hash, p.applied_at, p.rules, p.file
     );
-    if let Some(by) = p["confirm_by"].as_str() {
+    if let Some(by) = &p.confirm_by {
         s += &format!("           waiting for `enforcer confirm` until {by}\n");
     }
-    let xdp = v["programs"]["xdp"]["attached"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let xdp: Vec<String> = xdp
+    let xdp: Vec<String> = st
+        .programs
+        .xdp
+        .attached
         .iter()
-        .map(|a| {
-            format!(
-                "{} ({})",
-                a["iface"].as_str().unwrap_or(""),
-                a["mode"].as_str().unwrap_or("")
-            )
-        })
+        .map(|a| format!("{} ({})", a.iface, a.mode))
         .collect();
     s += &format!(
         "xdp        {}\n",
@@ -125,62 +117,50 @@ pub fn render_status(v: &Value) -> String {
     );
     s += &format!(
         "cgroup     {} (ingress, egress, connect4/6, sendmsg4/6)\n",
-        v["programs"]["cgroup"]["path"]
-            .as_str()
-            .unwrap_or("not attached")
+        st.programs.cgroup.path.as_deref().unwrap_or("not attached")
     );
     s += "rules      name                      allowed     dropped  would-drop\n";
-    for r in v["rules"].as_array().cloned().unwrap_or_default() {
-        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+    for r in &st.rules {
         s += &format!(
             "           {:<24} {:>8} {:>11} {:>11}{}\n",
-            r["name"].as_str().unwrap_or(""),
-            n("allowed"),
-            n("dropped"),
-            n("would_drop"),
-            if r["mode"] == "audit" {
-                "  (audit)"
-            } else {
-                ""
-            }
+            r.name,
+            r.allowed,
+            r.dropped,
+            r.would_drop,
+            if r.mode == "audit" { "  (audit)" } else { "" }
         );
     }
     s += "counters\n";
-    if let Some(hooks) = v["counters"].as_object() {
-        for (hook, reasons) in hooks {
-            let items: Vec<String> = reasons
-                .as_object()
-                .map(|m| m.iter().map(|(k, n)| format!("{k}={n}")).collect())
-                .unwrap_or_default();
-            if !items.is_empty() {
-                s += &format!("           {hook:<15} {}\n", items.join(" "));
-            }
+    for (hook, reasons) in &st.counters {
+        let items: Vec<String> = reasons.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        if !items.is_empty() {
+            s += &format!("           {hook:<15} {}\n", items.join(" "));
         }
     }
-    let a = &v["audit"];
+    let a = &st.audit;
     s += &format!(
         "audit      {} events, {} suppressed by rate limits, {} lost in the kernel, {} lost by slow sinks, {} subscribers\n",
-        a["events"], a["suppressed"], a["lost_kernel"], a["lost_sinks"], a["subscribers"]
+        a.events, a.suppressed, a.lost_kernel, a.lost_sinks, a.subscribers
     );
-    if a["file"].is_object() {
+    if let Some(f) = &a.file {
         s += &format!(
             "file       {}, rotated at {} bytes, {} kept; {} lines lost\n",
-            a["file"]["path"].as_str().unwrap_or(""),
-            a["file"]["max_bytes"],
-            a["file"]["keep"],
-            a["lost"]["file"]
+            f.path,
+            f.max_bytes,
+            f.keep,
+            a.lost_by("file")
         );
     }
-    if a["syslog"].is_object() {
+    if let Some(l) = &a.syslog {
         s += &format!(
             "syslog     {} (facility {}); {} lines lost\n",
-            a["syslog"]["target"].as_str().unwrap_or(""),
-            a["syslog"]["facility"].as_str().unwrap_or(""),
-            a["lost"]["syslog"]
+            l.target,
+            l.facility,
+            a.lost_by("syslog")
         );
     }
-    for w in v["warnings"].as_array().cloned().unwrap_or_default() {
-        s += &format!("warning    {}\n", w.as_str().unwrap_or(""));
+    for w in &st.warnings {
+        s += &format!("warning    {w}\n");
     }
     s
 }
