@@ -21,8 +21,6 @@ use enforcer::{
     policy::{compile, parse_str, Policy},
 };
 use enforcer_common::{
-    consts::{AF_INET, AF_INET6},
-    maps::LocalAddrKey,
     model::policy::{PortRange, Prefix},
     reason::{Hook, Reason},
 };
@@ -82,33 +80,18 @@ impl Kern {
         let events = loaded.events.take();
         let mut info = loaded.maps.host.get(&0, 0).context("reading host facts")?;
         info.netns_cookie = enforcer::host::netns_cookie().context("netns cookie")?;
-        info.addr_bloom = host::addr_bloom(local_addrs);
         loaded
             .maps
             .host
             .set(0, info, 0)
             .context("writing host facts")?;
-        for a in local_addrs {
-            let mut addr = [0u8; 16];
-            let family = match a {
-                IpAddr::V4(v4) => {
-                    addr[..4].copy_from_slice(&v4.octets());
-                    AF_INET
-                }
-                IpAddr::V6(v6) => {
-                    addr = v6.octets();
-                    AF_INET6
-                }
-            };
-            loaded.maps.local_addrs.insert(
-                LocalAddrKey {
-                    family: family as u32,
-                    addr,
-                },
-                1,
-                0,
-            )?;
-        }
+        let maps = &mut loaded.maps;
+        host::sync_addrs(
+            &mut maps.local_addrs,
+            &mut maps.host_addrs,
+            &Default::default(),
+            &local_addrs.iter().copied().collect(),
+        )?;
         let xdp = bpf::aya_prog_fd(&loaded.ebpf, XDP)?;
         let ingress = bpf::aya_prog_fd(&loaded.ebpf, INGRESS)?;
         let egress = bpf::aya_prog_fd(&loaded.ebpf, EGRESS)?;

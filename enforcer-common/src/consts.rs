@@ -15,7 +15,7 @@ pub const MAX_CGROUP_LEVEL: u32 = 31;
 
 /// Version of the maps' layout and meaning. Bump it with any change to a map's key, value,
 /// size or semantics: a daemon refuses pinned state of another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Two copies ("slots") of every policy map: the programs read the active one while the
 /// daemon writes the other, then flips `ACTIVE` in one 4-byte store.
@@ -30,6 +30,8 @@ pub const MAX_ALLOW_ENTRIES: u32 = 1 << 18;
 pub const MAX_CGROUP_ENTRIES: u32 = 1 << 16;
 /// Addresses of the host (all interfaces) the programs treat as "bound for this host".
 pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// `HOST_ADDRS` has `1 << HOST_ADDR_BITS` slots.
+pub const HOST_ADDR_BITS: u32 = 14;
 /// Flows authorized at the sending socket, remembered so the receiving hooks let them in.
 pub const MAX_FLOWS: u32 = 1 << 16;
 /// A flow authorized at egress is honoured on the receiving side only this long after its
@@ -45,6 +47,8 @@ pub const MAX_PATHS_FAR: u32 = 4096;
 pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Sockets whose sending task is remembered for events.
 pub const MAX_SOCK_OWNERS: u32 = 1 << 14;
+/// The longest tick of the coarse clock the event rate limits read (CONFIG_HZ=100).
+pub const COARSE_TICK_MAX_NS: u64 = 10_000_000;
 /// Ring buffer for audit events.
 pub const EVENTS_BYTES: u32 = 1 << 24;
 

@@ -25,6 +25,7 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::ActiveSlot {}
     unsafe impl aya::Pod for crate::maps::SlotInfo {}
     unsafe impl aya::Pod for crate::maps::HostInfo {}
+    unsafe impl aya::Pod for crate::maps::HostAddrSlot {}
     unsafe impl aya::Pod for crate::maps::GroupInfo {}
     unsafe impl aya::Pod for crate::maps::AllowKey {}
     unsafe impl aya::Pod for crate::maps::AllowValue {}

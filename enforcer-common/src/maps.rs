@@ -74,23 +74,40 @@ pub struct HostInfo {
     /// pinned maps only of its own layout.
     pub layout: u32,
     pub _pad: u32,
-    /// `addr_bloom_bit` of every address in `LOCAL_ADDRS` (more bits are harmless): a
-    /// source whose bit is clear is not one of the host's, without a hash lookup. The
-    /// daemon sets an address's bit before it adds the address, and clears bits only
-    /// after it removed theirs.
-    pub addr_bloom: u64,
 }
 
-/// The `HostInfo::addr_bloom` bit of an address (network order; IPv4 in the first 4
-/// bytes): a multiplicative hash of its last 32 bits.
+/// `HOST_ADDRS[host_addr_index(..)]`: the host's addresses in an array, so "is this one of
+/// the host's addresses?" is one load and a compare instead of a hash probe. `LOCAL_ADDRS`
+/// stays the whole truth: a slot two addresses share says to ask it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostAddrSlot {
+    /// Network order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// `HOST_ADDR_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+
+/// No address of the host has this slot.
+pub const HOST_ADDR_EMPTY: u32 = 0;
+/// Exactly one IPv4 address of the host has this slot: `addr`.
+pub const HOST_ADDR_V4: u32 = 1;
+/// Exactly one IPv6 address of the host has this slot: `addr`.
+pub const HOST_ADDR_V6: u32 = 2;
+/// Several addresses have this slot (or it is being rewritten): ask `LOCAL_ADDRS`.
+pub const HOST_ADDR_SHARED: u32 = 3;
+
+/// The `HOST_ADDRS` slot of an address (network order; IPv4 in the first 4 bytes): a
+/// multiplicative hash of its last 32 bits.
 #[inline(always)]
-pub fn addr_bloom_bit(family: u8, a: &[u8; 16]) -> u64 {
+pub fn host_addr_index(family: u8, a: &[u8; 16]) -> u32 {
     let w = if family == crate::consts::AF_INET {
         u32::from_be_bytes([a[0], a[1], a[2], a[3]])
     } else {
         u32::from_be_bytes([a[12], a[13], a[14], a[15]])
     };
-    1u64 << (w.wrapping_mul(0x9E37_79B1) >> 26)
+    w.wrapping_mul(0x9E37_79B1) >> (32 - crate::consts::HOST_ADDR_BITS)
 }
 
 /// `GROUPS[slot * MAX_GROUPS + group]`: a port group is a distinct set of rules covering a
@@ -207,7 +224,8 @@ impl AllowValue {
 }
 
 /// `ALLOW`: (slot, group, family, prefix length, masked address) -> `AllowValue`.
-#[repr(C)]
+/// 8-aligned, so the programs build `addr` with two word stores, not sixteen byte stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AllowKey {
     /// `slot << 16 | group`.
@@ -238,10 +256,11 @@ pub struct LocalAddrKey {
 }
 
 /// `FLOWS`: a flow (client to server direction) authorized at a local sender's socket ->
-/// the time it was last judged there (`bpf_ktime_get_ns`). The sender's network namespace
-/// is part of the flow: the receiving side honours it only for packets that arrive by that
-/// namespace's own path (loopback for the host's, `PATHS` for a container's), so the same
-/// tuple forged on any other device is judged like any remote packet.
+/// the time it was last judged there (`bpf_ktime_get_coarse_ns`: a tick late at most,
+/// against a 1 s window). The sender's network namespace is part of the flow: the
+/// receiving side honours it only for packets that arrive by that namespace's own path
+/// (loopback for the host's, `PATHS` for a container's), so the same tuple forged on any
+/// other device is judged like any remote packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {

@@ -16,13 +16,15 @@ mod parse;
 mod report;
 mod verdict;
 
+use core::cell::Cell;
+
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
+            bpf_get_netns_cookie, bpf_ktime_get_coarse_ns, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
             bpf_skb_cgroup_id,
         },
     },
@@ -140,22 +142,23 @@ fn flow_authorized(p: &Parsed, netns: u64) -> bool {
     // SAFETY: a hash map lookup; the value is copied out at once.
     match unsafe { FLOWS.get(&flow_key(p, netns)) } {
         // SAFETY: a helper with no arguments.
-        Some(ts) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(*ts) < FLOW_FRESH_NS,
+        Some(ts) => unsafe { bpf_ktime_get_coarse_ns() }.wrapping_sub(*ts) < FLOW_FRESH_NS,
         None => false,
     }
 }
 
 /// Receiving sockets: in scope when they are the host's (not a container's). What arrives
 /// over loopback was sent by a process of the host's namespace.
-struct IngressEnv {
-    host_socket: bool,
+struct IngressEnv<'a> {
+    ctx: &'a SkBuffContext,
     ifindex: u32,
 }
 
-impl HookEnv for IngressEnv {
+impl HookEnv for IngressEnv<'_> {
+    /// Asked only of a packet to a protected port, so others skip the helper call.
     #[inline(always)]
     fn in_scope(&self, _p: &Parsed) -> bool {
-        self.host_socket
+        skb_netns(self.ctx) == host_netns()
     }
 
     #[inline(always)]
@@ -179,7 +182,7 @@ impl HookEnv for IngressEnv {
 pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
     let p = parse_skb(&ctx);
     let env = IngressEnv {
-        host_socket: skb_netns(&ctx) == host_netns(),
+        ctx: &ctx,
         // SAFETY: the kernel passes a valid __sk_buff; ingress_ifindex is readable here.
         ifindex: unsafe { (*ctx.skb.skb).ingress_ifindex },
     };
@@ -194,13 +197,30 @@ pub fn enforcer_ingress(ctx: SkBuffContext) -> i32 {
 /// own namespace; the sender's cgroup can allow it.
 struct EgressEnv<'a> {
     ctx: &'a SkBuffContext,
-    host_socket: bool,
+    /// The sending socket's namespace cookie, read when first asked (0: not yet): packets
+    /// to unprotected ports never need it.
+    netns: Cell<u64>,
+}
+
+impl EgressEnv<'_> {
+    #[inline(always)]
+    fn netns(&self) -> u64 {
+        if self.netns.get() == 0 {
+            self.netns.set(skb_netns(self.ctx));
+        }
+        self.netns.get()
+    }
+
+    #[inline(always)]
+    fn host_socket(&self) -> bool {
+        self.netns() == host_netns()
+    }
 }
 
 #[inline(always)]
-fn sender_scope(host_socket: bool, p: &Parsed) -> bool {
+fn sender_scope(host_socket: impl FnOnce() -> bool, p: &Parsed) -> bool {
     if is_loopback(p.family, &p.dst) {
-        host_socket
+        host_socket()
     } else {
         is_host_addr(p.family, &p.dst)
     }
@@ -209,12 +229,12 @@ fn sender_scope(host_socket: bool, p: &Parsed) -> bool {
 impl HookEnv for EgressEnv<'_> {
     #[inline(always)]
     fn in_scope(&self, p: &Parsed) -> bool {
-        sender_scope(self.host_socket, p)
+        sender_scope(|| self.host_socket(), p)
     }
 
     #[inline(always)]
     fn host_process(&self) -> bool {
-        self.host_socket
+        self.host_socket()
     }
 
     #[inline(always)]
@@ -230,10 +250,9 @@ impl HookEnv for EgressEnv<'_> {
 #[cgroup_skb(egress)]
 pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
     let p = parse_skb(&ctx);
-    let netns = skb_netns(&ctx);
     let env = EgressEnv {
         ctx: &ctx,
-        host_socket: netns == host_netns(),
+        netns: Cell::new(0),
     };
     let out = judge(&env, &p);
     if out.verdict == Verdict::Allow
@@ -245,8 +264,8 @@ pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
         // ride on it. A lookup is cheaper than an update: the entry is rewritten only when
         // missing or a quarter-window old.
         // SAFETY: a helper with no arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let key = flow_key(&p, netns);
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let key = flow_key(&p, env.netns());
         // SAFETY: a hash map lookup; the value is copied out at once.
         let fresh =
             unsafe { FLOWS.get(&key) }.is_some_and(|ts| now.wrapping_sub(*ts) < FLOW_FRESH_NS / 4);
@@ -279,7 +298,7 @@ struct SockAddrEnv {
 impl HookEnv for SockAddrEnv {
     #[inline(always)]
     fn in_scope(&self, p: &Parsed) -> bool {
-        sender_scope(self.host_socket, p)
+        sender_scope(|| self.host_socket, p)
     }
 
     #[inline(always)]

@@ -44,8 +44,13 @@ pub static LEN_BITS: HashMap<BucketKey, BucketBits> =
 pub static CGROUPS: HashMap<CgroupKey, AllowValue> =
     HashMap::with_max_entries(MAX_CGROUP_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// Every address of the host; asked only where `HOST_ADDRS` says its slot is shared.
 #[map]
 pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// The host's addresses by `host_addr_index`: one load answers "the host's?".
+#[map]
+pub static HOST_ADDRS: Array<HostAddrSlot> = Array::with_max_entries(1 << HOST_ADDR_BITS, 0);
 
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);

@@ -48,11 +48,25 @@ impl Packet for Skb<'_> {
     #[inline(always)]
     fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // Same depth limit as XDP, so both hooks (and the model) agree on what is readable.
-        // `load` (bpf_skb_load_bytes with a constant size) also reads non-linear data;
-        // `load_bytes` is rejected here (a zero-sized read the verifier cannot rule out).
         if off > MAX_HDR_OFFSET {
             return None;
         }
+        // Headers are almost always in the linear part: read them in place, as XDP does
+        // (cgroup_skb may read data/data_end with CAP_BPF), and pay a helper call only
+        // for bytes beyond it.
+        let skb = self.0.skb.skb;
+        // SAFETY: the kernel passes a valid __sk_buff; data and data_end are readable here.
+        let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+        let ptr = data + off;
+        // A one-byte check becomes `ptr < data_end`, from which the verifier learns no
+        // range: check two bytes then (a last byte is left to the helper).
+        let need = if N < 2 { 2 } else { N };
+        if ptr + need <= end {
+            // SAFETY: [ptr, ptr + N) lies within [data, data_end), checked above.
+            return Some(unsafe { core::ptr::read_unaligned(ptr as *const [u8; N]) });
+        }
+        // `load` (bpf_skb_load_bytes with a constant size) also reads non-linear data;
+        // `load_bytes` is rejected here (a zero-sized read the verifier cannot rule out).
         self.0.load::<[u8; N]>(off).ok()
     }
 }

@@ -1,8 +1,8 @@
 //! Counters for every packet, and an audit event for every judged one.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns};
 use enforcer_common::{
-    consts::{MAX_RULES, NO_RULE},
+    consts::{COARSE_TICK_MAX_NS, MAX_RULES, NO_RULE},
     event::PacketEvent,
     maps::{SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
     reason::{counter_index, Hook, Verdict, RULE_COUNTER_KINDS},
@@ -34,7 +34,9 @@ fn take_token(idx: u32, cost: u64, burst: u32, now: u64) -> bool {
     };
     // SAFETY: a per-CPU slot: no other program touches it concurrently.
     let b = unsafe { &mut *b };
-    let cap = cost * burst.max(1) as u64;
+    // `now` advances a tick at a time: a bucket holds at least a tick's credit, or a tick
+    // worth more than the burst would lose the excess and report below the rate.
+    let cap = (cost * burst.max(1) as u64).max(COARSE_TICK_MAX_NS);
     let mut credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns));
     if credit > cap {
         credit = cap;
@@ -68,8 +70,10 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     if out.verdict == Verdict::Allow && info.flags & SLOT_REPORT_ALLOWED == 0 {
         return;
     }
+    // The coarse clock (a load, where the precise one reads the TSC at several times the
+    // cost) for the rate limits; the precise one only for an event's timestamp.
     // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Rate limits: every event held back is counted, so reported + suppressed + lost
     // always adds up to the packets judged.
     let bucket = if out.rule < MAX_RULES {
@@ -89,7 +93,8 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
         return;
     };
     let mut ev = PacketEvent::EMPTY;
-    ev.ts_ns = now;
+    // SAFETY: a helper with no arguments.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.generation = info.generation;
     ev.src = p.src;
     ev.dst = p.dst;

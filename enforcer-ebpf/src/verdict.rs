@@ -8,7 +8,9 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, LEN_BITS, LOCAL_ADDRS, PORTS, SLOT_INFO},
+    maps::{
+        ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, HOST_ADDRS, LEN_BITS, LOCAL_ADDRS, PORTS, SLOT_INFO,
+    },
     parse::*,
 };
 
@@ -166,7 +168,7 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
         // forgery of one): a prefix holding the host's address must not admit it. Checked
         // only on a match, so refusals pay nothing for it.
         if let Some(rule) = by_source {
-            if !is_host_src(p.family, &p.src) {
+            if !is_host_addr(p.family, &p.src) {
                 out.rule = rule;
                 out.reason = Reason::AllowedSource;
                 return out;
@@ -260,13 +262,24 @@ fn live(v: &AllowValue) -> bool {
 
 /// The rule allowing the deepest allowed ancestor of a cgroup; `ancestor(level)` returns
 /// the id of the sender's cgroup ancestor at `level` (0 when deeper than the cgroup).
+/// Allowed cgroups mostly sit in the first 8 levels: then the walk starts at level 7, not
+/// `MAX_CGROUP_LEVEL`, as testing the empty levels' bits cost more than the probes. (A start
+/// computed from the highest bit, or a walk of the set bits alone, makes the level unknown
+/// to the verifier, which then walks past its instruction limit.)
 #[inline(always)]
 pub fn cgroup_rule(sg: u32, levels: u32, ancestor: impl Fn(i32) -> u64) -> Option<u32> {
     if levels == 0 {
         return None;
     }
-    let mut level = MAX_CGROUP_LEVEL as i32;
+    let mut level = if levels >> 8 == 0 {
+        7
+    } else {
+        MAX_CGROUP_LEVEL as i32
+    };
     for _ in 0..=MAX_CGROUP_LEVEL {
+        if level < 0 {
+            break;
+        }
         if levels & (1u32 << level) != 0 {
             let id = ancestor(level);
             if id != 0 {
@@ -301,7 +314,7 @@ pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
 /// Whether `a` is one of the host's addresses (or loopback, broadcast, multicast).
 #[inline(always)]
 pub fn is_host_addr(family: u8, a: &[u8; 16]) -> bool {
-    is_special_local(family, a) || in_local_addrs(family, a)
+    is_special_local(family, a) || in_host_addrs(family, a)
 }
 
 /// Loopback, broadcast and multicast.
@@ -314,15 +327,32 @@ fn is_special_local(family: u8, a: &[u8; 16]) -> bool {
     }
 }
 
-/// Whether a packet's source claims one of the host's addresses: as `is_host_addr`, but
-/// first through `HostInfo::addr_bloom`, since a source almost never is the host's.
+/// `HOST_ADDRS` first: its slot names the one host address that has it, or none, or says
+/// to ask `LOCAL_ADDRS` (several share it, or the daemon is rewriting it).
 #[inline(always)]
-pub fn is_host_src(family: u8, a: &[u8; 16]) -> bool {
-    if is_special_local(family, a) {
-        return true;
+fn in_host_addrs(family: u8, a: &[u8; 16]) -> bool {
+    let Some(s) = HOST_ADDRS.get(host_addr_index(family, a)) else {
+        return in_local_addrs(family, a);
+    };
+    let exact = if family == AF_INET {
+        HOST_ADDR_V4
+    } else {
+        HOST_ADDR_V6
+    };
+    match s.state {
+        HOST_ADDR_EMPTY => false,
+        HOST_ADDR_SHARED => in_local_addrs(family, a),
+        state => state == exact && addr_words(&s.addr) == addr_words(a),
     }
-    let bloom = HOST.get(0).map_or(u64::MAX, |h| h.addr_bloom);
-    bloom & addr_bloom_bit(family, a) != 0 && in_local_addrs(family, a)
+}
+
+/// An address as two words, for a two-compare equality (the BPF target has no memcmp).
+#[inline(always)]
+fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 #[inline(always)]

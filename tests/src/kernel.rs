@@ -68,19 +68,19 @@ impl TestKernel {
                 0,
                 HostInfo {
                     netns_cookie: cookie,
-                    addr_bloom: host::addr_bloom(local_addrs),
                     ..HostInfo::default()
                 },
                 0,
             )
             .expect("host info");
-        for a in local_addrs {
-            loaded
-                .maps
-                .local_addrs
-                .insert(host::addr_key(*a), 1, 0)
-                .expect("local addr");
-        }
+        let maps = &mut loaded.maps;
+        host::sync_addrs(
+            &mut maps.local_addrs,
+            &mut maps.host_addrs,
+            &Default::default(),
+            &local_addrs.iter().copied().collect(),
+        )
+        .expect("host addresses");
         let policy = parse_str(Path::new("test.toml"), policy).unwrap_or_else(|e| panic!("{e}"));
         let mut k = TestKernel {
             loaded,
@@ -147,9 +147,9 @@ impl TestKernel {
                 tv_sec: 0,
                 tv_nsec: 0,
             };
-            // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC is the
-            // clock of bpf_ktime_get_ns.
-            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC_COARSE is
+            // the clock of bpf_ktime_get_coarse_ns, which FLOWS' times come from.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
             let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
             flows.insert(flow, now, 0).expect("FLOWS insert");
         } else {

@@ -542,14 +542,13 @@ fn incompatible_pinned_state_is_refused_clearly() {
     sigterm_and_wait(&d);
     drop(d);
 
-    // HostInfo is {netns_cookie u64, layout u32, pad u32, addr_bloom u64}: write layout 99.
+    // HostInfo is {netns_cookie u64, layout u32, pad u32}: write layout 99.
     let host_map = pin_dir.join("maps/HOST");
     let mut args: Vec<String> = ["map", "update", "pinned"].map(String::from).to_vec();
     args.push(host_map.display().to_string());
     args.extend(["key", "hex", "00", "00", "00", "00", "value", "hex"].map(String::from));
     args.extend(["00"; 8].map(String::from));
     args.extend(["63", "00", "00", "00", "00", "00", "00", "00"].map(String::from));
-    args.extend(["00"; 8].map(String::from));
     let out = Command::new("bpftool")
         .args(&args)
         .output()

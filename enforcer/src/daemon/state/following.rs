@@ -81,31 +81,14 @@ impl State {
         if now == self.local_addrs {
             return Ok(());
         }
-        // A new address's bloom bit goes in before the address (a source with its bit
-        // clear is taken as not the host's), and bits go out only after their addresses.
-        let (old_bloom, new_bloom) = (host::addr_bloom(&self.local_addrs), host::addr_bloom(&now));
-        self.set_addr_bloom(old_bloom | new_bloom)?;
-        for a in now.difference(&self.local_addrs) {
-            self.loaded
-                .maps
-                .local_addrs
-                .insert(host::addr_key(*a), 1, 0)
-                .context("adding a host address")?;
-        }
-        for a in self.local_addrs.difference(&now) {
-            let _ = self.loaded.maps.local_addrs.remove(&host::addr_key(*a));
-        }
+        let maps = &mut self.loaded.maps;
+        host::sync_addrs(
+            &mut maps.local_addrs,
+            &mut maps.host_addrs,
+            &self.local_addrs,
+            &now,
+        )?;
         self.local_addrs = now;
-        self.set_addr_bloom(new_bloom)
-    }
-
-    fn set_addr_bloom(&mut self, bloom: u64) -> anyhow::Result<()> {
-        let map = &mut self.loaded.maps.host;
-        let mut facts = map.get(&0, 0).context("reading host facts")?;
-        if facts.addr_bloom != bloom {
-            facts.addr_bloom = bloom;
-            map.set(0, facts, 0).context("writing host facts")?;
-        }
         Ok(())
     }
 

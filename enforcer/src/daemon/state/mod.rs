@@ -124,6 +124,8 @@ impl State {
             Some((slot, generation)) => (Writer::adopt(slot), generation + 1),
             None => (Writer::new(), 1),
         };
+        // What an earlier daemon left, so addresses gone meanwhile are taken out.
+        let local_addrs = crate::kernel::host::pinned_addrs(&loaded.maps.local_addrs);
         let mut st = State {
             loaded,
             writer,
@@ -140,7 +142,7 @@ impl State {
             started_at: crate::clock::now_rfc3339_nanos(),
             cgroup_mount,
             config_path,
-            local_addrs: BTreeSet::new(),
+            local_addrs,
             kernel_lost: 0,
             suppressed_total: 0,
             suppressed_seen: BTreeMap::new(),

@@ -22,8 +22,8 @@ use aya::{
 use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{
-        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo, HostInfo,
-        LocalAddrKey, SlotInfo,
+        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo, HostAddrSlot,
+        HostInfo, LocalAddrKey, SlotInfo,
     },
 };
 
@@ -62,6 +62,7 @@ pub struct Maps {
     pub cgroups: HashMap<MapData, CgroupKey, AllowValue>,
     pub len_bits: HashMap<MapData, BucketKey, BucketBits>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
+    pub host_addrs: Array<MapData, HostAddrSlot>,
     /// Host-side interface index -> the network namespace cookie on its other end: an
     /// array below `PATH_TABLE`, a hash above.
     pub paths: Array<MapData, u64>,
@@ -79,7 +80,7 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 19] = [
+const MAP_NAMES: [&str; 20] = [
     "ACTIVE",
     "SLOT_INFO",
     "HOST",
@@ -89,6 +90,7 @@ const MAP_NAMES: [&str; 19] = [
     "CGROUPS",
     "LEN_BITS",
     "LOCAL_ADDRS",
+    "HOST_ADDRS",
     "FLOWS",
     "PATHS",
     "PATHS_FAR",
@@ -219,6 +221,7 @@ impl Loaded {
             cgroups: take(&mut ebpf, "CGROUPS")?,
             len_bits: take(&mut ebpf, "LEN_BITS")?,
             local_addrs: take(&mut ebpf, "LOCAL_ADDRS")?,
+            host_addrs: take(&mut ebpf, "HOST_ADDRS")?,
             paths: take(&mut ebpf, "PATHS")?,
             paths_far: take(&mut ebpf, "PATHS_FAR")?,
             reasons: take(&mut ebpf, "REASONS")?,
