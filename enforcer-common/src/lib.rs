@@ -36,5 +36,6 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::FlowKey {}
     unsafe impl aya::Pod for crate::maps::SockOwner {}
     unsafe impl aya::Pod for crate::maps::Bucket {}
+    unsafe impl aya::Pod for crate::maps::RuleStats {}
     unsafe impl aya::Pod for crate::event::PacketEvent {}
 }

@@ -52,9 +52,24 @@ pub struct Bucket {
     pub last_ns: u64,
 }
 
-/// `BUCKETS` / `SUPPRESSED` index for events no rule decided (malformed packets).
+/// `RULE_STATS[rule]`, per CPU: everything a judged packet updates for its rule, in one
+/// record so the programs look up one entry, not one per counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// Packets the rule decided, by `Verdict`.
+    pub packets: [u64; crate::reason::RULE_COUNTER_KINDS as usize],
+    /// The rule's audit-event rate limit (`GLOBAL_BUCKET`: the global one).
+    pub bucket: Bucket,
+    /// Events the rate limits held back (`GLOBAL_BUCKET`: in total).
+    pub suppressed: u64,
+    /// `GLOBAL_BUCKET` only: events lost to a full ring buffer.
+    pub lost: u64,
+}
+
+/// `RULE_STATS` index for events no rule decided (malformed packets).
 pub const NO_RULE_INDEX: u32 = crate::consts::MAX_RULES;
-/// `BUCKETS` index of the global bucket; `SUPPRESSED` index of the total.
+/// `RULE_STATS` index of the global bucket, the total held back and the events lost.
 pub const GLOBAL_BUCKET: u32 = crate::consts::MAX_RULES + 1;
 
 /// The global mode is enforce (else audit): drops with no rule to decide (malformed

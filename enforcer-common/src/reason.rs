@@ -175,5 +175,5 @@ impl Verdict {
     }
 }
 
-/// Per-rule counters: index = rule * RULE_COUNTER_KINDS + verdict.
+/// Per-rule packet counters, one per `Verdict` (`RuleStats::packets`).
 pub const RULE_COUNTER_KINDS: u32 = 3;

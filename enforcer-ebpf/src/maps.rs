@@ -8,7 +8,7 @@ use aya_ebpf::{
 use enforcer_common::{
     consts::*,
     maps::*,
-    reason::{COUNTER_ENTRIES, RULE_COUNTER_KINDS},
+    reason::COUNTER_ENTRIES,
 };
 
 /// The slot the programs read (see `enforcer_common::maps`).
@@ -69,23 +69,9 @@ pub static PATHS_FAR: HashMap<u32, u64> = HashMap::with_max_entries(MAX_PATHS_FA
 #[map]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
-/// Per-(rule, verdict) packet counts.
+/// Per-rule packet counts, event rate limits and held-back events (see `RuleStats`).
 #[map]
-pub static RULE_COUNTS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(MAX_RULES * RULE_COUNTER_KINDS, 0);
-
-/// Audit-event rate limits: a bucket per rule, one for no-rule events, one global.
-#[map]
-pub static BUCKETS: PerCpuArray<Bucket> = PerCpuArray::with_max_entries(MAX_RULES + 2, 0);
-
-/// Events the rate limits held back, per rule (and `NO_RULE_INDEX`), and in total
-/// (`GLOBAL_BUCKET`), so the daemon scans the rules only when the total moved.
-#[map]
-pub static SUPPRESSED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_RULES + 2, 0);
-
-/// Audit stream health: index 0 counts events lost to a full ring buffer.
-#[map]
-pub static EVENT_LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES + 2, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -4,36 +4,30 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns};
 use enforcer_common::{
     consts::{COARSE_TICK_MAX_NS, MAX_RULES, NO_RULE},
     event::PacketEvent,
-    maps::{SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
-    reason::{counter_index, Hook, Verdict, RULE_COUNTER_KINDS},
+    maps::{Bucket, RuleStats, SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
+    reason::{counter_index, Hook, Verdict},
 };
 
 use crate::{
-    maps::{BUCKETS, EVENTS, EVENT_LOSS, REASONS, RULE_COUNTS, SLOT_INFO, SUPPRESSED},
+    maps::{EVENTS, REASONS, RULE_STATS, SLOT_INFO},
     parse::Parsed,
     verdict::Outcome,
 };
 
+/// A per-CPU record: no other program touches it concurrently.
 #[inline(always)]
-fn bump(counter: Option<*mut u64>) {
-    if let Some(c) = counter {
-        // SAFETY: a per-CPU slot: no other program touches it concurrently.
-        unsafe { *c += 1 };
-    }
+fn stats(idx: u32) -> Option<&'static mut RuleStats> {
+    // SAFETY: a per-CPU slot, valid for the program's run, used by this CPU alone.
+    RULE_STATS.get_ptr_mut(idx).map(|s| unsafe { &mut *s })
 }
 
-/// Takes one event's worth of credit from bucket `idx` (a per-CPU token bucket, so no
-/// locks); false when the bucket is empty. `cost` 0 means unlimited.
+/// Takes one event's worth of credit from `b` (a per-CPU token bucket, so no locks);
+/// false when the bucket is empty. `cost` 0 means unlimited.
 #[inline(always)]
-fn take_token(idx: u32, cost: u64, burst: u32, now: u64) -> bool {
+fn take_token(b: &mut Bucket, cost: u64, burst: u32, now: u64) -> bool {
     if cost == 0 {
         return true;
     }
-    let Some(b) = BUCKETS.get_ptr_mut(idx) else {
-        return true;
-    };
-    // SAFETY: a per-CPU slot: no other program touches it concurrently.
-    let b = unsafe { &mut *b };
     // `now` advances a tick at a time: a bucket holds at least a tick's credit, or a tick
     // worth more than the burst would lose the excess and report below the rate.
     let cap = (cost * burst.max(1) as u64).max(COARSE_TICK_MAX_NS);
@@ -56,9 +50,21 @@ fn take_token(idx: u32, cost: u64, burst: u32, now: u64) -> bool {
 /// on the ring buffer: a full one costs an event (counted), not a decision.
 #[inline(always)]
 pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut PacketEvent)) {
-    bump(REASONS.get_ptr_mut(counter_index(hook, out.reason)));
-    if out.rule < MAX_RULES {
-        bump(RULE_COUNTS.get_ptr_mut(out.rule * RULE_COUNTER_KINDS + out.verdict as u32));
+    if let Some(c) = REASONS.get_ptr_mut(counter_index(hook, out.reason)) {
+        // SAFETY: a per-CPU slot: no other program touches it concurrently.
+        unsafe { *c += 1 };
+    }
+    let has_rule = out.rule < MAX_RULES;
+    if !has_rule && !out.reason.is_judged() {
+        return;
+    }
+    let Some(rule) = stats(if has_rule { out.rule } else { NO_RULE_INDEX }) else {
+        return;
+    };
+    if has_rule {
+        if let Some(n) = rule.packets.get_mut(out.verdict as usize) {
+            *n += 1;
+        }
     }
     if !out.reason.is_judged() {
         return;
@@ -70,26 +76,24 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     if out.verdict == Verdict::Allow && info.flags & SLOT_REPORT_ALLOWED == 0 {
         return;
     }
+    let Some(global) = stats(GLOBAL_BUCKET) else {
+        return;
+    };
     // The coarse clock (a load, where the precise one reads the TSC at several times the
     // cost) for the rate limits; the precise one only for an event's timestamp.
     // SAFETY: a helper with no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Rate limits: every event held back is counted, so reported + suppressed + lost
     // always adds up to the packets judged.
-    let bucket = if out.rule < MAX_RULES {
-        out.rule
-    } else {
-        NO_RULE_INDEX
-    };
-    if !take_token(bucket, info.rule_cost_ns, info.burst, now)
-        || !take_token(GLOBAL_BUCKET, info.global_cost_ns, info.burst, now)
+    if !take_token(&mut rule.bucket, info.rule_cost_ns, info.burst, now)
+        || !take_token(&mut global.bucket, info.global_cost_ns, info.burst, now)
     {
-        bump(SUPPRESSED.get_ptr_mut(bucket));
-        bump(SUPPRESSED.get_ptr_mut(GLOBAL_BUCKET));
+        rule.suppressed += 1;
+        global.suppressed += 1;
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<PacketEvent>(0) else {
-        bump(EVENT_LOSS.get_ptr_mut(0));
+        global.lost += 1;
         return;
     };
     let mut ev = PacketEvent::EMPTY;
@@ -98,11 +102,7 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     ev.generation = info.generation;
     ev.src = p.src;
     ev.dst = p.dst;
-    ev.rule = if out.rule < MAX_RULES {
-        out.rule
-    } else {
-        NO_RULE
-    };
+    ev.rule = if has_rule { out.rule } else { NO_RULE };
     ev.sport = p.sport;
     ev.dport = p.dport;
     ev.verdict = out.verdict as u8;

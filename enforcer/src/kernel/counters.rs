@@ -2,7 +2,8 @@
 
 use enforcer_common::{
     consts::MAX_RULES,
-    reason::{counter_index, Hook, Reason, Verdict, RULE_COUNTER_KINDS},
+    maps::{RuleStats, GLOBAL_BUCKET},
+    reason::{counter_index, Hook, Reason, Verdict},
 };
 
 use super::programs::Maps;
@@ -10,6 +11,13 @@ use super::programs::Maps;
 /// Sum of a per-CPU counter across CPUs (0 if unreadable).
 fn sum(map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, index: u32) -> u64 {
     map.get(&index, 0).map_or(0, |v| v.iter().sum())
+}
+
+/// Sum of one field of a `RULE_STATS` record across CPUs (0 if unreadable).
+fn rule_sum(maps: &Maps, index: u32, field: impl Fn(&RuleStats) -> u64) -> u64 {
+    maps.rule_stats
+        .get(&index, 0)
+        .map_or(0, |v| v.iter().map(&field).sum())
 }
 
 /// Packets per (hook, reason).
@@ -22,19 +30,16 @@ pub fn by_rule(maps: &Maps, rule: u32, verdict: Verdict) -> u64 {
     if rule >= MAX_RULES {
         return 0;
     }
-    sum(
-        &maps.rule_counts,
-        rule * RULE_COUNTER_KINDS + verdict as u32,
-    )
+    rule_sum(maps, rule, |s| s.packets[verdict as usize])
 }
 
 /// Events the kernel could not put in the ring buffer.
 pub fn events_lost(maps: &Maps) -> u64 {
-    sum(&maps.event_loss, 0)
+    rule_sum(maps, GLOBAL_BUCKET, |s| s.lost)
 }
 
 /// Events the rate limits held back for rule index `idx` (`NO_RULE_INDEX` for events no
-/// rule decided).
+/// rule decided, `GLOBAL_BUCKET` for the total).
 pub fn suppressed(maps: &Maps, idx: u32) -> u64 {
-    sum(&maps.suppressed, idx)
+    rule_sum(maps, idx, |s| s.suppressed)
 }

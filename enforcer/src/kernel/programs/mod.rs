@@ -23,7 +23,7 @@ use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{
         ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo, HostAddrSlot,
-        HostInfo, LocalAddrKey, SlotInfo,
+        HostInfo, LocalAddrKey, RuleStats, SlotInfo,
     },
 };
 
@@ -68,9 +68,7 @@ pub struct Maps {
     pub paths: Array<MapData, u64>,
     pub paths_far: HashMap<MapData, u32, u64>,
     pub reasons: PerCpuArray<MapData, u64>,
-    pub rule_counts: PerCpuArray<MapData, u64>,
-    pub event_loss: PerCpuArray<MapData, u64>,
-    pub suppressed: PerCpuArray<MapData, u64>,
+    pub rule_stats: PerCpuArray<MapData, RuleStats>,
 }
 
 /// Where XDP is attached, and how.
@@ -80,7 +78,7 @@ pub struct XdpAttachment {
 }
 
 /// Every map in the object, pinned under `maps/` by name.
-const MAP_NAMES: [&str; 20] = [
+const MAP_NAMES: [&str; 17] = [
     "ACTIVE",
     "SLOT_INFO",
     "HOST",
@@ -95,12 +93,9 @@ const MAP_NAMES: [&str; 20] = [
     "PATHS",
     "PATHS_FAR",
     "REASONS",
-    "RULE_COUNTS",
-    "EVENT_LOSS",
+    "RULE_STATS",
     "EVENTS",
     "SOCK_OWNERS",
-    "BUCKETS",
-    "SUPPRESSED",
 ];
 
 /// Loaded programs, their maps, and where they are attached. Attachments are links pinned
@@ -225,9 +220,7 @@ impl Loaded {
             paths: take(&mut ebpf, "PATHS")?,
             paths_far: take(&mut ebpf, "PATHS_FAR")?,
             reasons: take(&mut ebpf, "REASONS")?,
-            rule_counts: take(&mut ebpf, "RULE_COUNTS")?,
-            event_loss: take(&mut ebpf, "EVENT_LOSS")?,
-            suppressed: take(&mut ebpf, "SUPPRESSED")?,
+            rule_stats: take(&mut ebpf, "RULE_STATS")?,
         };
         let events = Some(take(&mut ebpf, "EVENTS")?);
         let mut host = maps.host.get(&0, 0).context("reading host facts")?;
