@@ -1,7 +1,7 @@
 //! The audit stream: ring buffer -> decode -> enrich -> one JSON line, numbered (`seq`)
 //! and stamped with its origin, offered to every sink (`events::sink`: stdout, the
 //! rotated file, syslog, control-socket subscribers). Lines are made in batches (what one
-//! wakeup finds in the ring, up to 64 KiB) that the sinks share. Each sink has its own
+//! wakeup finds in the ring, up to 256 KiB) that the sinks share. Each sink has its own
 //! bounded queue and filter: a sink that falls behind loses its own lines (counted, and
 //! told how many with its next line); it never slows the others, this task, or the kernel.
 
@@ -61,6 +61,8 @@ pub struct Stats {
 
 /// Recent lines held for `tail --since` (whole batches: at least this many).
 const RECENT: usize = 10_000;
+/// How long the reader waits after reading events before it looks again.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Events read between updates of the `events` count and of the time the name caches age
 /// by (a busy ring keeps the reading loop going).
 const TICK: usize = 1024;
@@ -74,10 +76,12 @@ fn unix_ns() -> u128 {
 /// Lines stdout may fall behind before it loses some.
 const STDOUT_QUEUE: usize = 1 << 16;
 
-/// Bytes a reader may lag behind on stdout (if a pipe) and on a subscriber's connection:
-/// with the kernel's default (64 KiB, a batch) every batch would wait for the reader to
-/// be scheduled.
-const KERNEL_BUFFER: libc::c_int = 1 << 20;
+/// Bytes a reader may lag behind on stdout (if a pipe; the kernel's default is 64 KiB) and
+/// on a subscriber's connection (the kernel doubles it): a few batches, so a batch does not
+/// wait for the reader to be scheduled. The subscriber's stays small next to its queue: a
+/// stuck subscriber loses lines soon, not after megabytes.
+const STDOUT_PIPE: libc::c_int = 1 << 20;
+const SUBSCRIBER_SNDBUF: libc::c_int = 1 << 19;
 
 /// A sink drained by a thread of its own, with the configuration it runs with.
 struct Threaded<C> {
@@ -112,6 +116,9 @@ impl Fanout {
         self.building.push(seq, meta);
         if self.building.full() {
             self.flush();
+            // The sinks' threads may share this CPU: they take the batch now rather than
+            // after this thread's time slice, which could fill their queues meanwhile.
+            std::thread::yield_now();
         }
     }
 
@@ -162,7 +169,7 @@ impl Fanout {
 
     /// A thread of its own writes to the subscriber: its answer first, then its lines.
     fn subscribe(&mut self, sub: Subscribe) {
-        let size = KERNEL_BUFFER;
+        let size = SUBSCRIBER_SNDBUF;
         // SAFETY: setting an int socket option on a socket we own. On failure the
         // default stays.
         unsafe {
@@ -276,7 +283,7 @@ pub async fn run(
     stats: Arc<Stats>,
 ) {
     // SAFETY: an fcntl on stdout; it fails harmlessly unless stdout is a pipe.
-    unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, KERNEL_BUFFER) };
+    unsafe { libc::fcntl(1, libc::F_SETPIPE_SZ, STDOUT_PIPE) };
     let (stdout, stdout_thread) = sink::spawn(
         Scope::Stdout,
         Filter::default(),
@@ -319,13 +326,14 @@ pub async fn run(
                 let Ok(mut guard) = ready else { break };
                 let ring = guard.get_inner_mut();
                 let mut now = Instant::now();
-                let mut n = 0;
+                let (mut n, mut any) = (0, false);
                 while let Some(item) = ring.next() {
                     match decode(&item) {
                         Ok(ev) => {
                             drop(item);
                             out.event(&mut enricher, &ev, now);
                             n += 1;
+                            any = true;
                             if n == TICK {
                                 stats.events.fetch_add(n as u64, Ordering::Relaxed);
                                 now = Instant::now();
@@ -338,6 +346,11 @@ pub async fn run(
                 out.flush();
                 stats.events.fetch_add(n as u64, Ordering::Relaxed);
                 guard.clear_ready();
+                if any {
+                    // Events come in bursts: let this one grow before the next read, so a
+                    // wakeup (and each sink's) carries many lines rather than a few.
+                    tokio::time::sleep(GATHER).await;
+                }
             }
             sub = subscribe.recv() => {
                 if let Some(sub) = sub {

@@ -2,7 +2,7 @@
 //! would make of its `Record` (same fields, order and escapes), without the per-field
 //! strings. The time's date and clock part is formatted once per second.
 
-use std::{borrow::Cow, io::Write as _, net::Ipv6Addr, time::Instant};
+use std::{borrow::Cow, io::Write as _, net::Ipv6Addr, sync::OnceLock, time::Instant};
 
 use enforcer_common::{
     consts::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, NO_RULE},
@@ -12,6 +12,69 @@ use enforcer_common::{
 
 use super::{comm, Enricher};
 use crate::events::sink::{write_uint as uint, Meta, Origin};
+
+/// Bytes that go into many lines (a field with its key, the time's second), kept so they
+/// are appended as one fixed-size block cut back to length: a copy the compiler inlines,
+/// where a short copy of variable length is a call to memcpy.
+pub(super) enum Piece {
+    Short([u8; PIECE], usize),
+    Long(Box<[u8]>),
+}
+
+const PIECE: usize = 64;
+
+impl Piece {
+    pub(super) fn new(b: &[u8]) -> Self {
+        if b.len() <= PIECE {
+            let mut a = [0; PIECE];
+            a[..b.len()].copy_from_slice(b);
+            Piece::Short(a, b.len())
+        } else {
+            Piece::Long(b.into())
+        }
+    }
+
+    /// `key` (`,"name":`) and `s` as a JSON string.
+    pub(super) fn field(key: &[u8], s: &str) -> Self {
+        let mut b = Vec::new();
+        field(&mut b, key, s);
+        Piece::new(&b)
+    }
+
+    #[inline(always)]
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            Piece::Short(a, n) => {
+                let len = out.len();
+                out.extend_from_slice(a);
+                out.truncate(len + n);
+            }
+            Piece::Long(b) => out.extend_from_slice(b),
+        }
+    }
+}
+
+/// The verdict, reason and hook fields, by their kernel value.
+struct Names {
+    verdict: [Option<Piece>; 256],
+    reason: [Option<Piece>; 256],
+    hook: [Option<Piece>; 256],
+}
+
+fn names() -> &'static Names {
+    static NAMES: OnceLock<Names> = OnceLock::new();
+    NAMES.get_or_init(|| Names {
+        verdict: std::array::from_fn(|i| {
+            Verdict::from_u8(i as u8).map(|v| Piece::field(b",\"verdict\":", v.name()))
+        }),
+        reason: std::array::from_fn(|i| {
+            Reason::from_u8(i as u8).map(|r| Piece::field(b",\"reason\":", r.name()))
+        }),
+        hook: std::array::from_fn(|i| {
+            Hook::from_u8(i as u8).map(|h| Piece::field(b",\"hook\":", h.name()))
+        }),
+    })
+}
 
 impl Enricher {
     /// Appends `ev`'s line (numbered `seq`, stamped by `origin`, newline-terminated) to
@@ -24,24 +87,25 @@ impl Enricher {
         origin: &Origin,
         out: &mut Vec<u8>,
     ) -> Meta {
+        let names = names();
         out.extend_from_slice(b"{\"ts\":\"");
         self.time(ev.ts_ns as i128 + self.clock_offset_ns, out);
         out.extend_from_slice(b"\",\"event\":\"packet\"");
-        let verdict = Verdict::from_u8(ev.verdict).map(Verdict::name);
-        if let Some(v) = verdict {
-            field(out, b",\"verdict\":", v);
+        if let Some(v) = &names.verdict[ev.verdict as usize] {
+            v.put(out);
         }
-        if let Some(r) = Reason::from_u8(ev.reason) {
-            field(out, b",\"reason\":", r.name());
+        if let Some(r) = &names.reason[ev.reason as usize] {
+            r.put(out);
         }
         let rule = (ev.rule != NO_RULE)
-            .then(|| self.rules.name(ev.generation, ev.rule).cloned())
-            .flatten();
-        if let Some(r) = &rule {
-            field(out, b",\"rule\":", r);
-        }
-        if let Some(h) = Hook::from_u8(ev.hook) {
-            field(out, b",\"hook\":", h.name());
+            .then(|| self.rules.name(ev.generation, ev.rule))
+            .flatten()
+            .map(|n| {
+                n.field.put(out);
+                n.text.clone()
+            });
+        if let Some(h) = &names.hook[ev.hook as usize] {
+            h.put(out);
         }
         match ev.proto {
             IPPROTO_TCP => out.extend_from_slice(b",\"proto\":\"tcp\""),
@@ -65,7 +129,7 @@ impl Enricher {
         out.extend_from_slice(b"\",\"dport\":");
         uint(out, ev.dport.into());
         if ev.ifindex != 0 {
-            field(out, b",\"iface\":", self.iface(ev.ifindex, now));
+            self.iface(ev.ifindex, now).field.put(out);
         }
         if ev.cgroup_id != 0 {
             if let Some(path) = self.cgroup_path(ev.cgroup_id, now) {
@@ -75,7 +139,19 @@ impl Enricher {
         if ev.pid_tgid != 0 {
             out.extend_from_slice(b",\"pid\":");
             uint(out, ev.pid_tgid >> 32);
-            field(out, b",\"comm\":", &String::from_utf8_lossy(comm(ev)));
+            let name = comm(ev);
+            if name
+                .iter()
+                .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+            {
+                out.extend_from_slice(b",\"comm\":\"");
+                let len = out.len();
+                out.extend_from_slice(&ev.comm);
+                out.truncate(len + name.len());
+                out.push(b'"');
+            } else {
+                field(out, b",\"comm\":", &String::from_utf8_lossy(name));
+            }
         }
         if ev.pkt_len != 0 {
             out.extend_from_slice(b",\"len\":");
@@ -86,7 +162,7 @@ impl Enricher {
         origin.finish(out, Some(seq));
         Meta {
             event: Cow::Borrowed("packet"),
-            verdict,
+            verdict: Verdict::from_u8(ev.verdict).map(Verdict::name),
             rule,
             src: Some(src),
         }
@@ -100,18 +176,19 @@ impl Enricher {
             let mut t = crate::clock::rfc3339_nanos(i128::from(second) * 1_000_000_000);
             // `.000000000Z` -> `.`
             t.truncate(t.len() - 10);
-            self.ts_prefix = t;
+            self.ts_prefix = Piece::new(t.as_bytes());
             self.ts_second = second;
         }
-        out.extend_from_slice(self.ts_prefix.as_bytes());
-        let mut digits = [0u8; 9];
+        self.ts_prefix.put(out);
+        // Written in place (as `write_uint`), zero-padded to nine digits.
+        let start = out.len();
+        out.extend_from_slice(b"000000000Z");
+        let digits = &mut out[start..start + 9];
         let mut n = nanos;
         for d in digits.iter_mut().rev() {
             *d = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        out.extend_from_slice(&digits);
-        out.push(b'Z');
     }
 }
 
@@ -141,7 +218,6 @@ fn ip(out: &mut Vec<u8>, a: std::net::IpAddr) {
 
 /// `key` (`,"name":`) and `s` as a JSON string: copied when nothing in it needs escaping,
 /// else escaped by serde_json.
-#[inline(always)]
 fn field(out: &mut Vec<u8>, key: &[u8], s: &str) {
     out.extend_from_slice(key);
     if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
@@ -211,9 +287,13 @@ mod tests {
                 .insert(g, vec!["db".into(), "we\"b\\".into(), "ünï\ncode".into()]);
         }
         let now = Instant::now();
-        e.ifnames.insert(1, ("lo".into(), now));
-        e.ifnames.insert(2, ("eth\"0".into(), now));
-        e.ifnames.insert(7, ("veth-αβ".into(), now));
+        for (i, name) in [(1, "lo"), (2, "eth\"0"), (7, "veth-αβ")] {
+            let name = super::super::Name {
+                field: Piece::field(b",\"iface\":", name),
+                text: name.into(),
+            };
+            e.ifnames.insert(i, (name, now));
+        }
         e.know_cgroup(11, "/system.slice/sshd.service".into());
         e.know_cgroup(12, "/odd\\path\u{1}\"".into());
         e

@@ -3,6 +3,8 @@
 
 mod json;
 
+use json::Piece;
+
 use std::{
     collections::{HashMap, VecDeque},
     hash::{BuildHasherDefault, Hasher},
@@ -48,20 +50,32 @@ type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 /// Rule names of the policies events may still refer to, by generation.
 #[derive(Default)]
 pub struct RuleNames {
-    by_generation: IntMap<u64, Vec<Arc<str>>>,
+    by_generation: IntMap<u64, Vec<Name>>,
 }
 
 impl RuleNames {
     /// Records the names of `generation`, forgetting generations older than the last few.
     pub fn insert(&mut self, generation: u64, names: Vec<String>) {
-        let names = names.into_iter().map(Arc::from).collect();
+        let names = names
+            .into_iter()
+            .map(|n| Name {
+                field: Piece::field(b",\"rule\":", &n),
+                text: n.into(),
+            })
+            .collect();
         self.by_generation.insert(generation, names);
         self.by_generation.retain(|g, _| g + 8 > generation);
     }
 
-    fn name(&self, generation: u64, rule: u32) -> Option<&Arc<str>> {
+    fn name(&self, generation: u64, rule: u32) -> Option<&Name> {
         self.by_generation.get(&generation)?.get(rule as usize)
     }
+}
+
+/// A name as filters see it, and as its line's field.
+struct Name {
+    text: Arc<str>,
+    field: Piece,
 }
 
 /// How long a looked-up interface name is used: interfaces get renamed (udev renames
@@ -146,13 +160,13 @@ pub struct Enricher {
     pub rules: RuleNames,
     clock_offset_ns: i128,
     /// Interface names by index, with when they were looked up.
-    ifnames: IntMap<u32, (String, Instant)>,
+    ifnames: IntMap<u32, (Name, Instant)>,
     cgroup_paths: CgroupCache,
     cgroup_mount: Option<PathBuf>,
     /// The unix second last written, and its RFC 3339 form up to the dot
     /// (`2026-11-30T15:05:36.`): only the nanoseconds change within a second.
     ts_second: u64,
-    ts_prefix: String,
+    ts_prefix: Piece,
 }
 
 impl Enricher {
@@ -164,7 +178,7 @@ impl Enricher {
             cgroup_paths: CgroupCache::new(CGROUP_CACHE),
             cgroup_mount,
             ts_second: u64::MAX,
-            ts_prefix: String::new(),
+            ts_prefix: Piece::new(b""),
         }
     }
 
@@ -174,13 +188,17 @@ impl Enricher {
     }
 
     /// The name of interface `ifindex`, looked up again once `IFNAME_TTL` old.
-    fn iface(&mut self, ifindex: u32, now: Instant) -> &str {
+    fn iface(&mut self, ifindex: u32, now: Instant) -> &Name {
         let fresh = self
             .ifnames
             .get(&ifindex)
             .is_some_and(|(_, at)| now.duration_since(*at) < IFNAME_TTL);
         if !fresh {
             let name = host::if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+            let name = Name {
+                field: Piece::field(b",\"iface\":", &name),
+                text: name.into(),
+            };
             self.ifnames.insert(ifindex, (name, now));
             if self.ifnames.len() > IFNAME_CACHE {
                 // Interfaces come and go (veths): keep only what is still fresh.
@@ -188,7 +206,7 @@ impl Enricher {
                     .retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
             }
         }
-        self.ifnames.get(&ifindex).map_or("", |(n, _)| n)
+        &self.ifnames[&ifindex].0
     }
 
     fn cgroup_path(&mut self, id: u64, now: Instant) -> Option<&str> {
@@ -220,7 +238,7 @@ impl Enricher {
             IPPROTO_UDP => "udp".to_string(),
             n => n.to_string(),
         };
-        let iface = (ev.ifindex != 0).then(|| self.iface(ev.ifindex, now).to_string());
+        let iface = (ev.ifindex != 0).then(|| self.iface(ev.ifindex, now).text.to_string());
         let cgroup = (ev.cgroup_id != 0)
             .then(|| self.cgroup_path(ev.cgroup_id, now).map(str::to_string))
             .flatten();
@@ -235,7 +253,7 @@ impl Enricher {
                 .then(|| {
                     self.rules
                         .name(ev.generation, ev.rule)
-                        .map(|n| n.to_string())
+                        .map(|n| n.text.to_string())
                 })
                 .flatten(),
             hook: Hook::from_u8(ev.hook).map(Hook::name),

@@ -55,9 +55,9 @@ impl Default for BatchBuilder {
     }
 }
 
-/// Bytes after which a batch is full: the size of a pipe's buffer, so a write to a pipe
-/// does not wait for its reader part-way.
-const BATCH_BYTES: usize = 1 << 16;
+/// Bytes after which a batch is full: a quarter of the stdout pipe's and a subscriber's
+/// socket buffer.
+const BATCH_BYTES: usize = 1 << 18;
 /// Room a batch starts with: enough for the line that takes it past `BATCH_BYTES` (the
 /// buffer becomes the batch's, so it is allocated per batch, never grown).
 const BATCH_ROOM: usize = BATCH_BYTES + (16 << 10);
