@@ -1,8 +1,9 @@
 //! The fan-out's queues. Lines are made in batches (one ring-buffer wakeup's worth) into one
 //! buffer that every sink shares: a sink's queue carries whole batches, each with the lines
 //! its filter keeps, so a sink costs one queue push per batch and, for stdout and
-//! subscribers, one write. Queues are bounded in lines: a batch that does not fit is lost
-//! whole, counted, and reported with the next batch the sink takes.
+//! subscribers, one write. Queues are bounded in lines, as if lines were queued one by one:
+//! the lines of a batch that do not fit are lost, counted, and reported before the next
+//! lines the sink takes.
 
 use std::{
     sync::{
@@ -158,9 +159,10 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Offers a batch (never waits); false once the sink is gone.
+    /// Offers a batch (never waits); false once the sink is gone. As if line by line: the
+    /// lines that fit the queue go in, the rest are lost.
     pub fn offer(&mut self, batch: &Arc<Batch>) -> bool {
-        let kept: Option<Vec<u32>> = (!self.filter.is_empty()).then(|| {
+        let mut kept: Option<Vec<u32>> = (!self.filter.is_empty()).then(|| {
             (0..batch.lines.len() as u32)
                 .filter(|&i| {
                     let m = &batch.lines[i as usize].meta;
@@ -175,25 +177,41 @@ impl Sink {
         }
         let queued = self.queued.load(Ordering::Relaxed);
         // An empty queue takes any batch, however large.
-        if queued > 0 && queued + n > self.capacity {
-            self.lost += n as u64;
-            self.counts.add(self.scope, n as u64);
+        let fits = if queued == 0 {
+            n
+        } else {
+            n.min(self.capacity.saturating_sub(queued))
+        };
+        let dropped = (n - fits) as u64;
+        self.counts.add(self.scope, dropped);
+        if fits == 0 {
+            self.lost += dropped;
             return true;
         }
-        self.queued.fetch_add(n, Ordering::Relaxed);
+        if fits < n {
+            kept = Some(match kept {
+                Some(mut k) => {
+                    k.truncate(fits);
+                    k
+                }
+                None => (0..fits as u32).collect(),
+            });
+        }
+        self.queued.fetch_add(fits, Ordering::Relaxed);
         let d = Delivery {
             batch: batch.clone(),
             kept,
             lost_before: self.lost,
             _permit: Permit {
                 queued: self.queued.clone(),
-                lines: n,
+                lines: fits,
             },
         };
         if self.tx.send(d).is_err() {
             return false;
         }
-        self.lost = 0;
+        // The lines after those that fit are reported before the next ones taken.
+        self.lost = dropped;
         true
     }
 }
@@ -292,19 +310,21 @@ mod tests {
         let counts = Arc::new(LostCounts::default());
         let (mut s, rx) = sink(3, &counts);
         assert!(s.offer(&batch(1..=2)));
+        // One line fits; 4 and then 5 are lost, as they would be line by line.
         assert!(s.offer(&batch(3..=4)));
         assert!(s.offer(&batch(5..=5)));
         assert_eq!(counts.get(Scope::File), 2);
         let d = rx.try_recv().unwrap();
         assert_eq!(d.whole(), Some(&b"{\"seq\":1}\n{\"seq\":2}\n"[..]));
         let d2 = rx.try_recv().unwrap();
-        assert_eq!((d2.batch.lines[0].seq, d2.lost_before), (5, 2));
-        // Written: room again.
+        let items: Vec<(u64, u64)> = d2.items().map(|i| (i.line.seq, i.lost_before)).collect();
+        assert_eq!((d2.whole(), items), (None, vec![(3, 0)]));
+        // Written: room again, and the notice of 4 and 5 comes first.
         drop((d, d2));
         assert!(s.offer(&batch(6..=8)));
         let d = rx.try_recv().unwrap();
         let items: Vec<(u64, u64)> = d.items().map(|i| (i.line.seq, i.lost_before)).collect();
-        assert_eq!(items, [(6, 0), (7, 0), (8, 0)]);
+        assert_eq!(items, [(6, 2), (7, 0), (8, 0)]);
         assert_eq!(&d.batch.line(1)[..], b"{\"seq\":7}\n");
         drop((d, rx));
         assert!(!s.offer(&batch(9..=9)));
