@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Read as _},
+    io::{Read as _, Write as _},
     os::fd::{AsRawFd as _, FromRawFd as _, RawFd},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::maps::{MapData, RingBuf};
-use enforcer::events::{decode::decode, enrich::Enricher, sink::JsonLines};
+use enforcer::events::{decode::decode, enrich::Enricher, sink::Origin};
 
 use crate::{
     bpf,
@@ -105,19 +105,28 @@ impl Reader {
             for g in 0..16 {
                 enricher.rules.insert(g, rules.clone());
             }
-            // As the daemon's stdout writer: a 64 KiB buffer.
-            let mut sink = JsonLines::new(BufWriter::with_capacity(1 << 16, out));
+            // As the daemon makes its lines: into a batch's buffer, written whole at 64 KiB
+            // and when the ring is empty.
+            let mut out = out;
+            let mut buf = Vec::with_capacity(1 << 16);
+            let origin = Origin::get();
             let fd = ring.as_raw_fd();
             let mut written = 0u64;
             loop {
                 let mut n = 0;
+                let now = Instant::now();
                 while let Some(item) = ring.next() {
                     let ev = decode(&item).context("decoding an event")?;
                     drop(item);
-                    sink.write(&enricher.record(&ev))
-                        .context("writing a record")?;
+                    enricher.line(&ev, written + n, now, origin, &mut buf);
                     n += 1;
+                    if buf.len() >= 1 << 16 {
+                        out.write_all(&buf).context("writing lines")?;
+                        buf.clear();
+                    }
                 }
+                out.write_all(&buf).context("writing lines")?;
+                buf.clear();
                 written += n;
                 if n == 0 {
                     if st.load(Ordering::Acquire) {
@@ -132,7 +141,6 @@ impl Reader {
                     unsafe { libc::poll(&mut p, 1, 5) };
                 }
             }
-            sink.flush()?;
             Ok((ring, written))
         });
         Ok(Reader {
@@ -294,10 +302,12 @@ pub fn run(
             daemon_ns: Samples::default(),
         })
         .collect();
-    // The producer (this thread) on CPU 0; the daemon, and the reader of the diagnosis, on
-    // CPU 1, so the producer does not compete with what it measures.
+    // The producer (this thread) and the threads counting the daemon's lines on CPU 0; the
+    // daemon, and the reader of the diagnosis, on CPU 1, so the bench does not compete with
+    // what it measures.
     if two_cpus {
         pin_to_cpu(0, 0)?;
+        daemon.pin_counters(0)?;
         daemon.pin_to_cpu(1)?;
     }
     let mut drain = vec![
@@ -344,10 +354,10 @@ pub fn run(
     result?;
     let notes = vec![
         format!(
-            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0, with the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
+            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0 (with the bench's threads that count the daemon's lines), the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
         ),
         "The 16 MiB ring buffer absorbs about 149,000 events, and stdout's queue 65,536 lines: a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
-        format!("For the diagnosis: \"kernel alone\" is the producer with nobody reading ({DRAIN_EVENTS} test runs into an emptied ring, enforcer's programs loaded in the bench); \"per-event work alone\" is the daemon's decode, enrich (`events::enrich::Enricher::record`) and JSON line (`events::sink::JsonLines`, 64 KiB BufWriter) on a reader thread of the bench pinned to CPU 1, emptying a ring pre-filled with {DRAIN_EVENTS} events (no producer, no fan-out)."),
+        format!("For the diagnosis: \"kernel alone\" is the producer with nobody reading ({DRAIN_EVENTS} test runs into an emptied ring, enforcer's programs loaded in the bench); \"per-event work alone\" is the daemon's decode, enrich and JSON line (`events::enrich::Enricher::line`, written 64 KiB at a time) on a reader thread of the bench pinned to CPU 1, emptying a ring pre-filled with {DRAIN_EVENTS} events (no producer, no fan-out)."),
     ];
     Ok(AuditResults {
         steps,

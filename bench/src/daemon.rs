@@ -46,6 +46,8 @@ pub struct BenchDaemon {
     stderr: Arc<Mutex<String>>,
     stdout_lines: Arc<AtomicU64>,
     sub_lines: Arc<AtomicU64>,
+    /// The threads that count the lines.
+    counters: Arc<Mutex<Vec<libc::pid_t>>>,
     /// The subscriber's connection, shut down on drop (its counting thread then ends).
     sub: Option<UnixStream>,
     socket: std::path::PathBuf,
@@ -57,18 +59,33 @@ pub struct BenchDaemon {
     _dir: TempDir,
 }
 
-/// Counts the newlines `r` carries until it ends.
-fn count_lines(mut r: impl Read + Send + 'static) -> Arc<AtomicU64> {
+/// The newlines in `b`, counted in 8-bit lanes (chunks short enough not to overflow them):
+/// the counters read gigabytes a second on the producer's CPU.
+fn newlines(b: &[u8]) -> u64 {
+    b.chunks(255)
+        .map(|c| u64::from(c.iter().fold(0u8, |n, &x| n + u8::from(x == b'\n'))))
+        .sum()
+}
+
+/// Counts the newlines `r` carries until it ends, on a thread whose id goes to `tids`.
+fn count_lines(
+    mut r: impl Read + Send + 'static,
+    tids: &Arc<Mutex<Vec<libc::pid_t>>>,
+) -> Arc<AtomicU64> {
     let n = Arc::new(AtomicU64::new(0));
     let c = n.clone();
+    let tids = tids.clone();
     std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        if let Ok(mut t) = tids.lock() {
+            t.push(unsafe { libc::gettid() });
+        }
         let mut buf = vec![0u8; 1 << 16];
         while let Ok(k) = r.read(&mut buf) {
             if k == 0 {
                 break;
             }
-            let lines = buf[..k].iter().filter(|&&b| b == b'\n').count();
-            c.fetch_add(lines as u64, Ordering::Relaxed);
+            c.fetch_add(newlines(&buf[..k]), Ordering::Relaxed);
         }
     });
     n
@@ -134,13 +151,15 @@ impl BenchDaemon {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", testbed::enforcer_bin().display()))?;
-        let stdout_lines = count_lines(child.stdout.take().context("stdout")?);
+        let counters = Arc::new(Mutex::new(Vec::new()));
+        let stdout_lines = count_lines(child.stdout.take().context("stdout")?, &counters);
         let stderr = collect_text(child.stderr.take().context("stderr")?);
         let mut d = BenchDaemon {
             child: Some(child),
             stderr,
             stdout_lines,
             sub_lines: Arc::new(AtomicU64::new(0)),
+            counters,
             sub: None,
             socket,
             xdp: None,
@@ -204,7 +223,7 @@ impl BenchDaemon {
         if v["ok"] != true {
             bail!("subscribe refused: {v}");
         }
-        self.sub_lines = count_lines(s.try_clone()?);
+        self.sub_lines = count_lines(s.try_clone()?, &self.counters);
         self.sub = Some(s);
         Ok(())
     }
@@ -241,6 +260,15 @@ impl BenchDaemon {
             if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::pid_t>() {
                 crate::env::pin_to_cpu(tid, cpu)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Keeps the threads that count the daemon's lines on `cpu`.
+    pub fn pin_counters(&self, cpu: usize) -> anyhow::Result<()> {
+        let tids = self.counters.lock().map(|t| t.clone()).unwrap_or_default();
+        for tid in tids {
+            crate::env::pin_to_cpu(tid, cpu)?;
         }
         Ok(())
     }

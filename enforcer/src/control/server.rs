@@ -12,7 +12,6 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::protocol::{self, Request};
-use crate::events::sink::{lost_notice, Item, Scope};
 
 /// A request for the policy owner, with where to send its answer.
 pub struct Call {
@@ -20,10 +19,11 @@ pub struct Call {
     pub reply: oneshot::Sender<serde_json::Value>,
 }
 
-/// A subscriber for the audit stream: lines go to `tx`, starting with the held lines
-/// from `since_unix_ns` on.
+/// A subscriber for the audit stream: its connection gets `answer`, then the held lines
+/// from `since_unix_ns` on, then every line.
 pub struct Subscribe {
-    pub tx: mpsc::Sender<Item>,
+    pub stream: std::os::unix::net::UnixStream,
+    pub answer: Vec<u8>,
     pub since_unix_ns: Option<u128>,
 }
 
@@ -101,32 +101,28 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, subs: mpsc::S
             }
         };
         if let Request::Subscribe { since_unix_ns } = request {
-            let (tx, mut rx) = mpsc::channel::<Item>(SUBSCRIBER_QUEUE);
-            if subs.send(Subscribe { tx, since_unix_ns }).await.is_err() {
+            // The audit stream's sink thread writes the rest, blocking: the connection
+            // leaves the runtime.
+            let Ok(stream) = lines
+                .into_inner()
+                .reunite(write)
+                .map_err(drop)
+                .and_then(|s| s.into_std().map_err(drop))
+            else {
+                return;
+            };
+            if stream.set_nonblocking(false).is_err() {
                 return;
             }
-            if write_json(
-                &mut write,
-                &protocol::ok(serde_json::json!({"subscribed": true})),
-            )
-            .await
-            .is_err()
-            {
-                return;
-            }
-            while let Some(item) = rx.recv().await {
-                if item.lost_before > 0
-                    && write
-                        .write_all(&lost_notice(Scope::Subscriber, item.lost_before))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                if write.write_all(&item.line.json).await.is_err() {
-                    debug!("subscriber went away");
-                    return;
-                }
+            let mut answer = protocol::ok(serde_json::json!({"subscribed": true})).to_string();
+            answer.push('\n');
+            let sub = Subscribe {
+                stream,
+                answer: answer.into_bytes(),
+                since_unix_ns,
+            };
+            if subs.send(sub).await.is_err() {
+                debug!("the audit stream is gone");
             }
             return;
         }

@@ -1,15 +1,19 @@
-//! Where audit lines go. The fan-out (`daemon::audit`) stamps each record once (`seq`,
-//! `boot_id`, `host`) into a `Line` and offers it to every sink's bounded queue; each sink
-//! applies its own filter and is drained by its own thread or task (stdout, the rotated
-//! `file`, `syslog`, control-socket subscribers). A sink whose queue is full loses that
-//! line, counted, and learns how many with the next line it gets (`Item::lost_before`), so
-//! a slow sink never holds up the others or the ring-buffer reader.
+//! Where audit lines go. The fan-out (`daemon::audit`) stamps each line once (`seq`,
+//! `boot_id`, `host`) into a `Batch` of lines and offers the batch to every sink's bounded
+//! `queue`; each sink applies its own filter and is drained by a thread of its own (stdout,
+//! the rotated `file`, `syslog`, control-socket subscribers). A sink whose queue is full
+//! loses those lines, counted, and learns how many with the next lines it gets
+//! (`lost_before`), so a slow sink never holds up the others or the ring-buffer reader.
 
 pub mod chain;
 pub mod file;
+mod queue;
 pub mod syslog;
 
+pub use queue::{spawn, Batch, BatchBuilder, Delivery, LineWriter, Sink};
+
 use std::{
+    borrow::Cow,
     io::Write,
     net::IpAddr,
     sync::{
@@ -19,7 +23,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::record::Record;
 
@@ -104,30 +107,74 @@ impl Origin {
     pub fn stamp(&self, mut body: Vec<u8>, seq: Option<u64>) -> Vec<u8> {
         debug_assert_eq!(body.last(), Some(&b'}'));
         body.pop();
-        if let Some(seq) = seq {
-            let _ = write!(body, ",\"seq\":{seq}");
-        }
-        body.extend_from_slice(self.fields.as_bytes());
-        body.extend_from_slice(b"}\n");
+        self.finish(&mut body, seq);
         body
     }
+
+    /// Ends a line whose object's fields `out` holds: `seq` (if any), the origin, `}` and
+    /// the newline.
+    pub fn finish(&self, out: &mut Vec<u8>, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            out.extend_from_slice(b",\"seq\":");
+            write_uint(out, seq);
+        }
+        out.extend_from_slice(self.fields.as_bytes());
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// `n` in decimal: what `write!` makes, without the formatting machinery (a line has a
+/// dozen numbers). Two digits at a time, written in place into a fixed-size block that is
+/// then cut back: a short copy of variable length would be a call to memcpy, and a copy of
+/// digits just stored byte by byte would wait for those stores.
+#[inline]
+pub fn write_uint(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut i = 0;
+        while i < 100 {
+            t[2 * i] = b'0' + (i / 10) as u8;
+            t[2 * i + 1] = b'0' + (i % 10) as u8;
+            i += 1;
+        }
+        t
+    };
+    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 20]);
+    let buf = &mut out[start..start + 20];
+    let mut i = digits;
+    while n >= 100 {
+        let r = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    }
+    if n >= 10 {
+        let r = n as usize * 2;
+        buf[..2].copy_from_slice(&PAIRS[r..r + 2]);
+    } else {
+        buf[0] = b'0' + n as u8;
+    }
+    out.truncate(start + digits);
 }
 
 /// What filters look at, besides the JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
-    pub event: String,
+    /// Borrowed for the events the daemon makes; owned for those it passes on (grants).
+    pub event: Cow<'static, str>,
     pub verdict: Option<&'static str>,
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     pub src: Option<IpAddr>,
 }
 
 impl Meta {
     pub fn of(r: &Record) -> Self {
         Meta {
-            event: r.event.to_string(),
+            event: Cow::Borrowed(r.event),
             verdict: r.verdict,
-            rule: r.rule.clone(),
+            rule: r.rule.as_deref().map(Arc::from),
             src: r.src.as_deref().and_then(|s| s.parse().ok()),
         }
     }
@@ -144,6 +191,7 @@ pub struct Line {
 
 impl Line {
     /// Stamps `body` (a JSON object, no newline) as line `seq`.
+    #[cfg(test)]
     pub fn new(seq: u64, body: Vec<u8>, meta: Meta) -> Self {
         Line {
             seq,
@@ -153,8 +201,8 @@ impl Line {
     }
 }
 
-/// What a sink's queue carries: a line, and how many lines the queue dropped just before
-/// it (the sink writes a `lost` notice for them first).
+/// One line as the file and syslog sinks write it, and how many lines the queue dropped
+/// just before it (the sink writes a `lost` notice for them first).
 #[derive(Debug, Clone)]
 pub struct Item {
     pub line: Arc<Line>,
@@ -175,125 +223,16 @@ pub fn lost_notice(scope: Scope, count: u64) -> Vec<u8> {
 
 pub use crate::policy::sinks::{Filter, VERDICTS};
 
-impl Filter {
-    fn keeps_line(&self, l: &Line) -> bool {
-        self.keeps(
-            &l.meta.event,
-            l.meta.verdict,
-            l.meta.rule.as_deref(),
-            l.meta.src,
-        )
-    }
-}
-
-/// The fan-out's end of one sink: its queue, its filter, and what it dropped since the
-/// last line it took.
-pub struct Sink {
-    pub scope: Scope,
-    pub filter: Filter,
-    tx: mpsc::Sender<Item>,
-    lost: u64,
-    counts: Arc<LostCounts>,
-}
-
-impl Sink {
-    pub fn new(
-        scope: Scope,
-        filter: Filter,
-        tx: mpsc::Sender<Item>,
-        counts: Arc<LostCounts>,
-    ) -> Self {
-        Sink {
-            scope,
-            filter,
-            tx,
-            lost: 0,
-            counts,
-        }
-    }
-
-    /// Offers a line (never waits); false once the sink is gone.
-    pub fn offer(&mut self, line: &Arc<Line>) -> bool {
-        if !self.filter.keeps_line(line) {
-            return !self.tx.is_closed();
-        }
-        let item = Item {
-            line: line.clone(),
-            lost_before: self.lost,
-        };
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                self.lost = 0;
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lost += 1;
-                self.counts.add(self.scope, 1);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-/// The end of a sink that a thread of its own drains.
-pub trait LineWriter: Send + 'static {
-    /// Writes an item (a `lost` notice first if the queue dropped lines before it). An
-    /// error ends the sink.
-    fn write(&mut self, item: &Item) -> std::io::Result<()>;
-    /// The queue is empty for now: a good time to flush.
-    fn idle(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    /// The sink is being removed or the daemon stops; everything queued was written.
-    fn close(&mut self) {}
-}
-
-/// Starts a thread that drains a queue of `len` items into `w`; returns the fan-out's end
-/// and the thread (which ends once the `Sink` is dropped and the queue is drained).
-pub fn spawn<W: LineWriter>(
-    scope: Scope,
-    filter: Filter,
-    len: usize,
-    counts: Arc<LostCounts>,
-    mut w: W,
-) -> (Sink, std::thread::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Item>(len);
-    let thread = std::thread::Builder::new()
-        .name(format!("audit-{}", scope.name()))
-        .spawn(move || {
-            while let Some(item) = rx.blocking_recv() {
-                if w.write(&item).is_err() {
-                    return;
-                }
-                if rx.is_empty() && w.idle().is_err() {
-                    return;
-                }
-            }
-            w.close();
-        })
-        .expect("spawning an audit sink thread");
-    (Sink::new(scope, filter, tx, counts), thread)
-}
-
-/// JSON lines on a writer: the daemon's stdout sink, and records written directly (the
-/// benchmark).
+/// JSON lines on a writer: the daemon's stdout and its subscribers.
 pub struct JsonLines<W: Write> {
     out: W,
+    scope: Scope,
 }
 
 impl<W: Write> JsonLines<W> {
-    pub fn new(out: W) -> Self {
-        JsonLines { out }
-    }
-
-    pub fn write(&mut self, r: &Record) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, r)?;
-        self.out.write_all(b"\n")
-    }
-
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+    /// `scope`: whose `lost` notices it writes.
+    pub fn new(out: W, scope: Scope) -> Self {
+        JsonLines { out, scope }
     }
 }
 
@@ -301,9 +240,22 @@ impl<W: Write + Send + 'static> LineWriter for JsonLines<W> {
     fn write(&mut self, item: &Item) -> std::io::Result<()> {
         if item.lost_before > 0 {
             self.out
-                .write_all(&lost_notice(Scope::Stdout, item.lost_before))?;
+                .write_all(&lost_notice(self.scope, item.lost_before))?;
         }
         self.out.write_all(&item.line.json)
+    }
+
+    // A batch of all lines is already one buffer: one write (a large one bypasses the
+    // BufWriter).
+    fn write_batch(&mut self, d: &Delivery) -> std::io::Result<()> {
+        let Some(all) = d.whole() else {
+            return d.items().try_for_each(|item| self.write(&item));
+        };
+        if d.lost_before > 0 {
+            self.out
+                .write_all(&lost_notice(self.scope, d.lost_before))?;
+        }
+        self.out.write_all(all)
     }
 
     // Flushed whenever the queue is drained, so a quiet stream is never held back.
@@ -319,6 +271,19 @@ impl<W: Write + Send + 'static> LineWriter for JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_as_write_does() {
+        for n in (0..1000u64)
+            .chain((0..64).map(|s| 1u64 << s))
+            .chain((1..20).map(|p| 10u64.pow(p) - 1))
+            .chain([u64::MAX, 1_000_000_007])
+        {
+            let mut out = b"x".to_vec();
+            write_uint(&mut out, n);
+            assert_eq!(out, format!("x{n}").as_bytes());
+        }
+    }
 
     #[test]
     fn lines_are_stamped_with_seq_and_origin() {
@@ -355,23 +320,5 @@ mod tests {
             Some("192.168.0.1".parse().unwrap())
         ));
         assert!(!f.keeps("packet", Some("drop"), Some("db"), None));
-    }
-
-    #[test]
-    fn a_full_queue_counts_and_reports_what_it_dropped() {
-        let counts = Arc::new(LostCounts::default());
-        let (tx, mut rx) = mpsc::channel(1);
-        let mut s = Sink::new(Scope::File, Filter::default(), tx, counts.clone());
-        let line = |seq| Arc::new(Line::new(seq, b"{}".to_vec(), Meta::default()));
-        assert!(s.offer(&line(1)));
-        assert!(s.offer(&line(2)));
-        assert!(s.offer(&line(3)));
-        assert_eq!(counts.get(Scope::File), 2);
-        assert_eq!(rx.try_recv().unwrap().line.seq, 1);
-        assert!(s.offer(&line(4)));
-        let it = rx.try_recv().unwrap();
-        assert_eq!((it.line.seq, it.lost_before), (4, 2));
-        drop(rx);
-        assert!(!s.offer(&line(5)));
     }
 }

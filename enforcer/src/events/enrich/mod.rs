@@ -1,42 +1,81 @@
-//! Kernel event -> audit record: names for rules, interfaces and cgroups, wall time.
+//! Kernel event -> audit line: names for rules, interfaces and cgroups, wall time. `json`
+//! writes a packet event's line directly; `Record` (serde) stays the reference it matches.
+
+mod json;
+
+use json::Piece;
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    hash::{BuildHasherDefault, Hasher},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use enforcer_common::{
-    consts::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, NO_RULE},
-    event::PacketEvent,
-    reason::{Hook, Reason, Verdict},
-};
+use enforcer_common::event::PacketEvent;
 
+#[cfg(test)]
 use super::record::Record;
-use crate::clock::rfc3339_nanos as rfc3339;
 use crate::host;
+
+/// Hashes the integer keys of the caches looked up for every event (generations,
+/// interface indexes, cgroup ids: numbers the kernel or the daemon hands out, not chosen by
+/// whoever sends packets), where SipHash would cost more than the rest of the lookup.
+#[derive(Default)]
+struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n.into());
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
 /// Rule names of the policies events may still refer to, by generation.
 #[derive(Default)]
 pub struct RuleNames {
-    by_generation: HashMap<u64, Arc<Vec<String>>>,
+    by_generation: IntMap<u64, Vec<Name>>,
 }
 
 impl RuleNames {
     /// Records the names of `generation`, forgetting generations older than the last few.
     pub fn insert(&mut self, generation: u64, names: Vec<String>) {
-        self.by_generation.insert(generation, Arc::new(names));
+        let names = names
+            .into_iter()
+            .map(|n| Name {
+                field: Piece::field(b",\"rule\":", &n),
+                text: n.into(),
+            })
+            .collect();
+        self.by_generation.insert(generation, names);
         self.by_generation.retain(|g, _| g + 8 > generation);
     }
 
-    fn name(&self, generation: u64, rule: u32) -> Option<String> {
-        self.by_generation
-            .get(&generation)?
-            .get(rule as usize)
-            .cloned()
+    fn name(&self, generation: u64, rule: u32) -> Option<&Name> {
+        self.by_generation.get(&generation)?.get(rule as usize)
     }
+}
+
+/// A name as filters see it, and as its line's field.
+struct Name {
+    text: Arc<str>,
+    field: Piece,
 }
 
 /// How long a looked-up interface name is used: interfaces get renamed (udev renames
@@ -55,7 +94,7 @@ const CGROUP_WALK: usize = 20_000;
 
 /// Cgroup id -> path, bounded, with misses remembered for `CGROUP_RETRY`.
 struct CgroupCache {
-    entries: HashMap<u64, (Option<String>, Instant)>,
+    entries: IntMap<u64, (Option<String>, Instant)>,
     /// Ids in the order they entered: the front is evicted first.
     order: VecDeque<u64>,
     capacity: usize,
@@ -64,7 +103,7 @@ struct CgroupCache {
 impl CgroupCache {
     fn new(capacity: usize) -> Self {
         CgroupCache {
-            entries: HashMap::new(),
+            entries: IntMap::default(),
             order: VecDeque::new(),
             capacity,
         }
@@ -84,20 +123,31 @@ impl CgroupCache {
 
     /// The path of `id`, from the cache or from `lookup` (called only for an id not seen,
     /// or not found more than `CGROUP_RETRY` ago).
+    fn path(
+        &mut self,
+        id: u64,
+        now: Instant,
+        lookup: impl FnOnce() -> Option<String>,
+    ) -> Option<&str> {
+        let known = match self.entries.get(&id) {
+            Some((Some(_), _)) => true,
+            Some((None, at)) => now.duration_since(*at) < CGROUP_RETRY,
+            None => false,
+        };
+        if !known {
+            self.insert(id, lookup(), now);
+        }
+        self.entries.get(&id)?.0.as_deref()
+    }
+
+    #[cfg(test)]
     fn get(
         &mut self,
         id: u64,
         now: Instant,
         lookup: impl FnOnce() -> Option<String>,
     ) -> Option<String> {
-        match self.entries.get(&id) {
-            Some((Some(path), _)) => return Some(path.clone()),
-            Some((None, at)) if now.duration_since(*at) < CGROUP_RETRY => return None,
-            _ => {}
-        }
-        let found = lookup();
-        self.insert(id, found.clone(), now);
-        found
+        self.path(id, now, lookup).map(str::to_string)
     }
 
     #[cfg(test)]
@@ -110,9 +160,13 @@ pub struct Enricher {
     pub rules: RuleNames,
     clock_offset_ns: i128,
     /// Interface names by index, with when they were looked up.
-    ifnames: HashMap<u32, (String, Instant)>,
+    ifnames: IntMap<u32, (Name, Instant)>,
     cgroup_paths: CgroupCache,
     cgroup_mount: Option<PathBuf>,
+    /// The unix second last written, and its RFC 3339 form up to the dot
+    /// (`2026-11-30T15:05:36.`): only the nanoseconds change within a second.
+    ts_second: u64,
+    ts_prefix: Piece,
 }
 
 impl Enricher {
@@ -120,9 +174,11 @@ impl Enricher {
         Enricher {
             rules: RuleNames::default(),
             clock_offset_ns: crate::clock::monotonic_to_realtime_offset_ns(),
-            ifnames: HashMap::new(),
+            ifnames: IntMap::default(),
             cgroup_paths: CgroupCache::new(CGROUP_CACHE),
             cgroup_mount,
+            ts_second: u64::MAX,
+            ts_prefix: Piece::new(b""),
         }
     }
 
@@ -131,7 +187,43 @@ impl Enricher {
         self.cgroup_paths.insert(id, Some(path), Instant::now());
     }
 
+    /// The name of interface `ifindex`, looked up again once `IFNAME_TTL` old.
+    fn iface(&mut self, ifindex: u32, now: Instant) -> &Name {
+        let fresh = self
+            .ifnames
+            .get(&ifindex)
+            .is_some_and(|(_, at)| now.duration_since(*at) < IFNAME_TTL);
+        if !fresh {
+            let name = host::if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+            let name = Name {
+                field: Piece::field(b",\"iface\":", &name),
+                text: name.into(),
+            };
+            self.ifnames.insert(ifindex, (name, now));
+            if self.ifnames.len() > IFNAME_CACHE {
+                // Interfaces come and go (veths): keep only what is still fresh.
+                self.ifnames
+                    .retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
+            }
+        }
+        &self.ifnames[&ifindex].0
+    }
+
+    fn cgroup_path(&mut self, id: u64, now: Instant) -> Option<&str> {
+        let mount = self.cgroup_mount.as_ref()?;
+        self.cgroup_paths
+            .path(id, now, || host::find_cgroup(mount, "/", id, CGROUP_WALK))
+    }
+
+    /// The event as a `Record`: what `line` writes, through serde.
+    #[cfg(test)]
     pub fn record(&mut self, ev: &PacketEvent) -> Record {
+        use enforcer_common::{
+            consts::{AF_INET, IPPROTO_TCP, IPPROTO_UDP, NO_RULE},
+            reason::{Hook, Reason, Verdict},
+        };
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let now = Instant::now();
         let (src, dst) = if ev.family == AF_INET {
             let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])).to_string();
             (a(&ev.src), a(&ev.dst))
@@ -146,42 +238,23 @@ impl Enricher {
             IPPROTO_UDP => "udp".to_string(),
             n => n.to_string(),
         };
-        let iface = (ev.ifindex != 0).then(|| {
-            let now = Instant::now();
-            match self.ifnames.get(&ev.ifindex) {
-                Some((name, at)) if now.duration_since(*at) < IFNAME_TTL => name.clone(),
-                _ => {
-                    let name =
-                        host::if_name(ev.ifindex).unwrap_or_else(|| format!("if{}", ev.ifindex));
-                    self.ifnames.insert(ev.ifindex, (name.clone(), now));
-                    if self.ifnames.len() > IFNAME_CACHE {
-                        // Interfaces come and go (veths): keep only what is still fresh.
-                        self.ifnames
-                            .retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
-                    }
-                    name
-                }
-            }
-        });
+        let iface = (ev.ifindex != 0).then(|| self.iface(ev.ifindex, now).text.to_string());
         let cgroup = (ev.cgroup_id != 0)
-            .then(|| self.cgroup_path(ev.cgroup_id))
+            .then(|| self.cgroup_path(ev.cgroup_id, now).map(str::to_string))
             .flatten();
         let pid = (ev.pid_tgid != 0).then_some((ev.pid_tgid >> 32) as u32);
-        let comm = (ev.pid_tgid != 0).then(|| {
-            let end = ev
-                .comm
-                .iter()
-                .position(|&c| c == 0)
-                .unwrap_or(ev.comm.len());
-            String::from_utf8_lossy(&ev.comm[..end]).into_owned()
-        });
+        let comm = (ev.pid_tgid != 0).then(|| String::from_utf8_lossy(comm(ev)).into_owned());
         Record {
-            ts: rfc3339(ev.ts_ns as i128 + self.clock_offset_ns),
+            ts: crate::clock::rfc3339_nanos(ev.ts_ns as i128 + self.clock_offset_ns),
             event: "packet",
             verdict: Verdict::from_u8(ev.verdict).map(Verdict::name),
             reason: Reason::from_u8(ev.reason).map(Reason::name),
             rule: (ev.rule != NO_RULE)
-                .then(|| self.rules.name(ev.generation, ev.rule))
+                .then(|| {
+                    self.rules
+                        .name(ev.generation, ev.rule)
+                        .map(|n| n.text.to_string())
+                })
                 .flatten(),
             hook: Hook::from_u8(ev.hook).map(Hook::name),
             proto: Some(proto),
@@ -198,13 +271,16 @@ impl Enricher {
             ..Record::default()
         }
     }
+}
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        let mount = self.cgroup_mount.as_ref()?;
-        self.cgroup_paths.get(id, Instant::now(), || {
-            host::find_cgroup(mount, "/", id, CGROUP_WALK)
-        })
-    }
+/// The task's name: `comm` up to its first NUL.
+fn comm(ev: &PacketEvent) -> &[u8] {
+    let end = ev
+        .comm
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(ev.comm.len());
+    &ev.comm[..end]
 }
 
 #[cfg(test)]
