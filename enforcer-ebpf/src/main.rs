@@ -24,8 +24,8 @@ use aya_ebpf::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_netns_cookie, bpf_ktime_get_coarse_ns, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
-            bpf_skb_cgroup_id,
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
+            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
     macros::{cgroup_skb, cgroup_sock_addr, xdp},

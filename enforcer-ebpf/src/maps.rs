@@ -5,11 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use enforcer_common::{
-    consts::*,
-    maps::*,
-    reason::COUNTER_ENTRIES,
-};
+use enforcer_common::{consts::*, maps::*, reason::COUNTER_ENTRIES};
 
 /// The slot the programs read (see `enforcer_common::maps`).
 #[map]

@@ -318,7 +318,19 @@ impl FakeSshd {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         place(&mut cmd, Some(&ns.path()), None);
-        let mut child = cmd.spawn().expect("spawn fake sshd");
+        // The copy was written through a descriptor a concurrent fork (another test's
+        // spawn) may still hold until its exec: executing it meanwhile fails with
+        // ETXTBSY, so try again briefly.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.expect("spawn fake sshd"),
+            }
+        };
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),

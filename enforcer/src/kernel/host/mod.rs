@@ -12,8 +12,7 @@ use aya::maps::{Array, HashMap, MapData};
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
     maps::{
-        host_addr_index, HostAddrSlot, LocalAddrKey, HOST_ADDR_SHARED, HOST_ADDR_V4,
-        HOST_ADDR_V6,
+        host_addr_index, HostAddrSlot, LocalAddrKey, HOST_ADDR_SHARED, HOST_ADDR_V4, HOST_ADDR_V6,
     },
 };
 

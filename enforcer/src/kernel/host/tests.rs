@@ -53,7 +53,9 @@ fn check_transition(
 ) {
     let mut local = old.clone();
     let steps = plan(old, new, |i| Ok(table.get(&i).copied().unwrap_or_default())).unwrap();
-    let check = |table: &BTreeMap<u32, HostAddrSlot>, local: &BTreeSet<IpAddr>, seen: &[(u32, HostAddrSlot)]| {
+    let check = |table: &BTreeMap<u32, HostAddrSlot>,
+                 local: &BTreeSet<IpAddr>,
+                 seen: &[(u32, HostAddrSlot)]| {
         for a in probes {
             let i = slot_index(*a);
             let slot = seen
@@ -93,7 +95,17 @@ fn check_transition(
                 );
                 if before.state == HOST_ADDR_SHARED && s.state == HOST_ADDR_SHARED {
                     // Half-done addresses: any mix reads LOCAL_ADDRS, like both ends.
-                    check(table, &local, &[(i, HostAddrSlot { addr: [0xAA; 16], ..s })]);
+                    check(
+                        table,
+                        &local,
+                        &[(
+                            i,
+                            HostAddrSlot {
+                                addr: [0xAA; 16],
+                                ..s
+                            },
+                        )],
+                    );
                 }
                 table.insert(i, s);
             }
@@ -103,7 +115,11 @@ fn check_transition(
     assert_eq!(local, *new);
     for a in probes {
         let slot = table.get(&slot_index(*a)).copied().unwrap_or_default();
-        assert_eq!(reads_host(&slot, &local, *a), new.contains(a), "{a} after the change");
+        assert_eq!(
+            reads_host(&slot, &local, *a),
+            new.contains(a),
+            "{a} after the change"
+        );
     }
 }
 

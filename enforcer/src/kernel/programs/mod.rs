@@ -22,8 +22,8 @@ use aya::{
 use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{
-        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo, HostAddrSlot,
-        HostInfo, LocalAddrKey, RuleStats, SlotInfo,
+        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo,
+        HostAddrSlot, HostInfo, LocalAddrKey, RuleStats, SlotInfo,
     },
 };
 
