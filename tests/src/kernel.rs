@@ -157,6 +157,19 @@ impl TestKernel {
         }
     }
 
+    /// Makes `addrs` the host's addresses, as the daemon changes them.
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) {
+        let maps = &mut self.loaded.maps;
+        host::sync_addrs(
+            &mut maps.local_addrs,
+            &mut maps.host_addrs,
+            &self.local_addrs.iter().copied().collect(),
+            &addrs.iter().copied().collect(),
+        )
+        .expect("host addresses");
+        self.local_addrs = addrs.to_vec();
+    }
+
     /// The host namespace's cookie, as the programs know it.
     pub fn host_netns_cookie(&self) -> u64 {
         self.loaded.maps.host.get(&0, 0).expect("host").netns_cookie
