@@ -526,3 +526,58 @@ fn slow_metrics_clients_do_not_stall_status_and_a_fresh_client_is_served() {
     assert_eq!(n, 0, "an idle client got an answer instead of being closed");
     drop(d);
 }
+
+/// The host's addresses as the pinned maps hold them: in `LOCAL_ADDRS`, and whether
+/// `HOST_ADDRS` names `a` itself in its slot.
+fn pinned_host_addr(pins: &Path, a: std::net::IpAddr) -> (bool, bool) {
+    use enforcer::kernel::host::{addr_key, slot_index};
+    use enforcer_common::maps::{HostAddrSlot, LocalAddrKey, HOST_ADDR_V4, HOST_ADDR_V6};
+    let data = aya::maps::MapData::from_pin(pins.join("maps/LOCAL_ADDRS")).expect("pinned");
+    let local: aya::maps::HashMap<_, LocalAddrKey, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data)).expect("a hash");
+    let data = aya::maps::MapData::from_pin(pins.join("maps/HOST_ADDRS")).expect("pinned");
+    let table: aya::maps::Array<_, HostAddrSlot> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array");
+    let key = addr_key(a);
+    let slot = table.get(&slot_index(a), 0).expect("slot");
+    let exact = if a.is_ipv4() {
+        HOST_ADDR_V4
+    } else {
+        HOST_ADDR_V6
+    };
+    (
+        local.get(&key, 0).is_ok(),
+        slot.state == exact && slot.addr == key.addr,
+    )
+}
+
+/// A restarted daemon starts from the addresses its predecessor left pinned: one removed
+/// while no daemon ran is taken out, so the programs stop treating it as the host's (a
+/// source claiming it would stay refused by prefix, a destination judged, for good).
+#[test]
+fn an_address_removed_while_no_daemon_ran_is_taken_out_of_the_maps() {
+    need_root!();
+    let bed = Bed::new();
+    let _l = bed.listen("tcp-listen", PORT);
+    let extra: std::net::IpAddr = "10.77.7.7".parse().unwrap();
+    bed.host.ip(&["addr", "add", "10.77.7.7/32", "dev", "lo"]);
+    let policy = bed.policy("", &rule(&[&format!("{A4}/32")]));
+    let mut d = Daemon::start_with(&bed.host, &policy, &["--on-stop", "keep"]);
+    let pins = d.pins.take().expect("pins");
+    let dir = pins.0.clone();
+    assert_eq!(
+        pinned_host_addr(&dir, extra),
+        (true, true),
+        "while it is the host's"
+    );
+    assert!(d.stop().success());
+    bed.host.ip(&["addr", "del", "10.77.7.7/32", "dev", "lo"]);
+    let d2 = Daemon::start_pinned(&bed.host, &policy, &[], pins);
+    assert_eq!(
+        pinned_host_addr(&dir, extra),
+        (false, false),
+        "after a restart, an address removed meanwhile"
+    );
+    assert_enforcing(&bed, "after the restart");
+    drop(d2);
+}
