@@ -16,7 +16,7 @@ use std::{
         unix::net::UnixStream,
     },
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -27,7 +27,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use testbed::{
-    daemon::{collect_text, place, Pins, TempDir},
+    daemon::{collect_text, run_command, Pins, TempDir},
     net::{Cgroup, NetNs},
 };
 
@@ -133,21 +133,12 @@ impl BenchDaemon {
         let policy_path = dir.0.join("policy.toml");
         std::fs::write(&policy_path, policy)?;
         let socket = dir.0.join("control.sock");
-        let mut cmd = Command::new(testbed::enforcer_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&policy_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pins.0)
-            .arg("--state-dir")
-            .arg(dir.0.join("state"))
-            .stdin(Stdio::null())
+        let state = dir.0.join("state");
+        let mut cmd = run_command(ns, &policy_path, &socket, &pins.0, Some(&state));
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "warn");
-        place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", testbed::enforcer_bin().display()))?;

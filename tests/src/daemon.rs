@@ -37,6 +37,31 @@ impl Drop for TempDir {
     }
 }
 
+/// `enforcer run` with `config`, the control socket at `socket`, pins under `pin_dir` and
+/// (if given) state in `state_dir`, in namespace `ns`: how every test and the bench start
+/// a daemon. Callers add stdio, the environment and further options.
+pub fn run_command(
+    ns: &NetNs,
+    config: &Path,
+    socket: &Path,
+    pin_dir: &Path,
+    state_dir: Option<&Path>,
+) -> Command {
+    let mut cmd = Command::new(crate::enforcer_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--pin-dir")
+        .arg(pin_dir);
+    if let Some(state) = state_dir {
+        cmd.arg("--state-dir").arg(state);
+    }
+    place(&mut cmd, Some(&ns.path()), None);
+    cmd
+}
+
 /// Sets up `cmd` to start inside `netns` (network namespace only) and `cgroup_procs`
 /// (a cgroup.procs file), both optional.
 pub fn place(cmd: &mut Command, netns: Option<&Path>, cgroup_procs: Option<&Path>) {
@@ -131,22 +156,12 @@ impl Daemon {
 
     fn spawn(ns: &NetNs, policy_path: PathBuf, dir: TempDir, args: &[&str], pins: Pins) -> Self {
         let socket = dir.0.join("control.sock");
-        let mut cmd = Command::new(crate::enforcer_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&policy_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pins.0)
-            .args(args);
-        if !args.contains(&"--state-dir") {
-            cmd.arg("--state-dir").arg(dir.0.join("state"));
-        }
-        cmd.stdout(Stdio::piped())
+        let state = (!args.contains(&"--state-dir")).then(|| dir.0.join("state"));
+        let mut cmd = run_command(ns, &policy_path, &socket, &pins.0, state.as_deref());
+        cmd.args(args)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info");
-        place(&mut cmd, Some(&ns.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
         let lines = collect_lines(child.stdout.take().expect("stdout"));
         let stderr = collect_text(child.stderr.take().expect("stderr"));

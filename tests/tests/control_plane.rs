@@ -17,7 +17,7 @@ use enforcer_common::maps::{ActiveSlot, AllowKey, AllowValue, HostInfo};
 use serde_json::Value;
 use testbed::{
     bed::{Bed, A4, A6, HOST_A4, HOST_R4, R4},
-    daemon::{place, Daemon, TempDir},
+    daemon::{run_command, Daemon, TempDir},
     need_root,
     net::NetNs,
 };
@@ -84,19 +84,14 @@ fn run_refused(ns: &NetNs, pins: &Path, policy: &str) -> (bool, String) {
     let dir = TempDir::new();
     let policy_path = dir.0.join("policy.toml");
     std::fs::write(&policy_path, policy).expect("write policy");
-    let mut cmd = Command::new(testbed::enforcer_bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&policy_path)
-        .arg("--socket")
-        .arg(dir.0.join("control.sock"))
-        .arg("--state-dir")
-        .arg(dir.0.join("state"))
-        .arg("--pin-dir")
-        .arg(pins)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    place(&mut cmd, Some(&ns.path()), None);
+    let mut cmd = run_command(
+        ns,
+        &policy_path,
+        &dir.0.join("control.sock"),
+        pins,
+        Some(&dir.0.join("state")),
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn enforcer");
     let start = Instant::now();
     let status = loop {

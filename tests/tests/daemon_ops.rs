@@ -27,7 +27,7 @@ use std::{
 
 use serde_json::Value;
 use testbed::{
-    daemon::{place, probe, Daemon, Probe, TempDir},
+    daemon::{probe, run_command, Daemon, Probe, TempDir},
     flood::{
         http_get, numbered_stream, parse_rfc3339_utc_ns, rule_status, status_json, udp_once,
         udp_send, ControlConn, StopOnDrop,
@@ -564,19 +564,14 @@ fn incompatible_pinned_state_is_refused_clearly() {
     let dir = TempDir::new();
     let config = dir.0.join("policy.toml");
     std::fs::write(&config, &policy).expect("policy");
-    let mut cmd = Command::new(testbed::enforcer_bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(dir.0.join("control.sock"))
-        .arg("--pin-dir")
-        .arg(&pin_dir);
-    cmd.arg("--state-dir")
-        .arg(dir.0.join("state"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    place(&mut cmd, Some(&bed.host.path()), None);
+    let mut cmd = run_command(
+        &bed.host,
+        &config,
+        &dir.0.join("control.sock"),
+        &pin_dir,
+        Some(&dir.0.join("state")),
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn enforcer");
     let start = Instant::now();
     let status = loop {

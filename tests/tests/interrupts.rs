@@ -15,7 +15,7 @@ use std::{
 
 use testbed::{
     bed::Bed,
-    daemon::{collect_text, place, Pins, TempDir},
+    daemon::{collect_text, run_command, Pins, TempDir},
     enforcer_bin,
     kernel::cgroup_programs,
     need_root,
@@ -73,20 +73,11 @@ fn sigint_at_any_moment_of_a_daemon_leaves_nothing_attached_or_pinned() {
         std::fs::write(&policy_path, &policy).expect("write policy");
         let socket = dir.0.join("control.sock");
         let pins = Pins::new();
-        let mut cmd = Command::new(enforcer_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&policy_path)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pins.0)
-            .arg("--state-dir")
-            .arg(dir.0.join("state"))
-            .stdout(Stdio::null())
+        let state = dir.0.join("state");
+        let mut cmd = run_command(&bed.host, &policy_path, &socket, &pins.0, Some(&state));
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .env("RUST_LOG", "info");
-        place(&mut cmd, Some(&bed.host.path()), None);
         let mut child = cmd.spawn().expect("spawn enforcer");
         let stderr = collect_text(child.stderr.take().expect("stderr"));
         if started {
