@@ -15,7 +15,7 @@ pub const MAX_CGROUP_LEVEL: u32 = 31;
 
 /// Version of the maps' layout and meaning. Bump it with any change to a map's key, value,
 /// size or semantics: a daemon refuses pinned state of another layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Two copies ("slots") of every policy map: the programs read the active one while the
 /// daemon writes the other, then flips `ACTIVE` in one 4-byte store.

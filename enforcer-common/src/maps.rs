@@ -141,7 +141,9 @@ pub struct GroupInfo {
     pub n_v4: u32,
     pub n_v6: u32,
     /// Distinct prefix lengths of the allow entries, longest first: the program probes one
-    /// hash lookup per length, so cost follows the number of lengths, not of prefixes.
+    /// hash lookup per length, so cost follows the number of lengths, not of prefixes. In
+    /// a bucketed family (`GROUP_*_BUCKETS`) only the lengths below the bucket length: the
+    /// longer ones come from the source's bucket in `LEN_BITS`.
     pub v4_lens: [u8; 36],
     pub v6_lens: [u8; 132],
 }
@@ -186,8 +188,9 @@ pub struct BucketKey {
     pub top: [u8; 4],
 }
 
-/// Bit `i` of `lo`: length `base + i`; of `hi`: length `base + 64 + i` (IPv6 only), where
-/// `base` is the family's bucket length.
+/// Bit `i` (of `lo`, then of `hi`: 128 in all) stands for length `base + 127 - i`, where
+/// `base` is the family's bucket length: the lowest set bit is the longest length, which
+/// the programs find without a count-leading-zeros instruction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketBits {
@@ -196,24 +199,46 @@ pub struct BucketBits {
 }
 
 impl BucketBits {
-    /// Whether prefix length `len` (at or above `base`) has entries in this bucket.
     #[inline(always)]
+    fn bit(base: u8, len: u8) -> u32 {
+        (base as u32 + 127).wrapping_sub(len as u32)
+    }
+
+    /// Whether prefix length `len` (at or above `base`) has entries in this bucket.
     pub fn has(&self, base: u8, len: u8) -> bool {
-        let i = len.wrapping_sub(base) as u32;
-        if i < 64 {
-            self.lo >> i & 1 != 0
-        } else {
-            self.hi >> (i - 64) & 1 != 0
+        match Self::bit(base, len) {
+            i @ 0..64 => self.lo >> i & 1 != 0,
+            i @ 64..128 => self.hi >> (i - 64) & 1 != 0,
+            _ => false,
         }
     }
 
     pub fn set(&mut self, base: u8, len: u8) {
-        let i = len.wrapping_sub(base) as u32;
-        if i < 64 {
-            self.lo |= 1 << i;
-        } else {
-            self.hi |= 1 << (i - 64);
+        match Self::bit(base, len) {
+            i @ 0..64 => self.lo |= 1 << i,
+            i @ 64..128 => self.hi |= 1 << (i - 64),
+            _ => {}
         }
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.lo | self.hi == 0
+    }
+
+    /// Takes the longest length out of the set.
+    #[inline(always)]
+    pub fn pop_longest(&mut self, base: u8) -> Option<u8> {
+        let (word, skipped) = if self.lo != 0 {
+            (&mut self.lo, 0)
+        } else if self.hi != 0 {
+            (&mut self.hi, 64)
+        } else {
+            return None;
+        };
+        let i = skipped + word.trailing_zeros();
+        *word &= *word - 1;
+        Some((base as u32 + 127 - i) as u8)
     }
 }
 
@@ -309,34 +334,37 @@ pub const fn slot_group(slot: u32, group: u32) -> u32 {
 /// Masks `addr` (network order, `bytes` long: 4 or 16) to `len` bits, in place.
 #[inline(always)]
 pub fn mask_addr(addr: &mut [u8; 16], len: u8) {
-    // Two 64-bit halves keep this branch-light and loop-free for the verifier.
+    let [hi_mask, lo_mask] = prefix_masks(len);
     let hi = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
     let lo = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let len = len as u32;
-    let hi_mask = if len >= 64 {
-        u64::MAX
-    } else if len == 0 {
-        0
-    } else {
-        u64::MAX << (64 - len)
-    };
-    let lo_mask = if len >= 128 {
-        u64::MAX
-    } else if len <= 64 {
-        0
-    } else {
-        u64::MAX << (128 - len)
-    };
     let hi = (hi & hi_mask).to_be_bytes();
     let lo = (lo & lo_mask).to_be_bytes();
     *addr = [
         hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
         lo[5], lo[6], lo[7],
     ];
+}
+
+/// The masks keeping the first `len` bits (at most 128) of an address read as two
+/// big-endian words. Every shift stays below 64, so no length needs a branch of its own.
+#[inline(always)]
+pub const fn prefix_masks(len: u8) -> [u64; 2] {
+    let len = len as u32;
+    let hi = if len >= 64 {
+        u64::MAX
+    } else {
+        !(u64::MAX >> len)
+    };
+    let lo = if len <= 64 {
+        0
+    } else {
+        !((u64::MAX >> 1) >> ((len - 65) & 63))
+    };
+    [hi, lo]
 }
 
 const _: () = assert!(MAX_EXT_HDRS < 255);
@@ -347,3 +375,49 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<AllowValue>() == 16);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 12);
 const _: () = assert!(core::mem::size_of::<BucketBits>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_masks_keep_exactly_the_first_len_bits() {
+        for len in 0..=128u8 {
+            let whole = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len as u32)
+            };
+            let [hi, lo] = prefix_masks(len);
+            assert_eq!(((hi as u128) << 64) | lo as u128, whole, "/{len}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_gives_its_lengths_back_longest_first() {
+        for (base, lens) in [
+            (V4_BUCKET_LEN, &[16u8, 17, 24, 31, 32][..]),
+            (V6_BUCKET_LEN, &[32, 33, 63, 64, 95, 96, 127, 128][..]),
+        ] {
+            let mut b = BucketBits::default();
+            for &l in lens {
+                b.set(base, l);
+            }
+            for l in 0..=128 {
+                assert_eq!(b.has(base, l), lens.contains(&l), "/{l} from base {base}");
+            }
+            let mut popped = [0u8; 8];
+            let mut n = 0;
+            while let Some(l) = b.pop_longest(base) {
+                popped[n] = l;
+                n += 1;
+            }
+            let mut want = [0u8; 8];
+            for (w, l) in want.iter_mut().zip(lens.iter().rev()) {
+                *w = *l;
+            }
+            assert_eq!(popped[..n], want[..lens.len()]);
+            assert!(b.is_empty());
+        }
+    }
+}

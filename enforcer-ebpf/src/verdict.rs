@@ -1,6 +1,9 @@
 //! The decision, as `enforcer_common::model::verdict::judge` defines it, on map lookups.
 
-use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_loop},
+};
 use enforcer_common::{
     consts::*,
     maps::*,
@@ -209,9 +212,15 @@ fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> Option<BucketB
     Some(unsafe { LEN_BITS.get(&key) }.copied().unwrap_or_default())
 }
 
-/// Longest-prefix match: one hash probe per distinct prefix length, longest first; with
-/// `bits` (a bucketed group), lengths at or above `base` only where the source's bucket
-/// has them, so a source far from every long prefix probes only the short ones.
+/// Longest-prefix match: one hash probe per distinct prefix length, longest first. In a
+/// bucketed group (`bits`), the lengths at or above the bucket length `base` come from the
+/// source's bucket, so a source far from every long prefix probes only the short ones.
+///
+/// Past the first length, the walks run under `bpf_loop`: the verifier then checks one
+/// probe per walk instead of one per unrolled length (that was most of the programs' load
+/// time). Each callback is a call and a return through the return thunk (about 9 ns
+/// here), so each call probes a length that can match, and the first length of each walk
+/// (all a one-length group needs) is probed inline.
 #[inline(always)]
 fn allow_by_source<const N: usize>(
     sg: u32,
@@ -222,38 +231,119 @@ fn allow_by_source<const N: usize>(
     bits: Option<BucketBits>,
     base: u8,
 ) -> Option<u32> {
-    let mut key = AllowKey {
-        group: sg,
-        family_len: 0,
-        addr: [0; 16],
+    let mut walk = LenWalk::<N> {
+        key: AllowKey {
+            group: sg,
+            family_len: 0,
+            addr: *src,
+        },
+        src: addr_words(src),
+        lens,
+        bits: bits.unwrap_or_default(),
+        base,
+        family,
+        rule: NO_RULE,
     };
-    // An entry past its deadline is absent: a shorter prefix may still match.
-    // A constant trip count the verifier can bound; `n` ends it early.
-    for (i, &len) in lens.iter().enumerate() {
-        if i as u32 >= n {
-            break;
+    if let Some(len) = walk.bits.pop_longest(base) {
+        if probe(&mut walk, len) {
+            return Some(walk.rule);
         }
-        if let Some(b) = &bits {
-            if len >= base && !b.has(base, len) {
-                continue;
+        if !walk.bits.is_empty() {
+            // SAFETY: the callback reads `walk` only while the loop runs on this stack frame.
+            unsafe {
+                bpf_loop(
+                    128,
+                    probe_bucket::<N> as *mut c_void,
+                    &mut walk as *mut LenWalk<N> as *mut c_void,
+                    0,
+                );
             }
-        }
-        key.family_len = (family as u32) << 8 | len as u32;
-        key.addr = *src;
-        mask_addr(&mut key.addr, len);
-        // SAFETY: a hash map lookup; the value is copied out at once.
-        if let Some(v) = unsafe { ALLOW.get(&key) } {
-            if live(v) {
-                return Some(v.rule);
+            if walk.rule != NO_RULE {
+                return Some(walk.rule);
             }
         }
     }
-    None
+    if n == 0 {
+        return None;
+    }
+    if probe(&mut walk, lens[0]) {
+        return Some(walk.rule);
+    }
+    if n > 1 {
+        let rest = if n as usize > N { N as u32 - 1 } else { n - 1 };
+        // SAFETY: as above.
+        unsafe {
+            bpf_loop(
+                rest,
+                probe_rest::<N> as *mut c_void,
+                &mut walk as *mut LenWalk<N> as *mut c_void,
+                0,
+            );
+        }
+    }
+    if walk.rule == NO_RULE {
+        None
+    } else {
+        Some(walk.rule)
+    }
+}
+
+/// The length walk's state, on the caller's stack.
+#[repr(C)]
+struct LenWalk<'a, const N: usize> {
+    key: AllowKey,
+    /// The source address as two words (memory order), masked into `key` for each length.
+    src: [u64; 2],
+    lens: &'a [u8; N],
+    /// The bucket's lengths not yet probed.
+    bits: BucketBits,
+    base: u8,
+    family: u8,
+    /// The matching rule, `NO_RULE` until one matches.
+    rule: u32,
+}
+
+/// Probes length `len`; true (and `w.rule` set) on a live match.
+#[inline(always)]
+fn probe<const N: usize>(w: &mut LenWalk<N>, len: u8) -> bool {
+    w.key.family_len = (w.family as u32) << 8 | len as u32;
+    let [hi, lo] = prefix_masks(len);
+    // SAFETY: two words are sixteen bytes, and every byte pattern is an address.
+    w.key.addr = unsafe {
+        core::mem::transmute::<[u64; 2], [u8; 16]>([w.src[0] & hi.to_be(), w.src[1] & lo.to_be()])
+    };
+    // SAFETY: a hash map lookup; the value is copied out at once.
+    if let Some(v) = unsafe { ALLOW.get(&w.key) } {
+        if live(v) {
+            w.rule = v.rule;
+            return true;
+        }
+    }
+    false
+}
+
+/// The bucket's next longest length: 1 stops the loop (a match, or none left).
+extern "C" fn probe_bucket<const N: usize>(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `allow_by_source` passes its `LenWalk`, which outlives the loop.
+    let w = unsafe { &mut *(ctx as *mut LenWalk<N>) };
+    match w.bits.pop_longest(w.base) {
+        Some(len) => probe(w, len) as i64,
+        None => 1,
+    }
+}
+
+/// Length `i + 1` of the plain walk: 1 stops the loop (a match).
+extern "C" fn probe_rest<const N: usize>(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: as in `probe_bucket`.
+    let w = unsafe { &mut *(ctx as *mut LenWalk<N>) };
+    match w.lens.get(i as usize + 1) {
+        Some(&len) => probe(w, len) as i64,
+        None => 1,
+    }
 }
 
 /// Whether an allow entry still applies; reads the clock only for an entry with a
-/// deadline. (Not cached across probes: a cached clock doubles the states the verifier
-/// walks through the unrolled length loop.)
+/// deadline.
 #[inline(always)]
 fn live(v: &AllowValue) -> bool {
     // SAFETY: a helper with no arguments.
@@ -262,43 +352,75 @@ fn live(v: &AllowValue) -> bool {
 
 /// The rule allowing the deepest allowed ancestor of a cgroup; `ancestor(level)` returns
 /// the id of the sender's cgroup ancestor at `level` (0 when deeper than the cgroup).
-/// Allowed cgroups mostly sit in the first 8 levels: then the walk starts at level 7, not
-/// `MAX_CGROUP_LEVEL`, as testing the empty levels' bits cost more than the probes. (A start
-/// computed from the highest bit, or a walk of the set bits alone, makes the level unknown
-/// to the verifier, which then walks past its instruction limit.)
+/// Only the levels some allowed cgroup sits at are probed, deepest first: the first inline,
+/// the others under `bpf_loop` (see `allow_by_source`).
 #[inline(always)]
-pub fn cgroup_rule(sg: u32, levels: u32, ancestor: impl Fn(i32) -> u64) -> Option<u32> {
-    if levels == 0 {
-        return None;
-    }
-    let mut level = if levels >> 8 == 0 {
-        7
-    } else {
-        MAX_CGROUP_LEVEL as i32
+pub fn cgroup_rule<F: Fn(i32) -> u64>(sg: u32, levels: u32, ancestor: F) -> Option<u32> {
+    let mut walk = CgroupWalk {
+        sg,
+        levels,
+        rule: NO_RULE,
+        ancestor,
     };
-    for _ in 0..=MAX_CGROUP_LEVEL {
-        if level < 0 {
-            break;
+    if probe_deepest_level(&mut walk) == 0 && walk.levels != 0 {
+        // SAFETY: the callback reads `walk` only while the loop runs on this stack frame.
+        unsafe {
+            bpf_loop(
+                MAX_CGROUP_LEVEL + 1,
+                probe_level::<F> as *mut c_void,
+                &mut walk as *mut CgroupWalk<F> as *mut c_void,
+                0,
+            );
         }
-        if levels & (1u32 << level) != 0 {
-            let id = ancestor(level);
-            if id != 0 {
-                let key = CgroupKey {
-                    group: sg,
-                    _pad: 0,
-                    cgroup_id: id,
-                };
-                // SAFETY: a hash map lookup; the value is copied out at once.
-                if let Some(v) = unsafe { CGROUPS.get(&key) } {
-                    if live(v) {
-                        return Some(v.rule);
-                    }
-                }
-            }
-        }
-        level -= 1;
     }
-    None
+    if walk.rule == NO_RULE {
+        None
+    } else {
+        Some(walk.rule)
+    }
+}
+
+/// The cgroup walk's state, on the caller's stack.
+#[repr(C)]
+struct CgroupWalk<F> {
+    sg: u32,
+    /// The levels not yet probed.
+    levels: u32,
+    /// The matching rule, `NO_RULE` until one matches.
+    rule: u32,
+    ancestor: F,
+}
+
+/// Probes the deepest level left: 1 when it matched or none was left, else 0.
+#[inline(always)]
+fn probe_deepest_level<F: Fn(i32) -> u64>(w: &mut CgroupWalk<F>) -> i64 {
+    if w.levels == 0 {
+        return 1;
+    }
+    let level = 31 - w.levels.leading_zeros();
+    w.levels &= !(1u32 << level);
+    let id = (w.ancestor)(level as i32);
+    if id == 0 {
+        return 0;
+    }
+    let key = CgroupKey {
+        group: w.sg,
+        _pad: 0,
+        cgroup_id: id,
+    };
+    // SAFETY: a hash map lookup; the value is copied out at once.
+    if let Some(v) = unsafe { CGROUPS.get(&key) } {
+        if live(v) {
+            w.rule = v.rule;
+            return 1;
+        }
+    }
+    0
+}
+
+extern "C" fn probe_level<F: Fn(i32) -> u64>(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `cgroup_rule` passes its `CgroupWalk`, which outlives the loop.
+    probe_deepest_level(unsafe { &mut *(ctx as *mut CgroupWalk<F>) })
 }
 
 /// Loopback, broadcast and multicast: bound for the host without being in LOCAL_ADDRS.

@@ -273,21 +273,25 @@ pub fn compile_after(
                     .or_insert(this);
             }
         }
-        // Longest first: the first hit is the longest match.
-        for (i, len) in v4.iter().rev().enumerate() {
-            info.v4_lens[i] = *len;
-        }
-        for (i, len) in v6.iter().rev().enumerate() {
-            info.v6_lens[i] = *len;
-        }
-        info.n_v4 = v4.len() as u32;
-        info.n_v6 = v6.len() as u32;
-        // Many long lengths: index them by the source's leading bits (see GROUP_*_BUCKETS).
+        // Many long lengths: index them by the source's leading bits (see GROUP_*_BUCKETS);
+        // the walk then holds only the shorter ones. Longest first: the first hit is the
+        // longest match.
         for (family, lens, base, flag) in [
             (AF_INET, &v4, V4_BUCKET_LEN, GROUP_V4_BUCKETS),
             (AF_INET6, &v6, V6_BUCKET_LEN, GROUP_V6_BUCKETS),
         ] {
-            if lens.range(base..).count() < BUCKETS_FROM_LENGTHS {
+            let bucketed = lens.range(base..).count() >= BUCKETS_FROM_LENGTHS;
+            let walked = lens.iter().rev().filter(|&&l| !bucketed || l < base);
+            let (n, slots) = if family == AF_INET {
+                (&mut info.n_v4, &mut info.v4_lens[..])
+            } else {
+                (&mut info.n_v6, &mut info.v6_lens[..])
+            };
+            for (slot, len) in slots.iter_mut().zip(walked) {
+                *slot = *len;
+                *n += 1;
+            }
+            if !bucketed {
                 continue;
             }
             info.flags |= flag;
