@@ -580,7 +580,9 @@ fn rsyslog_receives_the_syslog_sink_over_udp_and_tcp_every_seq_once() {
     let bed = Bed::new();
     let tmp = TempDir::new();
     let (udp_out, tcp_out) = (tmp.0.join("udp.log"), tmp.0.join("tcp.log"));
-    // rsyslog in the daemon's namespace, on its loopback.
+    // rsyslog in the daemon's namespace, on its loopback. The sink sends a batch of lines
+    // at once: with the default socket buffer (about 200 KiB), rsyslog's UDP socket
+    // overflowed whenever the parallel tests kept it off the CPU, and UDP drops silently.
     let rs = Rsyslog::start(
         Some(&bed.host),
         &format!(
@@ -589,7 +591,7 @@ module(load="imtcp")
 template(name="raw" type="string" string="%pri% %app-name% %procid% %msgid% %msg%\n")
 ruleset(name="udp") {{ action(type="omfile" file="{u}" template="raw") }}
 ruleset(name="tcp") {{ action(type="omfile" file="{t}" template="raw") }}
-input(type="imudp" address="127.0.0.1" port="5514" ruleset="udp")
+input(type="imudp" address="127.0.0.1" port="5514" ruleset="udp" rcvbufSize="16m")
 input(type="imtcp" address="127.0.0.1" port="5601" ruleset="tcp")
 "#,
             u = udp_out.display(),
