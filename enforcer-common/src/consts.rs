@@ -47,7 +47,9 @@ pub const MAX_PATHS_FAR: u32 = 4096;
 pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Sockets whose sending task is remembered for events.
 pub const MAX_SOCK_OWNERS: u32 = 1 << 14;
-/// The longest tick of the coarse clock the event rate limits read (CONFIG_HZ=100).
+/// The longest tick of the coarse clock the event rate limits and `FLOWS` read
+/// (CONFIG_HZ=100). Also how far one CPU's reading may run ahead of another's: jiffies
+/// move before the clock does, so a CPU reading in between keeps the old time a tick.
 pub const COARSE_TICK_MAX_NS: u64 = 10_000_000;
 /// Ring buffer for audit events.
 pub const EVENTS_BYTES: u32 = 1 << 24;

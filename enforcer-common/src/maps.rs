@@ -65,6 +65,29 @@ pub struct RuleStats {
     pub suppressed: u64,
     /// `GLOBAL_BUCKET` only: events lost to a full ring buffer.
     pub lost: u64,
+    /// `GLOBAL_BUCKET` only: this CPU's last reading of the coarse clock.
+    pub clock: CoarseClock,
+}
+
+/// A reading of `CLOCK_MONOTONIC_COARSE` and the jiffies it was taken at. That clock moves
+/// only on a tick, so the programs read it once per tick per CPU and otherwise reuse the
+/// reading while jiffies (a load the verifier inlines) stay the same.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoarseClock {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+impl CoarseClock {
+    /// Whether `then`, a reading of the coarse clock on any CPU, lies at most `window`
+    /// before `now`. A reading up to a tick after `now` counts too: another CPU may have
+    /// read the clock just as it moved while this one still holds the tick before.
+    #[inline(always)]
+    pub fn within(now: u64, then: u64, window: u64) -> bool {
+        use crate::consts::COARSE_TICK_MAX_NS;
+        now.wrapping_sub(then).wrapping_add(COARSE_TICK_MAX_NS) < window + COARSE_TICK_MAX_NS
+    }
 }
 
 /// `RULE_STATS` index for events no rule decided (malformed packets).
@@ -379,6 +402,21 @@ const _: () = assert!(core::mem::size_of::<BucketBits>() == 16);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_coarse_reading_is_within_its_window_or_at_most_a_tick_ahead() {
+        use crate::consts::COARSE_TICK_MAX_NS as TICK;
+        let (now, w) = (5_000_000_000u64, 1_000_000_000);
+        assert!(CoarseClock::within(now, now, w));
+        assert!(CoarseClock::within(now, now - w + 1, w));
+        assert!(!CoarseClock::within(now, now - w, w));
+        assert!(!CoarseClock::within(now, 0, w));
+        assert!(CoarseClock::within(now, now + TICK, w));
+        assert!(!CoarseClock::within(now, now + TICK + 1, w));
+        assert!(!CoarseClock::within(now, u64::MAX, w));
+        // Early after boot, a window reaching back before 0.
+        assert!(CoarseClock::within(10, 0, w) && CoarseClock::within(10, 10 + TICK, w));
+    }
 
     #[test]
     fn prefix_masks_keep_exactly_the_first_len_bits() {

@@ -10,6 +10,7 @@
     reason = "by-value keys overflow the BPF stack"
 )]
 
+mod clock;
 mod maps;
 mod packet;
 mod parse;
@@ -24,8 +25,8 @@ use aya_ebpf::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
-            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id,
+            bpf_skb_cgroup_id,
         },
     },
     macros::{cgroup_skb, cgroup_sock_addr, xdp},
@@ -34,7 +35,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     consts::*,
-    maps::{FlowKey, SockOwner},
+    maps::{CoarseClock, FlowKey, SockOwner},
     reason::{Hook, Reason, Verdict},
 };
 
@@ -141,8 +142,7 @@ fn path_of(ifindex: u32) -> u64 {
 fn flow_authorized(p: &Parsed, netns: u64) -> bool {
     // SAFETY: a hash map lookup; the value is copied out at once.
     match unsafe { FLOWS.get(&flow_key(p, netns)) } {
-        // SAFETY: a helper with no arguments.
-        Some(ts) => unsafe { bpf_ktime_get_coarse_ns() }.wrapping_sub(*ts) < FLOW_FRESH_NS,
+        Some(ts) => CoarseClock::within(clock::coarse_ns(), *ts, FLOW_FRESH_NS),
         None => false,
     }
 }
@@ -263,12 +263,11 @@ pub fn enforcer_egress(ctx: SkBuffContext) -> i32 {
         // what the sender's socket was allowed, and nothing arriving by another path can
         // ride on it. A lookup is cheaper than an update: the entry is rewritten only when
         // missing or a quarter-window old.
-        // SAFETY: a helper with no arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let now = clock::coarse_ns();
         let key = flow_key(&p, env.netns());
         // SAFETY: a hash map lookup; the value is copied out at once.
-        let fresh =
-            unsafe { FLOWS.get(&key) }.is_some_and(|ts| now.wrapping_sub(*ts) < FLOW_FRESH_NS / 4);
+        let fresh = unsafe { FLOWS.get(&key) }
+            .is_some_and(|ts| CoarseClock::within(now, *ts, FLOW_FRESH_NS / 4));
         if !fresh {
             let _ = FLOWS.insert(&key, &now, BPF_ANY as u64);
         }

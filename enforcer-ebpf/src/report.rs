@@ -1,14 +1,15 @@
 //! Counters for every packet, and an audit event for every judged one.
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use enforcer_common::{
     consts::{COARSE_TICK_MAX_NS, MAX_RULES, NO_RULE},
-    event::PacketEvent,
+    event::{PacketEvent, EVENT_PACKET},
     maps::{Bucket, RuleStats, SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
     reason::{counter_index, Hook, Verdict},
 };
 
 use crate::{
+    clock,
     maps::{EVENTS, REASONS, RULE_STATS, SLOT_INFO},
     parse::Parsed,
     verdict::Outcome,
@@ -79,10 +80,9 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
     let Some(global) = stats(GLOBAL_BUCKET) else {
         return;
     };
-    // The coarse clock (a load, where the precise one reads the TSC at several times the
-    // cost) for the rate limits; the precise one only for an event's timestamp.
-    // SAFETY: a helper with no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The coarse clock for the rate limits; the precise one (the TSC, at several times the
+    // cost) only for an event's timestamp.
+    let now = clock::read(&mut global.clock);
     // Rate limits: every event held back is counted, so reported + suppressed + lost
     // always adds up to the packets judged.
     if !take_token(&mut rule.bucket, info.rule_cost_ns, info.burst, now)
@@ -96,21 +96,37 @@ pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut Pack
         global.lost += 1;
         return;
     };
-    let mut ev = PacketEvent::EMPTY;
-    // SAFETY: a helper with no arguments.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.generation = info.generation;
-    ev.src = p.src;
-    ev.dst = p.dst;
-    ev.rule = if has_rule { out.rule } else { NO_RULE };
-    ev.sport = p.sport;
-    ev.dport = p.dport;
-    ev.verdict = out.verdict as u8;
-    ev.reason = out.reason as u8;
-    ev.hook = hook as u8;
-    ev.proto = p.proto;
-    ev.family = p.family;
-    fill(&mut ev);
-    entry.write(ev);
+    // Written field by field into the reserved record: a struct built first would be
+    // assembled on the stack and then copied in.
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the reserved record (8-aligned, sized for a PacketEvent); every field
+    // is written before `fill` borrows it.
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).generation = info.generation;
+        // Volatile: four plain zero stores in a row become a call to `memset`, and on this
+        // VM every BPF-to-BPF call pays a return thunk.
+        // (`comm` is 8-aligned: it follows two u64 fields in a repr(C) struct.)
+        core::ptr::addr_of_mut!((*ev).cgroup_id).write_volatile(0);
+        core::ptr::addr_of_mut!((*ev).pid_tgid).write_volatile(0);
+        let comm = core::ptr::addr_of_mut!((*ev).comm) as *mut u64;
+        comm.write_volatile(0);
+        comm.add(1).write_volatile(0);
+        (*ev).src = p.src;
+        (*ev).dst = p.dst;
+        (*ev).ifindex = 0;
+        (*ev).rule = if has_rule { out.rule } else { NO_RULE };
+        (*ev).pkt_len = 0;
+        (*ev).sport = p.sport;
+        (*ev).dport = p.dport;
+        (*ev).kind = EVENT_PACKET;
+        (*ev).verdict = out.verdict as u8;
+        (*ev).reason = out.reason as u8;
+        (*ev).hook = hook as u8;
+        (*ev).proto = p.proto;
+        (*ev).family = p.family;
+        (*ev)._pad = [0; 2];
+        fill(&mut *ev);
+    }
     entry.submit(0);
 }
