@@ -29,8 +29,7 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::GroupInfo {}
     unsafe impl aya::Pod for crate::maps::AllowKey {}
     unsafe impl aya::Pod for crate::maps::AllowValue {}
-    unsafe impl aya::Pod for crate::maps::BucketKey {}
-    unsafe impl aya::Pod for crate::maps::BucketBits {}
+    unsafe impl aya::Pod for crate::maps::BucketSlot {}
     unsafe impl aya::Pod for crate::maps::CgroupKey {}
     unsafe impl aya::Pod for crate::maps::LocalAddrKey {}
     unsafe impl aya::Pod for crate::maps::FlowKey {}

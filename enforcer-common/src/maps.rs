@@ -199,8 +199,8 @@ pub const BUCKETS_FROM_LENGTHS: usize = 3;
 pub const V4_BUCKET_LEN: u8 = 16;
 pub const V6_BUCKET_LEN: u8 = 32;
 
-/// `LEN_BITS`: (slot, group, family, the source's leading bits) -> which prefix lengths of
-/// the group have entries under them.
+/// A bucket: (slot, group, family, the source's leading bits). `LEN_BITS` holds, at
+/// `bucket_index` of it, which prefix lengths of the group have entries under it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BucketKey {
@@ -209,6 +209,58 @@ pub struct BucketKey {
     pub family: u32,
     /// The first 2 (IPv4) or 4 (IPv6) bytes of the address, the rest zero.
     pub top: [u8; 4],
+}
+
+/// Entries of `LEN_BITS` per slot (a power of two): twice the buckets of 65,536 prefixes
+/// each under its own /16 (/32), as a cuckoo table fills to about half.
+pub const LEN_BITS_PER_SLOT: u32 = 1 << 17;
+
+/// The two `LEN_BITS` entries a bucket may sit in (an array: a load each, where a hash map
+/// probe cost about 15 ns), and the tag that tells its entry from another bucket's:
+/// ([first, second], tag), from one multiplicative hash. The daemon places buckets as a
+/// cuckoo table does, so two choices leave almost none sharing an entry. The tag is never
+/// `BUCKET_SHARED`.
+#[inline(always)]
+pub const fn bucket_place(group: u32, family: u8, top: [u8; 4]) -> ([u32; 2], u32) {
+    let x = (u32::from_ne_bytes(top) as u64) << 32 | ((group & 0xffff) << 8 | family as u32) as u64;
+    // splitmix64's finalizer: every bit of the result depends on every bit of `x`, so the
+    // two places and the tag can each take their own bits of it.
+    let mut h = x ^ (x >> 30);
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let base = ((group >> 16) & 1) * LEN_BITS_PER_SLOT;
+    let first = base + (h >> 44) as u32 % LEN_BITS_PER_SLOT;
+    let second = base + (h >> 24) as u32 % LEN_BITS_PER_SLOT;
+    ([first, second], h as u32 | 1)
+}
+
+/// A `LEN_BITS` entry: the lengths of the bucket whose tag it holds; or, where the daemon
+/// found no place of its own for a bucket (`BUCKET_SHARED`), of every bucket placed here, so
+/// a source may then probe a length its own bucket lacks, which finds no entry and costs
+/// only the probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSlot {
+    pub tag: u32,
+    pub _pad: u32,
+    pub bits: BucketBits,
+}
+
+/// `BucketSlot::tag` of an entry shared by several buckets (or of an empty one).
+pub const BUCKET_SHARED: u32 = 0;
+
+impl BucketSlot {
+    /// The lengths this entry gives a source whose bucket has tag `tag`.
+    #[inline(always)]
+    pub fn lengths_for(&self, tag: u32) -> BucketBits {
+        if self.tag == tag || self.tag == BUCKET_SHARED {
+            self.bits
+        } else {
+            BucketBits { lo: 0, hi: 0 }
+        }
+    }
 }
 
 /// Bit `i` (of `lo`, then of `hi`: 128 in all) stands for length `base + 127 - i`, where
@@ -396,7 +448,8 @@ const _: () = assert!(core::mem::size_of::<AllowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<CgroupKey>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<AllowValue>() == 16);
-const _: () = assert!(core::mem::size_of::<BucketKey>() == 12);
+const _: () = assert!(LEN_BITS_PER_SLOT.is_power_of_two() && LEN_BITS_PER_SLOT <= 1 << 20);
+const _: () = assert!(core::mem::size_of::<BucketSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<BucketBits>() == 16);
 
 #[cfg(test)]
@@ -416,6 +469,32 @@ mod tests {
         assert!(!CoarseClock::within(now, u64::MAX, w));
         // Early after boot, a window reaching back before 0.
         assert!(CoarseClock::within(10, 0, w) && CoarseClock::within(10, 10 + TICK, w));
+    }
+
+    #[test]
+    fn a_bucket_is_placed_in_its_slots_half_of_len_bits() {
+        let mut seen = [0u8; 2 * LEN_BITS_PER_SLOT as usize / 8];
+        let mut distinct = 0;
+        for slot in 0..2u32 {
+            for top in 0..4096u32 {
+                let t = (top * 16).to_be_bytes();
+                let ([i, other], tag) = bucket_place(
+                    slot_group(slot, 3),
+                    crate::consts::AF_INET,
+                    [t[2], t[3], 0, 0],
+                );
+                assert_ne!(tag, BUCKET_SHARED);
+                assert_eq!(other / LEN_BITS_PER_SLOT, slot);
+                assert_eq!(i / LEN_BITS_PER_SLOT, slot);
+                let (byte, bit) = (i as usize / 8, 1u8 << (i % 8));
+                if seen[byte] & bit == 0 {
+                    distinct += 1;
+                }
+                seen[byte] |= bit;
+            }
+        }
+        // Neighbouring /16s spread out: few of them share an index.
+        assert!(distinct > 2 * 4096 * 95 / 100, "{distinct}");
     }
 
     #[test]

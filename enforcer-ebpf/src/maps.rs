@@ -31,10 +31,9 @@ pub static GROUPS: Array<GroupInfo> = Array::with_max_entries(SLOTS * MAX_GROUPS
 pub static ALLOW: HashMap<AllowKey, AllowValue> =
     HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Which prefix lengths a group has under a source's leading bits (see `BucketKey`).
+/// Which prefix lengths a group has under a source's leading bits, at `bucket_place`.
 #[map]
-pub static LEN_BITS: HashMap<BucketKey, BucketBits> =
-    HashMap::with_max_entries(MAX_ALLOW_ENTRIES, BPF_F_NO_PREALLOC);
+pub static LEN_BITS: Array<BucketSlot> = Array::with_max_entries(SLOTS * LEN_BITS_PER_SLOT, 0);
 
 #[map]
 pub static CGROUPS: HashMap<CgroupKey, AllowValue> =

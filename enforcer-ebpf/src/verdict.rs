@@ -199,17 +199,22 @@ fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> Option<BucketB
     if !bucketed {
         return None;
     }
-    let key = BucketKey {
-        group: sg,
-        family: family as u32,
-        top: if family == AF_INET {
-            [src[0], src[1], 0, 0]
-        } else {
-            [src[0], src[1], src[2], src[3]]
-        },
+    let top = if family == AF_INET {
+        [src[0], src[1], 0, 0]
+    } else {
+        [src[0], src[1], src[2], src[3]]
     };
-    // SAFETY: a hash map lookup; the value is copied out at once.
-    Some(unsafe { LEN_BITS.get(&key) }.copied().unwrap_or_default())
+    let ([first, second], tag) = bucket_place(sg, family, top);
+    let at = |i| {
+        LEN_BITS
+            .get(i)
+            .map_or_else(BucketBits::default, |s| s.lengths_for(tag))
+    };
+    let (a, b) = (at(first), at(second));
+    Some(BucketBits {
+        lo: a.lo | b.lo,
+        hi: a.hi | b.hi,
+    })
 }
 
 /// Longest-prefix match: one hash probe per distinct prefix length, longest first. In a

@@ -101,7 +101,11 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
 
 /// Writes `values[i]` at index `keys[i]` of an array map in one BPF_MAP_UPDATE_BATCH call
 /// per chunk instead of one syscall per entry.
-pub fn array_update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+pub fn array_update_batch<V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[u32],
+    values: &[V],
+) -> io::Result<()> {
     assert_eq!(keys.len(), values.len());
     for (k, v) in keys.chunks(1 << 16).zip(values.chunks(1 << 16)) {
         // Batch ops: in_batch, out_batch, keys, values (u64 pointers), count, map_fd,

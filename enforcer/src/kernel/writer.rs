@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use enforcer_common::{
     consts::{port_index, MAX_GROUPS},
     maps::{
-        slot_group, ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo,
-        SlotInfo,
+        bucket_place, slot_group, ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey,
+        BucketSlot, CgroupKey, GroupInfo, SlotInfo, BUCKET_SHARED, LEN_BITS_PER_SLOT,
     },
 };
 
@@ -25,6 +25,9 @@ use std::os::fd::AsFd as _;
 
 use super::{programs::Maps, sys};
 use crate::policy::{compile::Allowed, Compiled};
+
+/// Moves `place_buckets` tries before a bucket shares an entry instead.
+const MAX_KICKS: usize = 256;
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
 /// stopped reading it (an RCU grace period with a wide margin).
@@ -38,7 +41,8 @@ struct SlotContent {
     groups: Vec<GroupInfo>,
     allow: HashMap<AllowKey, AllowValue>,
     cgroups: HashMap<CgroupKey, AllowValue>,
-    buckets: HashMap<BucketKey, BucketBits>,
+    /// `LEN_BITS` index -> its entry.
+    buckets: HashMap<u32, BucketSlot>,
 }
 
 /// How much one apply wrote.
@@ -164,19 +168,7 @@ fn content_for(
             ))
         })
         .collect();
-    let buckets = compiled
-        .buckets
-        .iter()
-        .map(|(k, b)| {
-            (
-                BucketKey {
-                    group: slot_group(slot, k.group),
-                    ..*k
-                },
-                *b,
-            )
-        })
-        .collect();
+    let buckets = place_buckets(slot, &compiled.buckets);
     SlotContent {
         buckets,
         info: SlotInfo {
@@ -191,6 +183,50 @@ fn content_for(
         allow,
         cgroups,
     }
+}
+
+/// The `LEN_BITS` entries of `slot` for the compiled buckets: each in one of its two places
+/// with its tag, as in a cuckoo table (a bucket whose places are both taken moves an
+/// occupant to that one's other place). One that finds no place after `MAX_KICKS` moves
+/// shares one: that entry then holds the union of the lengths placed there
+/// (`BUCKET_SHARED`). Buckets are placed in key order, so a policy always gives the same
+/// entries.
+fn place_buckets(slot: u32, compiled: &HashMap<BucketKey, BucketBits>) -> HashMap<u32, BucketSlot> {
+    let mut buckets: Vec<_> = compiled.iter().collect();
+    buckets.sort_by_key(|(k, _)| (k.group, k.family, k.top));
+    // Index -> its entry and the entry's two places.
+    let mut table: HashMap<u32, (BucketSlot, [u32; 2])> = HashMap::new();
+    for (k, bits) in buckets {
+        let (places, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
+        let mut moving = (
+            BucketSlot {
+                tag,
+                _pad: 0,
+                bits: *bits,
+            },
+            places,
+        );
+        // Where the moving entry was just displaced from: it goes to its other place.
+        let mut from = None;
+        for kick in 0..=MAX_KICKS {
+            let [first, second] = moving.1;
+            if let Some(free) = [first, second].into_iter().find(|i| !table.contains_key(i)) {
+                table.insert(free, moving);
+                break;
+            }
+            let at = if from == Some(first) { second } else { first };
+            let (occupant, _) = table.get_mut(&at).expect("both places are taken");
+            if kick == MAX_KICKS || occupant.tag == BUCKET_SHARED {
+                occupant.tag = BUCKET_SHARED;
+                occupant.bits.lo |= moving.0.bits.lo;
+                occupant.bits.hi |= moving.0.bits.hi;
+                break;
+            }
+            moving = table.insert(at, moving).expect("both places are taken");
+            from = Some(at);
+        }
+    }
+    table.into_iter().map(|(i, (s, _))| (i, s)).collect()
 }
 
 /// Makes slot `slot` hold `new`, writing only what differs from `old` (everything when
@@ -250,15 +286,27 @@ fn write_slot(
     .context("writing allowed cgroups")?;
     // Written after the allow entries: until then a bucket may lack a new length (the
     // slot is not read yet, and its old lengths all still have their entries).
-    sync_hash(
-        &mut maps.len_bits,
-        slot,
-        old.map(|o| &o.buckets),
-        &new.buckets,
-        |k| k.group >> 16,
-        &mut stats,
-    )
-    .context("writing prefix-length buckets")?;
+    // An unknown slot is rewritten whole (one batch), clearing what it may hold.
+    let first = slot * LEN_BITS_PER_SLOT;
+    let (mut at, mut bits) = (Vec::new(), Vec::new());
+    for i in first..first + LEN_BITS_PER_SLOT {
+        let want = new.buckets.get(&i).copied().unwrap_or_default();
+        let had = old.map(|o| o.buckets.get(&i).copied().unwrap_or_default());
+        if had == Some(want) {
+            continue;
+        }
+        at.push(i);
+        bits.push(want);
+        if !want.bits.is_empty() {
+            stats.entries_written += 1;
+        } else if had.is_some() {
+            stats.entries_removed += 1;
+        }
+    }
+    if !at.is_empty() {
+        let fd = maps.len_bits.map().fd().as_fd();
+        sys::array_update_batch(fd, &at, &bits).context("writing prefix-length buckets")?;
+    }
     maps.slot_info
         .set(slot, new.info, 0)
         .context("writing the policy generation")?;
@@ -305,4 +353,92 @@ where
         stats.entries_written += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::{
+        consts::{AF_INET, AF_INET6},
+        maps::V6_BUCKET_LEN,
+    };
+
+    use super::*;
+
+    /// `n` buckets of random leading bits, one length each.
+    fn random_buckets(n: u32) -> HashMap<BucketKey, BucketBits> {
+        let mut compiled = HashMap::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bits = BucketBits::default();
+            bits.set(V6_BUCKET_LEN, V6_BUCKET_LEN + (x % 97) as u8);
+            let key = BucketKey {
+                group: i % 3,
+                family: if i % 2 == 0 { AF_INET6 } else { AF_INET } as u32,
+                top: (x >> 32).to_ne_bytes()[..4].try_into().unwrap(),
+            };
+            compiled.insert(key, bits);
+        }
+        compiled
+    }
+
+    /// Buckets filling 40% of the table each get a place of their own; at half (65,536
+    /// prefixes each under its own /16), next to none share.
+    #[test]
+    fn buckets_filling_under_half_the_table_each_get_a_place_of_their_own() {
+        for (n, most_shared) in [(LEN_BITS_PER_SLOT * 2 / 5, 0), (LEN_BITS_PER_SLOT / 2, 8)] {
+            let placed = place_buckets(1, &random_buckets(n));
+            let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
+            assert!(
+                shared <= most_shared,
+                "{shared} shared entries for {n} buckets"
+            );
+            assert_eq!(placed.len(), n as usize - shared);
+        }
+    }
+
+    /// Every bucket finds at least its own lengths in its places, also where buckets share
+    /// one (more buckets than places); a source whose bucket has no entry finds nothing,
+    /// or what the buckets sharing its places have.
+    #[test]
+    fn every_bucket_finds_its_lengths_and_a_stranger_only_what_shares_its_place() {
+        let compiled = random_buckets(LEN_BITS_PER_SLOT * 5 / 4);
+        for slot in 0..2 {
+            let placed = place_buckets(slot, &compiled);
+            let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
+            assert!(shared > 0, "the test must make buckets share places");
+            for (k, b) in &compiled {
+                let (at, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
+                let got = at.iter().fold(BucketBits::default(), |mut u, i| {
+                    assert_eq!(i / LEN_BITS_PER_SLOT, slot);
+                    let s = placed
+                        .get(i)
+                        .map(|s| s.lengths_for(tag))
+                        .unwrap_or_default();
+                    u.lo |= s.lo;
+                    u.hi |= s.hi;
+                    u
+                });
+                assert_eq!((got.lo & b.lo, got.hi & b.hi), (b.lo, b.hi), "{k:?}");
+            }
+            let stranger = BucketKey {
+                group: 7,
+                family: AF_INET6 as u32,
+                top: [0xfe, 0x80, 0, 1],
+            };
+            let ([a, b], tag) = bucket_place(slot_group(slot, 7), AF_INET6, stranger.top);
+            for i in [a, b] {
+                let got = placed
+                    .get(&i)
+                    .map(|s| s.lengths_for(tag))
+                    .unwrap_or_default();
+                match placed.get(&i) {
+                    Some(s) if s.tag == BUCKET_SHARED => assert_eq!(got, s.bits),
+                    _ => assert!(got.is_empty()),
+                }
+            }
+        }
+    }
 }

@@ -22,8 +22,8 @@ use aya::{
 use enforcer_common::{
     consts::LAYOUT_VERSION,
     maps::{
-        ActiveSlot, AllowKey, AllowValue, BucketBits, BucketKey, CgroupKey, GroupInfo,
-        HostAddrSlot, HostInfo, LocalAddrKey, RuleStats, SlotInfo,
+        ActiveSlot, AllowKey, AllowValue, BucketSlot, CgroupKey, GroupInfo, HostAddrSlot, HostInfo,
+        LocalAddrKey, RuleStats, SlotInfo,
     },
 };
 
@@ -60,7 +60,7 @@ pub struct Maps {
     pub groups: Array<MapData, GroupInfo>,
     pub allow: HashMap<MapData, AllowKey, AllowValue>,
     pub cgroups: HashMap<MapData, CgroupKey, AllowValue>,
-    pub len_bits: HashMap<MapData, BucketKey, BucketBits>,
+    pub len_bits: Array<MapData, BucketSlot>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
     pub host_addrs: Array<MapData, HostAddrSlot>,
     /// Host-side interface index -> the network namespace cookie on its other end: an
