@@ -71,6 +71,12 @@ impl HookEnv for XdpEnv {
 pub fn enforcer_xdp(ctx: XdpContext) -> u32 {
     let pkt = Xdp(&ctx);
     let p = parse::parse_frame(&pkt);
+    // Non-IP frames (ARP, LLDP...) leave at once: counted, with nothing set up for a
+    // verdict they never get.
+    if p.kind == K_NOT_IP {
+        report::count(Hook::Xdp, Reason::NotIp);
+        return xdp_action::XDP_PASS;
+    }
     let ifindex = ctx.ingress_ifindex() as u32;
     let out = judge(&XdpEnv { ifindex }, &p);
     report::finish(Hook::Xdp, &out, &p, |e| {

@@ -5,7 +5,7 @@ use enforcer_common::{
     consts::{COARSE_TICK_MAX_NS, MAX_RULES, NO_RULE},
     event::{PacketEvent, EVENT_PACKET},
     maps::{Bucket, RuleStats, SlotInfo, GLOBAL_BUCKET, NO_RULE_INDEX, SLOT_REPORT_ALLOWED},
-    reason::{counter_index, Hook, Verdict},
+    reason::{counter_index, Hook, Reason, Verdict},
 };
 
 use crate::{
@@ -46,15 +46,21 @@ fn take_token(b: &mut Bucket, cost: u64, burst: u32, now: u64) -> bool {
     }
 }
 
+/// Counts a packet by hook and reason.
+#[inline(always)]
+pub fn count(hook: Hook, reason: Reason) {
+    if let Some(c) = REASONS.get_ptr_mut(counter_index(hook, reason)) {
+        // SAFETY: a per-CPU slot: no other program touches it concurrently.
+        unsafe { *c += 1 };
+    }
+}
+
 /// Counts the packet and, if it was judged (and is a refusal, or allowed packets are
 /// asked for), reports it. `fill` adds what only the hook knows. The verdict never waits
 /// on the ring buffer: a full one costs an event (counted), not a decision.
 #[inline(always)]
 pub fn finish(hook: Hook, out: &Outcome, p: &Parsed, fill: impl FnOnce(&mut PacketEvent)) {
-    if let Some(c) = REASONS.get_ptr_mut(counter_index(hook, out.reason)) {
-        // SAFETY: a per-CPU slot: no other program touches it concurrently.
-        unsafe { *c += 1 };
-    }
+    count(hook, out.reason);
     let has_rule = out.rule < MAX_RULES;
     if !has_rule && !out.reason.is_judged() {
         return;
