@@ -7,7 +7,7 @@
 //! entries that differ are written, so a reload costs in proportion to what changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -286,10 +286,20 @@ fn write_slot(
     .context("writing allowed cgroups")?;
     // Written after the allow entries: until then a bucket may lack a new length (the
     // slot is not read yet, and its old lengths all still have their entries).
-    // An unknown slot is rewritten whole (one batch), clearing what it may hold.
+    // An unknown slot is rewritten whole (one batch), clearing what it may hold; a known
+    // one only where the old or the new content has an entry.
     let first = slot * LEN_BITS_PER_SLOT;
+    let indices: BTreeSet<u32> = match old {
+        Some(o) => o
+            .buckets
+            .keys()
+            .chain(new.buckets.keys())
+            .copied()
+            .collect(),
+        None => (first..first + LEN_BITS_PER_SLOT).collect(),
+    };
     let (mut at, mut bits) = (Vec::new(), Vec::new());
-    for i in first..first + LEN_BITS_PER_SLOT {
+    for i in indices {
         let want = new.buckets.get(&i).copied().unwrap_or_default();
         let had = old.map(|o| o.buckets.get(&i).copied().unwrap_or_default());
         if had == Some(want) {
