@@ -254,15 +254,7 @@ fn allow_by_source<const N: usize>(
             return Some(walk.rule);
         }
         if !walk.bits.is_empty() {
-            // SAFETY: the callback reads `walk` only while the loop runs on this stack frame.
-            unsafe {
-                bpf_loop(
-                    128,
-                    probe_bucket::<N> as *mut c_void,
-                    &mut walk as *mut LenWalk<N> as *mut c_void,
-                    0,
-                );
-            }
+            run_loop(128, probe_bucket::<N>, &mut walk);
             if walk.rule != NO_RULE {
                 return Some(walk.rule);
             }
@@ -276,20 +268,26 @@ fn allow_by_source<const N: usize>(
     }
     if n > 1 {
         let rest = if n as usize > N { N as u32 - 1 } else { n - 1 };
-        // SAFETY: as above.
-        unsafe {
-            bpf_loop(
-                rest,
-                probe_rest::<N> as *mut c_void,
-                &mut walk as *mut LenWalk<N> as *mut c_void,
-                0,
-            );
-        }
+        run_loop(rest, probe_rest::<N>, &mut walk);
     }
-    if walk.rule == NO_RULE {
+    found(walk.rule)
+}
+
+/// Runs `callback(i, state)` for `i` in `0..n` until it returns 1, under `bpf_loop`: the
+/// verifier checks the callback once, whatever `n`.
+#[inline(always)]
+fn run_loop<T>(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: &mut T) {
+    // SAFETY: the callback reads `state` only while the loop runs, on this stack frame.
+    unsafe { bpf_loop(n, callback as *mut c_void, state as *mut T as *mut c_void, 0) };
+}
+
+/// A walk's result: its rule, unless it is still `NO_RULE`.
+#[inline(always)]
+fn found(rule: u32) -> Option<u32> {
+    if rule == NO_RULE {
         None
     } else {
-        Some(walk.rule)
+        Some(rule)
     }
 }
 
@@ -368,21 +366,9 @@ pub fn cgroup_rule<F: Fn(i32) -> u64>(sg: u32, levels: u32, ancestor: F) -> Opti
         ancestor,
     };
     if probe_deepest_level(&mut walk) == 0 && walk.levels != 0 {
-        // SAFETY: the callback reads `walk` only while the loop runs on this stack frame.
-        unsafe {
-            bpf_loop(
-                MAX_CGROUP_LEVEL + 1,
-                probe_level::<F> as *mut c_void,
-                &mut walk as *mut CgroupWalk<F> as *mut c_void,
-                0,
-            );
-        }
+        run_loop(MAX_CGROUP_LEVEL + 1, probe_level::<F>, &mut walk);
     }
-    if walk.rule == NO_RULE {
-        None
-    } else {
-        Some(walk.rule)
-    }
+    found(walk.rule)
 }
 
 /// The cgroup walk's state, on the caller's stack.
