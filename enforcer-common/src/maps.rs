@@ -111,7 +111,9 @@ pub struct HostInfo {
     /// `LAYOUT_VERSION` of the daemon that created the maps: a restarted daemon adopts
     /// pinned maps only of its own layout.
     pub layout: u32,
-    pub _pad: u32,
+    /// Always 0. The XDP parser adds it to a VLAN-tagged frame's header offset, which the
+    /// verifier then cannot know (see `opaque` in enforcer-ebpf's parse.rs).
+    pub zero: u32,
 }
 
 /// `HOST_ADDRS[host_addr_index(..)]`: the host's addresses in an array, so "is this one of

@@ -3,7 +3,7 @@
 
 use enforcer_common::consts::*;
 
-use crate::packet::Packet;
+use crate::{maps::HOST, packet::Packet};
 
 /// What the parser found.
 pub const K_NOT_IP: u8 = 0;
@@ -65,11 +65,26 @@ pub fn parse_frame<P: Packet>(p: &P) -> Parsed {
         ethertype = u16::from_be_bytes(inner);
         off += VLAN_HLEN;
     }
-    match ethertype {
-        ETH_P_IP => parse_ipv4(p, off),
-        ETH_P_IPV6 => parse_ipv6(p, off),
+    // Untagged frames keep a constant offset; tagged ones share one the verifier cannot
+    // know (see `opaque`).
+    match (ethertype, off == ETH_HLEN) {
+        (ETH_P_IP, true) => parse_ipv4(p, ETH_HLEN),
+        (ETH_P_IPV6, true) => parse_ipv6(p, ETH_HLEN),
+        (ETH_P_IP, false) => parse_ipv4(p, opaque(off)),
+        (ETH_P_IPV6, false) => parse_ipv6(p, opaque(off)),
         _ => Parsed::new(K_NOT_IP),
     }
+}
+
+/// `off`, as a value the verifier cannot know. With up to two VLAN tags the L3 header
+/// starts at one of three constant offsets, and the verifier walked everything after the
+/// Ethernet header once for each. Adding a map field it cannot see into (always 0) leaves
+/// it one bounded offset for both tagged cases; untagged frames keep their constant and
+/// pay nothing.
+#[inline(always)]
+fn opaque(off: usize) -> usize {
+    let zero = HOST.get(0).map_or(0, |h| h.zero as usize);
+    (off + zero) & 0x3f
 }
 
 /// Parses an IPv4 header at `l3`.

@@ -278,7 +278,14 @@ fn allow_by_source<const N: usize>(
 #[inline(always)]
 fn run_loop<T>(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: &mut T) {
     // SAFETY: the callback reads `state` only while the loop runs, on this stack frame.
-    unsafe { bpf_loop(n, callback as *mut c_void, state as *mut T as *mut c_void, 0) };
+    unsafe {
+        bpf_loop(
+            n,
+            callback as *mut c_void,
+            state as *mut T as *mut c_void,
+            0,
+        )
+    };
 }
 
 /// A walk's result: its rule, unless it is still `NO_RULE`.
