@@ -85,10 +85,8 @@ impl Kern {
             .host
             .set(0, info, 0)
             .context("writing host facts")?;
-        let maps = &mut loaded.maps;
         host::sync_addrs(
-            &mut maps.local_addrs,
-            &mut maps.host_addrs,
+            &mut loaded.maps,
             &Default::default(),
             &local_addrs.iter().copied().collect(),
         )?;

@@ -73,10 +73,8 @@ impl TestKernel {
                 0,
             )
             .expect("host info");
-        let maps = &mut loaded.maps;
         host::sync_addrs(
-            &mut maps.local_addrs,
-            &mut maps.host_addrs,
+            &mut loaded.maps,
             &Default::default(),
             &local_addrs.iter().copied().collect(),
         )
@@ -159,10 +157,8 @@ impl TestKernel {
 
     /// Makes `addrs` the host's addresses, as the daemon changes them.
     pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) {
-        let maps = &mut self.loaded.maps;
         host::sync_addrs(
-            &mut maps.local_addrs,
-            &mut maps.host_addrs,
+            &mut self.loaded.maps,
             &self.local_addrs.iter().copied().collect(),
             &addrs.iter().copied().collect(),
         )

@@ -81,13 +81,7 @@ impl State {
         if now == self.local_addrs {
             return Ok(());
         }
-        let maps = &mut self.loaded.maps;
-        host::sync_addrs(
-            &mut maps.local_addrs,
-            &mut maps.host_addrs,
-            &self.local_addrs,
-            &now,
-        )?;
+        host::sync_addrs(&mut self.loaded.maps, &self.local_addrs, &now)?;
         self.local_addrs = now;
         Ok(())
     }

@@ -8,13 +8,15 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use enforcer_common::{
     consts::{AF_INET, AF_INET6},
     maps::{
         host_addr_index, HostAddrSlot, LocalAddrKey, HOST_ADDR_SHARED, HOST_ADDR_V4, HOST_ADDR_V6,
     },
 };
+
+use super::programs::Maps;
 
 /// The `LOCAL_ADDRS` key of an address.
 pub fn addr_key(a: IpAddr) -> LocalAddrKey {
@@ -132,11 +134,11 @@ fn plan(
 
 /// Makes the maps say `new` where they said `old` (see `plan`).
 pub fn sync_addrs(
-    local: &mut HashMap<MapData, LocalAddrKey, u32>,
-    table: &mut Array<MapData, HostAddrSlot>,
+    maps: &mut Maps,
     old: &BTreeSet<IpAddr>,
     new: &BTreeSet<IpAddr>,
 ) -> anyhow::Result<()> {
+    let (local, table) = (&mut maps.local_addrs, &mut maps.host_addrs);
     for step in plan(old, new, |i| table.get(&i, 0).context("reading HOST_ADDRS"))? {
         match step {
             Step::AddLocal(a) => local
