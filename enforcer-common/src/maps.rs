@@ -191,12 +191,12 @@ impl Default for GroupInfo {
 pub const GROUP_ENFORCE: u32 = 1;
 /// The group's IPv4 / IPv6 prefixes of `V4_BUCKET_LEN` / `V6_BUCKET_LEN` bits and longer
 /// are indexed in `LEN_BITS` by the source's leading bits: a packet probes only the lengths
-/// present under its own /16 (/32) instead of every length in `v4_lens` (`v6_lens`).
+/// present under its own /16 (/32) instead of every length in `v4_lens` (`v6_lens`). Set
+/// whenever the family has such a prefix, even one: a source far from all of them (what a
+/// flood of refusals is) then pays two array loads instead of a hash probe per length,
+/// where an allowed source pays the two loads beside its probe.
 pub const GROUP_V4_BUCKETS: u32 = 2;
 pub const GROUP_V6_BUCKETS: u32 = 4;
-/// A group gets buckets from this many distinct lengths at or above the bucket length:
-/// below it, probing each length costs no more than looking the bucket up.
-pub const BUCKETS_FROM_LENGTHS: usize = 3;
 /// Leading bits that name a bucket.
 pub const V4_BUCKET_LEN: u8 = 16;
 pub const V6_BUCKET_LEN: u8 = 32;

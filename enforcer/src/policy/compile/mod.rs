@@ -8,9 +8,8 @@ use std::{
 use enforcer_common::{
     consts::{AF_INET, AF_INET6, MAX_ALLOW_ENTRIES, MAX_CGROUP_ENTRIES, MAX_GROUPS, PORT_FAILSAFE},
     maps::{
-        mask_addr, AllowKey, BucketBits, BucketKey, GroupInfo, BUCKETS_FROM_LENGTHS, GROUP_ENFORCE,
-        GROUP_V4_BUCKETS, GROUP_V6_BUCKETS, SLOT_ENFORCE, SLOT_REPORT_ALLOWED, V4_BUCKET_LEN,
-        V6_BUCKET_LEN,
+        mask_addr, AllowKey, BucketBits, BucketKey, GroupInfo, GROUP_ENFORCE, GROUP_V4_BUCKETS,
+        GROUP_V6_BUCKETS, SLOT_ENFORCE, SLOT_REPORT_ALLOWED, V4_BUCKET_LEN, V6_BUCKET_LEN,
     },
     model::{policy::cgroup_level, Mode, Prefix, Protocol},
 };
@@ -273,14 +272,14 @@ pub fn compile_after(
                     .or_insert(this);
             }
         }
-        // Many long lengths: index them by the source's leading bits (see GROUP_*_BUCKETS);
-        // the walk then holds only the shorter ones. Longest first: the first hit is the
+        // Long lengths: index them by the source's leading bits (see GROUP_*_BUCKETS); the
+        // walk then holds only the shorter ones. Longest first: the first hit is the
         // longest match.
         for (family, lens, base, flag) in [
             (AF_INET, &v4, V4_BUCKET_LEN, GROUP_V4_BUCKETS),
             (AF_INET6, &v6, V6_BUCKET_LEN, GROUP_V6_BUCKETS),
         ] {
-            let bucketed = lens.range(base..).count() >= BUCKETS_FROM_LENGTHS;
+            let bucketed = lens.range(base..).next().is_some();
             let walked = lens.iter().rev().filter(|&&l| !bucketed || l < base);
             let (n, slots) = if family == AF_INET {
                 (&mut info.n_v4, &mut info.v4_lens[..])

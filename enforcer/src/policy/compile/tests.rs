@@ -11,7 +11,7 @@ fn compiled(text: &str) -> Compiled {
 fn ports_map_to_groups_and_overlaps_get_their_own() {
     let c = compiled(
         "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [\"100-200\"]\nallow_from = [\"10.0.0.0/8\"]\n\
-         [[rule]]\nname = \"b\"\nprotocol = \"any\"\nports = [150, 300]\nallow_from = [\"10.1.0.0/16\", \"fd00::/8\"]\n",
+         [[rule]]\nname = \"b\"\nprotocol = \"any\"\nports = [150, 300]\nallow_from = [\"10.0.0.0/12\", \"fd00::/8\"]\n",
     );
     let tcp = |p: usize| c.ports[p];
     let udp = |p: usize| c.ports[(1 << 16) | p];
@@ -28,7 +28,8 @@ fn ports_map_to_groups_and_overlaps_get_their_own() {
     let info = c.groups[(ab - 1) as usize];
     assert_eq!(info.primary_rule, 0);
     assert_eq!(info.n_v4, 2);
-    assert_eq!(&info.v4_lens[..2], &[16, 8]);
+    // Short lengths only (none bucketed), longest first.
+    assert_eq!(&info.v4_lens[..2], &[12, 8]);
     assert_eq!(info.n_v6, 1);
     assert_eq!(c.ports[22], PORT_FAILSAFE);
 }
@@ -225,7 +226,7 @@ fn rules_are_limited_per_policy() {
 }
 
 #[test]
-fn many_long_lengths_are_bucketed_by_the_leading_bits() {
+fn long_lengths_are_bucketed_by_the_leading_bits() {
     let c = compiled(
         "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [443]\nallow_from = [\"10.1.0.0/16\", \"10.1.2.0/24\", \"10.9.9.9/32\", \"172.16.0.0/12\", \"fd00::/64\"]\n",
     );
@@ -233,25 +234,29 @@ fn many_long_lengths_are_bucketed_by_the_leading_bits() {
     assert_eq!(g.flags & GROUP_V4_BUCKETS, GROUP_V4_BUCKETS);
     assert_eq!(
         g.flags & GROUP_V6_BUCKETS,
-        0,
-        "one IPv6 length: probed directly"
+        GROUP_V6_BUCKETS,
+        "one long IPv6 length is enough"
     );
     // The short /12 is probed for every packet, not bucketed.
-    assert_eq!(c.buckets.len(), 2);
-    let bits = |top: [u8; 4]| {
+    assert_eq!((g.n_v4, g.v4_lens[0], g.n_v6), (1, 12, 0));
+    assert_eq!(c.buckets.len(), 3);
+    let bits = |family: u8, top: [u8; 4]| {
         c.buckets[&BucketKey {
             group: 0,
-            family: AF_INET as u32,
+            family: family as u32,
             top,
         }]
     };
-    let b = bits([10, 1, 0, 0]);
+    let b = bits(AF_INET, [10, 1, 0, 0]);
     assert!(b.has(16, 16) && b.has(16, 24) && !b.has(16, 32));
-    let b = bits([10, 9, 0, 0]);
+    let b = bits(AF_INET, [10, 9, 0, 0]);
     assert!(b.has(16, 32) && !b.has(16, 16));
-    // Two lengths are probed directly.
+    assert!(bits(AF_INET6, [0xfd, 0, 0, 0]).has(32, 64));
+    // Only short lengths: probed directly.
     let c = compiled(
-        "[[rule]]\nname = \"a\"\nports = [443]\nallow_from = [\"10.1.0.0/16\", \"10.1.2.0/24\"]\n",
+        "[[rule]]\nname = \"a\"\nports = [443]\nallow_from = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"fd00::/16\"]\n",
     );
-    assert!(c.buckets.is_empty() && c.groups[0].flags & GROUP_V4_BUCKETS == 0);
+    let g = &c.groups[0];
+    assert!(c.buckets.is_empty() && g.flags & (GROUP_V4_BUCKETS | GROUP_V6_BUCKETS) == 0);
+    assert_eq!((g.n_v4, g.n_v6), (2, 1));
 }
