@@ -7,7 +7,7 @@
 //! entries that differ are written, so a reload costs in proportion to what changed.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -28,6 +28,9 @@ use crate::policy::{compile::Allowed, Compiled};
 
 /// Moves `place_buckets` tries before a bucket shares an entry instead.
 const MAX_KICKS: usize = 256;
+/// The same where the slot's old placement is kept: each move is an entry written, so a
+/// bucket added to a full table shares an entry sooner rather than rewrite hundreds.
+const RELOAD_KICKS: usize = 16;
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
 /// stopped reading it (an RCU grace period with a wide margin).
@@ -105,8 +108,8 @@ impl Writer {
                 std::thread::sleep(GRACE - since);
             }
         }
-        let new = content_for(target, compiled, cgroup_ids, generation);
         let old = self.slots[target as usize].take();
+        let new = content_for(target, compiled, cgroup_ids, generation, old.as_ref());
         let stats = write_slot(maps, target, old.as_ref(), &new)?;
         maps.active
             .set(
@@ -130,6 +133,7 @@ fn content_for(
     compiled: &Compiled,
     cgroup_ids: &BTreeMap<String, u64>,
     generation: u64,
+    old: Option<&SlotContent>,
 ) -> SlotContent {
     let to_boot = crate::clock::UnixToBoottime::now();
     let value = |a: &Allowed| AllowValue {
@@ -168,7 +172,7 @@ fn content_for(
             ))
         })
         .collect();
-    let buckets = place_buckets(slot, &compiled.buckets);
+    let buckets = place_buckets(slot, &compiled.buckets, old.map(|o| &o.buckets));
     SlotContent {
         buckets,
         info: SlotInfo {
@@ -188,45 +192,95 @@ fn content_for(
 /// The `LEN_BITS` entries of `slot` for the compiled buckets: each in one of its two places
 /// with its tag, as in a cuckoo table (a bucket whose places are both taken moves an
 /// occupant to that one's other place). One that finds no place after `MAX_KICKS` moves
-/// shares one: that entry then holds the union of the lengths placed there
-/// (`BUCKET_SHARED`). Buckets are placed in key order, so a policy always gives the same
-/// entries.
-fn place_buckets(slot: u32, compiled: &HashMap<BucketKey, BucketBits>) -> HashMap<u32, BucketSlot> {
-    let mut buckets: Vec<_> = compiled.iter().collect();
-    buckets.sort_by_key(|(k, _)| (k.group, k.family, k.top));
-    // Index -> its entry and the entry's two places.
-    let mut table: HashMap<u32, (BucketSlot, [u32; 2])> = HashMap::new();
-    for (k, bits) in buckets {
-        let (places, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
-        let mut moving = (
-            BucketSlot {
+/// (`RELOAD_KICKS` when `old` is known) shares one: that entry then holds the union of the
+/// lengths placed there (`BUCKET_SHARED`). A bucket keeps the entry it had in `old` (the
+/// slot's content as written), its own or a shared one, so a reload writes in proportion
+/// to the change; new buckets are placed in key order.
+fn place_buckets(
+    slot: u32,
+    compiled: &HashMap<BucketKey, BucketBits>,
+    old: Option<&HashMap<u32, BucketSlot>>,
+) -> HashMap<u32, BucketSlot> {
+    let mut buckets: Vec<_> = compiled
+        .iter()
+        .map(|(k, bits)| {
+            let (places, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
+            let entry = BucketSlot {
                 tag,
                 _pad: 0,
                 bits: *bits,
-            },
-            places,
-        );
+            };
+            (*k, entry, places)
+        })
+        .collect();
+    buckets.sort_by_key(|(k, _, _)| (k.group, k.family, k.top));
+    // The slot's entries (by index from its first), each with its two places: an array,
+    // as hashing 100,000 indices a few times over was most of a large policy's write.
+    let first = slot * LEN_BITS_PER_SLOT;
+    let ix = |i: u32| (i - first) as usize;
+    let mut table: Vec<Option<(BucketSlot, [u32; 2])>> = vec![None; LEN_BITS_PER_SLOT as usize];
+    let old_entry = |i: u32| old.and_then(|o| o.get(&i));
+    let mut rest = Vec::with_capacity(buckets.len());
+    for (_, entry, places) in buckets {
+        match places
+            .into_iter()
+            .find(|&i| table[ix(i)].is_none() && old_entry(i).is_some_and(|s| s.tag == entry.tag))
+        {
+            Some(i) => table[ix(i)] = Some((entry, places)),
+            None => rest.push((entry, places)),
+        }
+    }
+    // Then those that shared an entry share it again (the one that held their lengths, if
+    // both places are shared): placed afresh, they would kick others out of theirs.
+    let shared = |i: u32| old_entry(i).filter(|s| s.tag == BUCKET_SHARED);
+    let mut fresh = Vec::with_capacity(rest.len());
+    for (entry, places) in rest {
+        let b = entry.bits;
+        let held = places.into_iter().find(|&i| {
+            shared(i).is_some_and(|s| (s.bits.lo & b.lo, s.bits.hi & b.hi) == (b.lo, b.hi))
+        });
+        match held.or_else(|| places.into_iter().find(|&i| shared(i).is_some())) {
+            Some(i) => {
+                let (s, _) = table[ix(i)].get_or_insert((BucketSlot::default(), places));
+                s.bits.lo |= b.lo;
+                s.bits.hi |= b.hi;
+            }
+            None => fresh.push((entry, places)),
+        }
+    }
+    let kicks = if old.is_some() {
+        RELOAD_KICKS
+    } else {
+        MAX_KICKS
+    };
+    for mut moving in fresh {
         // Where the moving entry was just displaced from: it goes to its other place.
         let mut from = None;
-        for kick in 0..=MAX_KICKS {
-            let [first, second] = moving.1;
-            if let Some(free) = [first, second].into_iter().find(|i| !table.contains_key(i)) {
-                table.insert(free, moving);
+        for kick in 0..=kicks {
+            let [a, b] = moving.1;
+            if let Some(free) = [a, b].into_iter().find(|&i| table[ix(i)].is_none()) {
+                table[ix(free)] = Some(moving);
                 break;
             }
-            let at = if from == Some(first) { second } else { first };
-            let (occupant, _) = table.get_mut(&at).expect("both places are taken");
-            if kick == MAX_KICKS || occupant.tag == BUCKET_SHARED {
+            let at = if from == Some(a) { b } else { a };
+            let (occupant, _) = table[ix(at)].as_mut().expect("both places are taken");
+            if kick == kicks || occupant.tag == BUCKET_SHARED {
                 occupant.tag = BUCKET_SHARED;
                 occupant.bits.lo |= moving.0.bits.lo;
                 occupant.bits.hi |= moving.0.bits.hi;
                 break;
             }
-            moving = table.insert(at, moving).expect("both places are taken");
+            moving = table[ix(at)]
+                .replace(moving)
+                .expect("both places are taken");
             from = Some(at);
         }
     }
-    table.into_iter().map(|(i, (s, _))| (i, s)).collect()
+    table
+        .into_iter()
+        .zip(first..)
+        .filter_map(|(e, i)| Some((i, e?.0)))
+        .collect()
 }
 
 /// Makes slot `slot` hold `new`, writing only what differs from `old` (everything when
@@ -289,10 +343,11 @@ fn write_slot(
     // An unknown slot is rewritten whole (one batch), clearing what it may hold; a known
     // one only where the old or the new content has an entry.
     let first = slot * LEN_BITS_PER_SLOT;
-    let indices: BTreeSet<u32> = match old {
+    let indices: Vec<u32> = match old {
         Some(o) => o
             .buckets
             .keys()
+            .filter(|i| !new.buckets.contains_key(i))
             .chain(new.buckets.keys())
             .copied()
             .collect(),
@@ -367,6 +422,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use enforcer_common::{
         consts::{AF_INET, AF_INET6},
         maps::V6_BUCKET_LEN,
@@ -399,13 +456,72 @@ mod tests {
     #[test]
     fn buckets_filling_under_half_the_table_each_get_a_place_of_their_own() {
         for (n, most_shared) in [(LEN_BITS_PER_SLOT * 2 / 5, 0), (LEN_BITS_PER_SLOT / 2, 8)] {
-            let placed = place_buckets(1, &random_buckets(n));
+            let placed = place_buckets(1, &random_buckets(n), None);
             let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
             assert!(
                 shared <= most_shared,
                 "{shared} shared entries for {n} buckets"
             );
             assert_eq!(placed.len(), n as usize - shared);
+        }
+    }
+
+    /// A bucket keeps the entry it had, its own or a shared one: a policy that drops one
+    /// bucket and gains another moves a few entries, where placing everything afresh in
+    /// key order moves many, most of all in a table so full that buckets share entries.
+    #[test]
+    fn a_changed_bucket_moves_few_entries() {
+        for (n, afresh) in [
+            (LEN_BITS_PER_SLOT * 2 / 5, 0),
+            (LEN_BITS_PER_SLOT * 3 / 4, 1000),
+        ] {
+            let before = random_buckets(n);
+            let old = place_buckets(0, &before, None);
+            let mut after = before.clone();
+            let gone = *after
+                .keys()
+                .min_by_key(|k| (k.group, k.family, k.top))
+                .unwrap();
+            after.remove(&gone);
+            let mut bits = BucketBits::default();
+            bits.set(V6_BUCKET_LEN, 48);
+            after.insert(
+                BucketKey {
+                    group: 0,
+                    family: AF_INET6 as u32,
+                    top: [0, 0, 0, 1],
+                },
+                bits,
+            );
+            let moved = |new: &HashMap<u32, BucketSlot>| {
+                old.keys()
+                    .chain(new.keys())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|i| old.get(i) != new.get(i))
+                    .count()
+            };
+            let seeded = place_buckets(0, &after, Some(&old));
+            let fresh = place_buckets(0, &after, None);
+            assert!(
+                moved(&seeded) <= RELOAD_KICKS + 8,
+                "{} entries moved",
+                moved(&seeded)
+            );
+            assert!(moved(&fresh) > afresh, "{} entries moved", moved(&fresh));
+            for (k, b) in &after {
+                let (at, tag) = bucket_place(slot_group(0, k.group), k.family as u8, k.top);
+                let got = at.iter().fold(BucketBits::default(), |mut u, i| {
+                    let s = seeded
+                        .get(i)
+                        .map(|s| s.lengths_for(tag))
+                        .unwrap_or_default();
+                    u.lo |= s.lo;
+                    u.hi |= s.hi;
+                    u
+                });
+                assert_eq!((got.lo & b.lo, got.hi & b.hi), (b.lo, b.hi), "{k:?}");
+            }
         }
     }
 
@@ -416,7 +532,7 @@ mod tests {
     fn every_bucket_finds_its_lengths_and_a_stranger_only_what_shares_its_place() {
         let compiled = random_buckets(LEN_BITS_PER_SLOT * 5 / 4);
         for slot in 0..2 {
-            let placed = place_buckets(slot, &compiled);
+            let placed = place_buckets(slot, &compiled, None);
             let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
             assert!(shared > 0, "the test must make buckets share places");
             for (k, b) in &compiled {

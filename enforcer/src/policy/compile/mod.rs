@@ -290,29 +290,35 @@ pub fn compile_after(
                 *slot = *len;
                 *n += 1;
             }
-            if !bucketed {
-                continue;
-            }
-            info.flags |= flag;
-            let top_bytes = base as usize / 8;
-            for k in allow.keys().filter(|k| {
-                k.group == g
-                    && k.family_len >> 8 == family as u32
-                    && (k.family_len & 0xff) as u8 >= base
-            }) {
-                let mut top = [0u8; 4];
-                top[..top_bytes].copy_from_slice(&k.addr[..top_bytes]);
-                buckets
-                    .entry(BucketKey {
-                        group: g,
-                        family: family as u32,
-                        top,
-                    })
-                    .or_default()
-                    .set(base, (k.family_len & 0xff) as u8);
+            if bucketed {
+                info.flags |= flag;
             }
         }
         groups[g as usize] = info;
+    }
+    // Every prefix at or above its family's bucket length is in a bucketed group: one pass
+    // over them all (not one per group) files each under its bucket.
+    for k in allow.keys() {
+        let (family, len) = ((k.family_len >> 8) as u8, (k.family_len & 0xff) as u8);
+        let base = if family == AF_INET {
+            V4_BUCKET_LEN
+        } else {
+            V6_BUCKET_LEN
+        };
+        if len < base {
+            continue;
+        }
+        let top_bytes = base as usize / 8;
+        let mut top = [0u8; 4];
+        top[..top_bytes].copy_from_slice(&k.addr[..top_bytes]);
+        buckets
+            .entry(BucketKey {
+                group: k.group,
+                family: family as u32,
+                top,
+            })
+            .or_default()
+            .set(base, len);
     }
     if allow.len() > (MAX_ALLOW_ENTRIES / 2) as usize {
         return Err(CompileError::TooManyPrefixes(allow.len()));
