@@ -466,6 +466,28 @@ mod tests {
         }
     }
 
+    /// Every bucket of `compiled` finds at least its own lengths in its places of `placed`.
+    fn assert_each_finds_its_lengths(
+        slot: u32,
+        compiled: &HashMap<BucketKey, BucketBits>,
+        placed: &HashMap<u32, BucketSlot>,
+    ) {
+        for (k, b) in compiled {
+            let (at, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
+            let got = at.iter().fold(BucketBits::default(), |mut u, i| {
+                assert_eq!(i / LEN_BITS_PER_SLOT, slot);
+                let s = placed
+                    .get(i)
+                    .map(|s| s.lengths_for(tag))
+                    .unwrap_or_default();
+                u.lo |= s.lo;
+                u.hi |= s.hi;
+                u
+            });
+            assert_eq!((got.lo & b.lo, got.hi & b.hi), (b.lo, b.hi), "{k:?}");
+        }
+    }
+
     /// A bucket keeps the entry it had, its own or a shared one: a policy that drops one
     /// bucket and gains another moves a few entries, where placing everything afresh in
     /// key order moves many, most of all in a table so full that buckets share entries.
@@ -509,19 +531,7 @@ mod tests {
                 moved(&seeded)
             );
             assert!(moved(&fresh) > afresh, "{} entries moved", moved(&fresh));
-            for (k, b) in &after {
-                let (at, tag) = bucket_place(slot_group(0, k.group), k.family as u8, k.top);
-                let got = at.iter().fold(BucketBits::default(), |mut u, i| {
-                    let s = seeded
-                        .get(i)
-                        .map(|s| s.lengths_for(tag))
-                        .unwrap_or_default();
-                    u.lo |= s.lo;
-                    u.hi |= s.hi;
-                    u
-                });
-                assert_eq!((got.lo & b.lo, got.hi & b.hi), (b.lo, b.hi), "{k:?}");
-            }
+            assert_each_finds_its_lengths(0, &after, &seeded);
         }
     }
 
@@ -535,20 +545,7 @@ mod tests {
             let placed = place_buckets(slot, &compiled, None);
             let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
             assert!(shared > 0, "the test must make buckets share places");
-            for (k, b) in &compiled {
-                let (at, tag) = bucket_place(slot_group(slot, k.group), k.family as u8, k.top);
-                let got = at.iter().fold(BucketBits::default(), |mut u, i| {
-                    assert_eq!(i / LEN_BITS_PER_SLOT, slot);
-                    let s = placed
-                        .get(i)
-                        .map(|s| s.lengths_for(tag))
-                        .unwrap_or_default();
-                    u.lo |= s.lo;
-                    u.hi |= s.hi;
-                    u
-                });
-                assert_eq!((got.lo & b.lo, got.hi & b.hi), (b.lo, b.hi), "{k:?}");
-            }
+            assert_each_finds_its_lengths(slot, &compiled, &placed);
             let stranger = BucketKey {
                 group: 7,
                 family: AF_INET6 as u32,
