@@ -222,13 +222,21 @@ fn produce(prog: RawFd, frame: &[u8], rate: Option<f64>, secs: f64) -> anyhow::R
         let n = match rate {
             None => 10_000,
             Some(r) => {
-                // What is due by now, at most 2 ms' worth at a time.
+                // What is due by now, at most 2 ms' worth at a time; nothing until a
+                // quarter of a millisecond's worth is due. Test runs of a few events each
+                // would keep this CPU busy at any rate, and starve the threads that count
+                // the daemon's lines here.
                 let due = (r * (now - start).as_secs_f64()) as u64;
-                (due.saturating_sub(produced) as f64).min(r / 500.0) as u32
+                let n = (due.saturating_sub(produced) as f64).min(r / 500.0);
+                if n < r / 4000.0 {
+                    0
+                } else {
+                    n as u32
+                }
             }
         };
         if n == 0 {
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_micros(250));
             continue;
         }
         bpf::test_run(prog, frame, n)?;
@@ -354,7 +362,7 @@ pub fn run(
     result?;
     let notes = vec![
         format!(
-            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run), on CPU 0 (with the bench's threads that count the daemon's lines), the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
+            "Producer: BPF_PROG_TEST_RUN of the daemon's own XDP program (taken from its pinned link; the daemon runs in the bench's receiving namespace, `[audit]` unlimited) on a refused TCP SYN to that namespace's address, each run one event, paced by the wall clock (what is due, at most 2 ms' worth per test run, and none until 0.25 ms' worth is due: smaller test runs would keep CPU 0 busy and starve the line counters), on CPU 0 (with the bench's threads that count the daemon's lines), the daemon's threads kept on CPU 1; {STEP_SECS} s per step; \"produced\" below the offered rate means the producer could not go faster. Consumer: the real daemon (`enforcer run`): ring buffer -> decode -> enrich -> JSON line -> fan-out to its stdout (a pipe the bench reads) and to one control-socket subscriber (`subscribe`, read by the bench). Lines are counted on both, including the backlog written after the producer stops, over the step's time; \"lost in the kernel\" and \"lost by sinks\" are the daemon's own counters (`status`: audit.lost_kernel, audit.lost_sinks), per step. Daemon CPU: all its threads' run time (/proc/PID/task/*/schedstat) per event."
         ),
         "The 16 MiB ring buffer absorbs about 149,000 events, and stdout's queue 65,536 lines: a step without loss over 1.5 s means the pipeline keeps up to within ~100,000 events/s of the offered rate.".into(),
         format!("For the diagnosis: \"kernel alone\" is the producer with nobody reading ({DRAIN_EVENTS} test runs into an emptied ring, enforcer's programs loaded in the bench); \"per-event work alone\" is the daemon's decode, enrich and JSON line (`events::enrich::Enricher::line`, written 64 KiB at a time) on a reader thread of the bench pinned to CPU 1, emptying a ring pre-filled with {DRAIN_EVENTS} events (no producer, no fan-out)."),

@@ -2,6 +2,7 @@
 //! time) -> `Record` -> `sink` (numbered JSON lines to stdout, the rotated file, syslog and
 //! subscribers). The schema is documented in docs/AUDIT-EVENTS.md.
 
+mod cursor;
 pub mod decode;
 pub mod enrich;
 pub mod pcap;

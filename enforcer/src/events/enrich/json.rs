@@ -1,6 +1,7 @@
-//! A packet event's audit line, written straight into a batch's buffer: the bytes serde
-//! would make of its `Record` (same fields, order and escapes), without the per-field
-//! strings. The time's date and clock part is formatted once per second.
+//! A packet event's audit line: the bytes serde would make of its `Record` (same fields,
+//! order and escapes), without the per-field strings. The line is written through a
+//! `Cursor` straight into the batch, in room reserved first for the longest line this
+//! event can make. The time's date and clock part is formatted once per second.
 
 use std::{borrow::Cow, io::Write as _, net::Ipv6Addr, sync::OnceLock, time::Instant};
 
@@ -10,11 +11,14 @@ use enforcer_common::{
     reason::{Hook, Reason, Verdict},
 };
 
-use super::{comm, Enricher};
-use crate::events::sink::{write_uint as uint, Meta, Origin};
+use super::{cgroup_path, comm, iface, Enricher};
+use crate::events::{
+    cursor::{append, Cursor},
+    sink::{Meta, Origin},
+};
 
 /// Bytes that go into many lines (a field with its key, the time's second), kept so they
-/// are appended as one fixed-size block cut back to length: a copy the compiler inlines,
+/// are written as one fixed-size block cut back to length: a store the compiler inlines,
 /// where a short copy of variable length is a call to memcpy.
 pub(super) enum Piece {
     Short([u8; PIECE], usize),
@@ -22,6 +26,11 @@ pub(super) enum Piece {
 }
 
 const PIECE: usize = 64;
+
+/// Room a line takes at most, besides its names of unbounded length (rule, interface,
+/// cgroup path): the fixed text, numbers, two IPv6 addresses, an escaped `comm`, and the
+/// verdict, reason and hook fields written as whole pieces.
+const LINE_ROOM: usize = 1024;
 
 impl Piece {
     pub(super) fn new(b: &[u8]) -> Self {
@@ -41,15 +50,19 @@ impl Piece {
         Piece::new(&b)
     }
 
-    #[inline(always)]
-    fn put(&self, out: &mut Vec<u8>) {
+    /// Room it takes in a line.
+    fn room(&self) -> usize {
         match self {
-            Piece::Short(a, n) => {
-                let len = out.len();
-                out.extend_from_slice(a);
-                out.truncate(len + n);
-            }
-            Piece::Long(b) => out.extend_from_slice(b),
+            Piece::Short(..) => PIECE,
+            Piece::Long(b) => b.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn put(&self, c: &mut Cursor) {
+        match self {
+            Piece::Short(a, n) => c.put_first(a, *n),
+            Piece::Long(b) => c.put(b),
         }
     }
 }
@@ -76,6 +89,41 @@ fn names() -> &'static Names {
     })
 }
 
+/// The unix second last written, and its RFC 3339 form up to the dot
+/// (`2026-11-30T15:05:36.`): only the nanoseconds change within a second.
+pub(super) struct Stamp {
+    second: u64,
+    prefix: Piece,
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Stamp {
+            second: u64::MAX,
+            prefix: Piece::new(b""),
+        }
+    }
+}
+
+impl Stamp {
+    /// `unix_ns` as `clock::rfc3339_nanos` writes it.
+    #[inline(always)]
+    fn write(&mut self, unix_ns: i128, c: &mut Cursor) {
+        let ns = unix_ns.max(0) as u64;
+        let (second, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
+        if second != self.second {
+            let mut t = crate::clock::rfc3339_nanos(i128::from(second) * 1_000_000_000);
+            // `.000000000Z` -> `.`
+            t.truncate(t.len() - 10);
+            self.prefix = Piece::new(t.as_bytes());
+            self.second = second;
+        }
+        self.prefix.put(c);
+        c.padded(nanos, 9);
+        c.byte(b'Z');
+    }
+}
+
 impl Enricher {
     /// Appends `ev`'s line (numbered `seq`, stamped by `origin`, newline-terminated) to
     /// `out`; returns what filters look at. `now` ages the name caches.
@@ -88,107 +136,102 @@ impl Enricher {
         out: &mut Vec<u8>,
     ) -> Meta {
         let names = names();
-        out.extend_from_slice(b"{\"ts\":\"");
-        self.time(ev.ts_ns as i128 + self.clock_offset_ns, out);
-        out.extend_from_slice(b"\",\"event\":\"packet\"");
-        if let Some(v) = &names.verdict[ev.verdict as usize] {
-            v.put(out);
-        }
-        if let Some(r) = &names.reason[ev.reason as usize] {
-            r.put(out);
-        }
         let rule = (ev.rule != NO_RULE)
             .then(|| self.rules.name(ev.generation, ev.rule))
-            .flatten()
-            .map(|n| {
-                n.field.put(out);
-                n.text.clone()
-            });
-        if let Some(h) = &names.hook[ev.hook as usize] {
-            h.put(out);
-        }
-        match ev.proto {
-            IPPROTO_TCP => out.extend_from_slice(b",\"proto\":\"tcp\""),
-            IPPROTO_UDP => out.extend_from_slice(b",\"proto\":\"udp\""),
-            n => {
-                out.extend_from_slice(b",\"proto\":\"");
-                uint(out, n.into());
-                out.push(b'"');
-            }
-        }
+            .flatten();
+        let iface = (ev.ifindex != 0).then(|| iface(&mut self.ifnames, ev.ifindex, now));
+        let cgroup = (ev.cgroup_id != 0)
+            .then(|| {
+                cgroup_path(
+                    &mut self.cgroup_paths,
+                    self.cgroup_mount.as_deref(),
+                    ev.cgroup_id,
+                    now,
+                )
+            })
+            .flatten();
+        // Every byte of a cgroup path may take six escaped.
+        let room = LINE_ROOM
+            + rule.map_or(0, |n| n.field.room())
+            + iface.map_or(0, |n| n.field.room())
+            + cgroup.map_or(0, |p| 16 + 6 * p.len());
+        let stamp = &mut self.stamp;
+        let unix_ns = ev.ts_ns as i128 + self.clock_offset_ns;
         let src = addr(ev, &ev.src);
-        out.extend_from_slice(b",\"src\":\"");
-        ip(out, src);
-        out.push(b'"');
-        if ev.sport != 0 {
-            out.extend_from_slice(b",\"sport\":");
-            uint(out, ev.sport.into());
-        }
-        out.extend_from_slice(b",\"dst\":\"");
-        ip(out, addr(ev, &ev.dst));
-        out.extend_from_slice(b"\",\"dport\":");
-        uint(out, ev.dport.into());
-        if ev.ifindex != 0 {
-            self.iface(ev.ifindex, now).field.put(out);
-        }
-        if ev.cgroup_id != 0 {
-            if let Some(path) = self.cgroup_path(ev.cgroup_id, now) {
-                field(out, b",\"cgroup\":", path);
+        append(out, room, |c| {
+            c.put(b"{\"ts\":\"");
+            stamp.write(unix_ns, c);
+            c.put(b"\",\"event\":\"packet\"");
+            if let Some(v) = &names.verdict[ev.verdict as usize] {
+                v.put(c);
             }
-        }
-        if ev.pid_tgid != 0 {
-            out.extend_from_slice(b",\"pid\":");
-            uint(out, ev.pid_tgid >> 32);
-            let name = comm(ev);
-            if name
-                .iter()
-                .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
-            {
-                out.extend_from_slice(b",\"comm\":\"");
-                let len = out.len();
-                out.extend_from_slice(&ev.comm);
-                out.truncate(len + name.len());
-                out.push(b'"');
-            } else {
-                field(out, b",\"comm\":", &String::from_utf8_lossy(name));
+            if let Some(r) = &names.reason[ev.reason as usize] {
+                r.put(c);
             }
-        }
-        if ev.pkt_len != 0 {
-            out.extend_from_slice(b",\"len\":");
-            uint(out, ev.pkt_len.into());
-        }
-        out.extend_from_slice(b",\"policy\":");
-        uint(out, ev.generation);
+            if let Some(n) = rule {
+                n.field.put(c);
+            }
+            if let Some(h) = &names.hook[ev.hook as usize] {
+                h.put(c);
+            }
+            match ev.proto {
+                IPPROTO_TCP => c.put(b",\"proto\":\"tcp\""),
+                IPPROTO_UDP => c.put(b",\"proto\":\"udp\""),
+                n => {
+                    c.put(b",\"proto\":\"");
+                    c.uint(n.into());
+                    c.byte(b'"');
+                }
+            }
+            c.put(b",\"src\":\"");
+            ip(c, src);
+            c.byte(b'"');
+            if ev.sport != 0 {
+                c.put(b",\"sport\":");
+                c.uint(ev.sport.into());
+            }
+            c.put(b",\"dst\":\"");
+            ip(c, addr(ev, &ev.dst));
+            c.put(b"\",\"dport\":");
+            c.uint(ev.dport.into());
+            if let Some(n) = iface {
+                n.field.put(c);
+            }
+            if let Some(path) = cgroup {
+                string_field(c, b",\"cgroup\":", path);
+            }
+            if ev.pid_tgid != 0 {
+                c.put(b",\"pid\":");
+                c.uint(ev.pid_tgid >> 32);
+                let name = comm(ev);
+                if plain(name) {
+                    c.put(b",\"comm\":\"");
+                    c.put_first(&ev.comm, name.len());
+                    c.byte(b'"');
+                } else {
+                    string_field(c, b",\"comm\":", &String::from_utf8_lossy(name));
+                }
+            }
+            if ev.pkt_len != 0 {
+                c.put(b",\"len\":");
+                c.uint(ev.pkt_len.into());
+            }
+            c.put(b",\"policy\":");
+            c.uint(ev.generation);
+        });
         origin.finish(out, Some(seq));
         Meta {
             event: Cow::Borrowed("packet"),
             verdict: Verdict::from_u8(ev.verdict).map(Verdict::name),
-            rule,
+            rule: rule.map(|n| n.text.clone()),
             src: Some(src),
         }
     }
 
     /// `unix_ns` as `clock::rfc3339_nanos` writes it.
+    #[cfg(test)]
     fn time(&mut self, unix_ns: i128, out: &mut Vec<u8>) {
-        let ns = unix_ns.max(0) as u64;
-        let (second, nanos) = (ns / 1_000_000_000, ns % 1_000_000_000);
-        if second != self.ts_second {
-            let mut t = crate::clock::rfc3339_nanos(i128::from(second) * 1_000_000_000);
-            // `.000000000Z` -> `.`
-            t.truncate(t.len() - 10);
-            self.ts_prefix = Piece::new(t.as_bytes());
-            self.ts_second = second;
-        }
-        self.ts_prefix.put(out);
-        // Written in place (as `write_uint`), zero-padded to nine digits.
-        let start = out.len();
-        out.extend_from_slice(b"000000000Z");
-        let digits = &mut out[start..start + 9];
-        let mut n = nanos;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
+        append(out, 128, |c| self.stamp.write(unix_ns, c));
     }
 }
 
@@ -200,27 +243,50 @@ fn addr(ev: &PacketEvent, b: &[u8; 16]) -> std::net::IpAddr {
     }
 }
 
-fn ip(out: &mut Vec<u8>, a: std::net::IpAddr) {
+#[inline(always)]
+fn ip(c: &mut Cursor, a: std::net::IpAddr) {
     match a {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                uint(out, o.into());
-            }
-        }
+        std::net::IpAddr::V4(v4) => c.ipv4(v4.octets()),
         std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+            // At most 45 bytes ("ffff:...:255.255.255.255").
+            let mut room = [0u8; 48];
+            let mut w = &mut room[..];
+            let _ = write!(w, "{v6}");
+            let n = 48 - w.len();
+            c.put(&room[..n]);
         }
     }
+}
+
+/// Whether `s` goes into a JSON string as it is (printable ASCII, no quote or backslash).
+fn plain(s: &[u8]) -> bool {
+    s.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// `key` and `s` as a JSON string, through the cursor: `field`'s bytes.
+fn string_field(c: &mut Cursor, key: &[u8], s: &str) {
+    if needs_escape(s) {
+        let mut b = Vec::new();
+        field(&mut b, key, s);
+        c.put(&b);
+    } else {
+        c.put(key);
+        c.byte(b'"');
+        c.put(s.as_bytes());
+        c.byte(b'"');
+    }
+}
+
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// `key` (`,"name":`) and `s` as a JSON string: copied when nothing in it needs escaping,
 /// else escaped by serde_json.
 fn field(out: &mut Vec<u8>, key: &[u8], s: &str) {
     out.extend_from_slice(key);
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if needs_escape(s) {
         let _ = serde_json::to_writer(&mut *out, s);
     } else {
         out.push(b'"');
@@ -315,6 +381,29 @@ mod tests {
             );
             assert_eq!(meta, Meta::of(&r));
         }
+    }
+
+    #[test]
+    fn long_names_that_escape_to_six_bytes_each_fit_their_line() {
+        let origin = Origin::new("boot-1", "host");
+        let mut e = enricher();
+        // Control characters: each is written `\u00XX`, six bytes.
+        let long = "\u{1}".repeat(3000);
+        e.rules.insert(9, vec![long.clone()]);
+        e.know_cgroup(21, format!("/{long}"));
+        let name = super::super::Name {
+            field: Piece::field(b",\"iface\":", &long),
+            text: long.as_str().into(),
+        };
+        e.ifnames.insert(5, (name, Instant::now()));
+        let mut ev = events()[1];
+        (ev.generation, ev.rule, ev.ifindex, ev.cgroup_id) = (9, 0, 5, 21);
+        ev.comm = [0x1f; 16];
+        let want = origin.stamp(serde_json::to_vec(&e.record(&ev)).unwrap(), Some(3));
+        let mut got = Vec::new();
+        e.line(&ev, 3, Instant::now(), &origin, &mut got);
+        assert!(got.len() > 3 * 18_000, "{}", got.len());
+        assert_eq!(got, want);
     }
 
     #[test]

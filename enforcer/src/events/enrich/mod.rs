@@ -3,7 +3,7 @@
 
 mod json;
 
-use json::Piece;
+use json::{Piece, Stamp};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -163,10 +163,7 @@ pub struct Enricher {
     ifnames: IntMap<u32, (Name, Instant)>,
     cgroup_paths: CgroupCache,
     cgroup_mount: Option<PathBuf>,
-    /// The unix second last written, and its RFC 3339 form up to the dot
-    /// (`2026-11-30T15:05:36.`): only the nanoseconds change within a second.
-    ts_second: u64,
-    ts_prefix: Piece,
+    stamp: Stamp,
 }
 
 impl Enricher {
@@ -177,8 +174,7 @@ impl Enricher {
             ifnames: IntMap::default(),
             cgroup_paths: CgroupCache::new(CGROUP_CACHE),
             cgroup_mount,
-            ts_second: u64::MAX,
-            ts_prefix: Piece::new(b""),
+            stamp: Stamp::default(),
         }
     }
 
@@ -187,32 +183,19 @@ impl Enricher {
         self.cgroup_paths.insert(id, Some(path), Instant::now());
     }
 
-    /// The name of interface `ifindex`, looked up again once `IFNAME_TTL` old.
+    #[cfg(test)]
     fn iface(&mut self, ifindex: u32, now: Instant) -> &Name {
-        let fresh = self
-            .ifnames
-            .get(&ifindex)
-            .is_some_and(|(_, at)| now.duration_since(*at) < IFNAME_TTL);
-        if !fresh {
-            let name = host::if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
-            let name = Name {
-                field: Piece::field(b",\"iface\":", &name),
-                text: name.into(),
-            };
-            self.ifnames.insert(ifindex, (name, now));
-            if self.ifnames.len() > IFNAME_CACHE {
-                // Interfaces come and go (veths): keep only what is still fresh.
-                self.ifnames
-                    .retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
-            }
-        }
-        &self.ifnames[&ifindex].0
+        iface(&mut self.ifnames, ifindex, now)
     }
 
+    #[cfg(test)]
     fn cgroup_path(&mut self, id: u64, now: Instant) -> Option<&str> {
-        let mount = self.cgroup_mount.as_ref()?;
-        self.cgroup_paths
-            .path(id, now, || host::find_cgroup(mount, "/", id, CGROUP_WALK))
+        cgroup_path(
+            &mut self.cgroup_paths,
+            self.cgroup_mount.as_deref(),
+            id,
+            now,
+        )
     }
 
     /// The event as a `Record`: what `line` writes, through serde.
@@ -271,6 +254,37 @@ impl Enricher {
             ..Record::default()
         }
     }
+}
+
+/// The name of interface `ifindex`, looked up again once `IFNAME_TTL` old. (The caches
+/// are reached through their fields so that a line can hold names while it writes.)
+fn iface(ifnames: &mut IntMap<u32, (Name, Instant)>, ifindex: u32, now: Instant) -> &Name {
+    let fresh = ifnames
+        .get(&ifindex)
+        .is_some_and(|(_, at)| now.duration_since(*at) < IFNAME_TTL);
+    if !fresh {
+        let name = host::if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+        let name = Name {
+            field: Piece::field(b",\"iface\":", &name),
+            text: name.into(),
+        };
+        ifnames.insert(ifindex, (name, now));
+        if ifnames.len() > IFNAME_CACHE {
+            // Interfaces come and go (veths): keep only what is still fresh.
+            ifnames.retain(|_, (_, at)| now.duration_since(*at) < IFNAME_TTL);
+        }
+    }
+    &ifnames[&ifindex].0
+}
+
+fn cgroup_path<'a>(
+    paths: &'a mut CgroupCache,
+    mount: Option<&std::path::Path>,
+    id: u64,
+    now: Instant,
+) -> Option<&'a str> {
+    let mount = mount?;
+    paths.path(id, now, || host::find_cgroup(mount, "/", id, CGROUP_WALK))
 }
 
 /// The task's name: `comm` up to its first NUL.

@@ -114,49 +114,15 @@ impl Origin {
     /// Ends a line whose object's fields `out` holds: `seq` (if any), the origin, `}` and
     /// the newline.
     pub fn finish(&self, out: &mut Vec<u8>, seq: Option<u64>) {
-        if let Some(seq) = seq {
-            out.extend_from_slice(b",\"seq\":");
-            write_uint(out, seq);
-        }
-        out.extend_from_slice(self.fields.as_bytes());
-        out.extend_from_slice(b"}\n");
+        crate::events::cursor::append(out, 32 + self.fields.len(), |c| {
+            if let Some(seq) = seq {
+                c.put(b",\"seq\":");
+                c.uint(seq);
+            }
+            c.put(self.fields.as_bytes());
+            c.put(b"}\n");
+        });
     }
-}
-
-/// `n` in decimal: what `write!` makes, without the formatting machinery (a line has a
-/// dozen numbers). Two digits at a time, written in place into a fixed-size block that is
-/// then cut back: a short copy of variable length would be a call to memcpy, and a copy of
-/// digits just stored byte by byte would wait for those stores.
-#[inline]
-pub fn write_uint(out: &mut Vec<u8>, mut n: u64) {
-    const PAIRS: [u8; 200] = {
-        let mut t = [0u8; 200];
-        let mut i = 0;
-        while i < 100 {
-            t[2 * i] = b'0' + (i / 10) as u8;
-            t[2 * i + 1] = b'0' + (i % 10) as u8;
-            i += 1;
-        }
-        t
-    };
-    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
-    let start = out.len();
-    out.extend_from_slice(&[0u8; 20]);
-    let buf = &mut out[start..start + 20];
-    let mut i = digits;
-    while n >= 100 {
-        let r = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
-    }
-    if n >= 10 {
-        let r = n as usize * 2;
-        buf[..2].copy_from_slice(&PAIRS[r..r + 2]);
-    } else {
-        buf[0] = b'0' + n as u8;
-    }
-    out.truncate(start + digits);
 }
 
 /// What filters look at, besides the JSON.
@@ -271,19 +237,6 @@ impl<W: Write + Send + 'static> LineWriter for JsonLines<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_are_written_as_write_does() {
-        for n in (0..1000u64)
-            .chain((0..64).map(|s| 1u64 << s))
-            .chain((1..20).map(|p| 10u64.pow(p) - 1))
-            .chain([u64::MAX, 1_000_000_007])
-        {
-            let mut out = b"x".to_vec();
-            write_uint(&mut out, n);
-            assert_eq!(out, format!("x{n}").as_bytes());
-        }
-    }
 
     #[test]
     fn lines_are_stamped_with_seq_and_origin() {
