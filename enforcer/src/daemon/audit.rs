@@ -73,6 +73,10 @@ fn unix_ns() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
+/// How long the reader pauses after a batch while a sink catches up: about what a sink
+/// takes to write one batch.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// Lines stdout may fall behind before it loses some.
 const STDOUT_QUEUE: usize = 1 << 16;
 
@@ -117,8 +121,16 @@ impl Fanout {
         if self.building.full() {
             self.flush();
             // The sinks' threads may share this CPU: they take the batch now rather than
-            // after this thread's time slice, which could fill their queues meanwhile.
-            std::thread::yield_now();
+            // after this thread's time slice, which could fill their queues meanwhile. A
+            // yield may not be enough: the scheduler keeps a thread that has had less than
+            // its share running, and this one can make a sink's queue of lines in a
+            // millisecond. So while a sink is behind but moving, this thread pauses
+            // (the ring holds the events meanwhile); a stuck sink never makes it wait.
+            if self.sinks().any(Sink::catching_up) {
+                std::thread::sleep(CATCH_UP);
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 
@@ -135,6 +147,13 @@ impl Fanout {
 
     fn offer_record(&mut self, r: &Record) {
         self.offer(serde_json::to_vec(r).unwrap_or_default(), Meta::of(r));
+    }
+
+    fn sinks(&self) -> impl Iterator<Item = &Sink> {
+        std::iter::once(&self.stdout)
+            .chain(self.file.as_ref().map(|(f, _)| &f.sink))
+            .chain(self.syslog.as_ref().map(|s| &s.sink))
+            .chain(&self.subscribers)
     }
 
     /// Offers the batch made so far to every sink.

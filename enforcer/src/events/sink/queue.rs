@@ -156,9 +156,18 @@ pub struct Sink {
     capacity: usize,
     lost: u64,
     counts: Arc<LostCounts>,
+    /// Lines queued just after the last offer.
+    queued_after_offer: usize,
 }
 
 impl Sink {
+    /// Whether the queue is more than half full and has given lines to its writer since
+    /// the last offer: behind, but moving (unlike a stuck sink, which only fills up).
+    pub fn catching_up(&self) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        queued > self.capacity / 2 && queued < self.queued_after_offer
+    }
+
     /// Offers a batch (never waits); false once the sink is gone. As if line by line: the
     /// lines that fit the queue go in, the rest are lost.
     pub fn offer(&mut self, batch: &Arc<Batch>) -> bool {
@@ -197,7 +206,7 @@ impl Sink {
                 None => (0..fits as u32).collect(),
             });
         }
-        self.queued.fetch_add(fits, Ordering::Relaxed);
+        self.queued_after_offer = self.queued.fetch_add(fits, Ordering::Relaxed) + fits;
         let d = Delivery {
             batch: batch.clone(),
             kept,
@@ -272,6 +281,7 @@ pub fn spawn<W: LineWriter>(
         capacity,
         lost: 0,
         counts,
+        queued_after_offer: 0,
     };
     (sink, thread)
 }
@@ -301,8 +311,24 @@ mod tests {
             capacity,
             lost: 0,
             counts: counts.clone(),
+            queued_after_offer: 0,
         };
         (s, rx)
+    }
+
+    #[test]
+    fn a_sink_is_catching_up_only_while_it_moves() {
+        let counts = Arc::new(LostCounts::default());
+        let (mut s, rx) = sink(10, &counts);
+        s.offer(&batch(1..=3));
+        s.offer(&batch(4..=6));
+        assert!(!s.catching_up(), "under half full");
+        s.offer(&batch(7..=9));
+        assert!(!s.catching_up(), "over half full but nothing taken: stuck");
+        drop(rx.recv().unwrap());
+        assert!(s.catching_up(), "over half full and taking lines");
+        drop(rx.recv().unwrap());
+        assert!(!s.catching_up(), "under half full again");
     }
 
     #[test]
