@@ -183,21 +183,6 @@ impl Enricher {
         self.cgroup_paths.insert(id, Some(path), Instant::now());
     }
 
-    #[cfg(test)]
-    fn iface(&mut self, ifindex: u32, now: Instant) -> &Name {
-        iface(&mut self.ifnames, ifindex, now)
-    }
-
-    #[cfg(test)]
-    fn cgroup_path(&mut self, id: u64, now: Instant) -> Option<&str> {
-        cgroup_path(
-            &mut self.cgroup_paths,
-            self.cgroup_mount.as_deref(),
-            id,
-            now,
-        )
-    }
-
     /// The event as a `Record`: what `line` writes, through serde.
     #[cfg(test)]
     pub fn record(&mut self, ev: &PacketEvent) -> Record {
@@ -221,9 +206,13 @@ impl Enricher {
             IPPROTO_UDP => "udp".to_string(),
             n => n.to_string(),
         };
-        let iface = (ev.ifindex != 0).then(|| self.iface(ev.ifindex, now).text.to_string());
+        let iface =
+            (ev.ifindex != 0).then(|| iface(&mut self.ifnames, ev.ifindex, now).text.to_string());
         let cgroup = (ev.cgroup_id != 0)
-            .then(|| self.cgroup_path(ev.cgroup_id, now).map(str::to_string))
+            .then(|| {
+                let mount = self.cgroup_mount.as_deref();
+                cgroup_path(&mut self.cgroup_paths, mount, ev.cgroup_id, now).map(str::to_string)
+            })
             .flatten();
         let pid = (ev.pid_tgid != 0).then_some((ev.pid_tgid >> 32) as u32);
         let comm = (ev.pid_tgid != 0).then(|| String::from_utf8_lossy(comm(ev)).into_owned());
