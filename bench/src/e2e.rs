@@ -28,6 +28,7 @@ use crate::{
     kern::Kern,
     micro::{audit_table, has_rate_limits, Trivial, REFUSED4},
     packets::tcp4,
+    sol::Sol,
     stats::Samples,
     xdpfilter::XdpFilter,
 };
@@ -37,6 +38,7 @@ pub const RUN_SECS: f64 = 2.5;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     XdpDrop,
+    Sol,
     Enforcer,
     EnforcerAudited,
     XdpFilter,
@@ -46,8 +48,9 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    pub const ALL: [Variant; 8] = [
         Variant::XdpDrop,
+        Variant::Sol,
         Variant::Enforcer,
         Variant::EnforcerAudited,
         Variant::XdpFilter,
@@ -59,6 +62,7 @@ impl Variant {
     pub fn label(self) -> &'static str {
         match self {
             Variant::XdpDrop => "XDP_DROP alone (`r0 = 1; exit`)",
+            Variant::Sol => "speed of light (bench/sol-ebpf: parse, port array, exact source hash)",
             Variant::Enforcer => "enforcer XDP (default audit rate limits)",
             Variant::EnforcerAudited => {
                 "enforcer XDP, every refusal's event (unlimited), the daemon's audit stream to stdout and a subscriber"
@@ -277,6 +281,7 @@ pub fn run(
     bed: &Bed,
     anchor: &Anchor,
     trivial: &Trivial,
+    sol: &Sol,
     xdpf: &XdpFilter,
     daemon: &BenchDaemon,
     rounds: usize,
@@ -313,6 +318,7 @@ pub fn run(
             let v = rows[i].variant;
             let attached = match v {
                 Variant::XdpDrop => attach_link(bed, trivial.xdp_drop.as_raw_fd())?,
+                Variant::Sol => attach_link(bed, sol.xdp)?,
                 Variant::Enforcer => attach_link(bed, enforcer.xdp)?,
                 Variant::EnforcerAudited => attach_link(bed, daemon.xdp())?,
                 Variant::XdpFilter => attach_link(bed, xdpf.deny_list.as_raw_fd())?,
@@ -409,7 +415,7 @@ pub fn run(
         ),
         "CPU ns/packet is the CPU time spent on the flood per packet that arrived — the sender threads (whose softirq does the receiving), ksoftirqd, and in the audited row the daemon (all its threads), from /proc/.../schedstat — so other load on the machine does not distort it; sustained Mpps is the CPUs' rate at that cost (CPUs × 1e3 / ns), and the ratios are taken on it. Measured Mpps is the plain wall-clock rate (lower when other processes took CPU time). The sender's share is the same for every receiver (about the XDP_DROP row's cost), so the ratios of these rates understate the receivers' own differences; \"above XDP_DROP\" is each receiver's extra cost per packet over XDP_DROP, within the round, which is the receiver-side difference alone. Softirq ns/packet: the /proc/stat softirq ticks (250 Hz sampling) per packet, roughly the receiving side's whole cost.".into(),
         "Audited row: the real daemon (`enforcer run`, `[audit]` unlimited) runs in the receiving namespace; its own XDP program (taken from its pinned link) is attached to the receiving veth for the run, so every refusal's event goes through its ring buffer, decode, enrich, JSON line and fan-out to its stdout (read by the bench) and one control-socket subscriber (read by the bench). Lines per second on each, counted until the daemon has caught up after the flood, over the run's time; lost = the daemon's audit.lost_kernel + audit.lost_sinks over the run.".into(),
-        "All frames are one 5-tuple (a single-flow flood): 54-byte TCP SYNs from 192.0.2.66 to tcp/5432 of the receiver's address. XDP programs are attached in native mode through BPF links; nftables and iptables rules match what enforcer's policy says: tcp/5432 from outside 10.1.0.0/16. \"Counted\" is the contender's own drop counter over the packets that arrived (1.000: each one dropped by the rule).".into(),
+        "All frames are one 5-tuple (a single-flow flood): 54-byte TCP SYNs from 192.0.2.66 to tcp/5432 of the receiver's address. XDP programs are attached in native mode through BPF links; nftables and iptables rules match what enforcer's policy says: tcp/5432 from outside 10.1.0.0/16. \"Counted\" is the contender's own drop counter over the packets that arrived (1.000: each one dropped by the rule). The speed-of-light row is the micro figures' least-work program (section 1), loaded with tcp/5432 protected and only the exact allowed sources allowed: the least any program doing enforcer's job costs here.".into(),
     ];
     if !limits {
         notes.push("This enforcer build has no audit rate limits: the plain enforcer row emits an event per refusal until its ring buffer is full, then counts the losses.".into());

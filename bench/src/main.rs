@@ -199,7 +199,7 @@ fn run(o: &Options) -> anyhow::Result<bool> {
             if want(o, "e2e") {
                 step("end to end over veth");
                 r.e2e = Some(
-                    e2e::run(&bed, &anchor, &trivial, &xdpf, &d, o.e2e_rounds)
+                    e2e::run(&bed, &anchor, &trivial, &sol, &xdpf, &d, o.e2e_rounds)
                         .map_err(|e| format!("{e:#}")),
                 );
             }

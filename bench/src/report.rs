@@ -491,11 +491,15 @@ impl Report {
                     // over a figure that can come out at or below zero means nothing, so the
                     // ratio is of the medians, and a lean cost within noise of zero counts as 0.
                     let lean_ns = la.median().max(0.0);
+                    // For scale: what the least work for the job costs above XDP_DROP.
+                    let sol = get(Variant::Sol).map_or(String::new(), |s| {
+                        format!("; speed of light {}", s.cpu_ns.minus(&d.cpu_ns).fmt(0))
+                    });
                     targets.push(Target {
                         what: "end to end: receiver cost above XDP_DROP ≤ 1.2× xdp-filter lean's"
                             .into(),
                         figure: format!(
-                            "{} ({:.0} ns vs {:.0} ns per packet above XDP_DROP: enforcer {}, lean {})",
+                            "{} ({:.0} ns vs {:.0} ns per packet above XDP_DROP: enforcer {}, lean {}{sol})",
                             if lean_ns > 0.0 {
                                 format!("{:.2}×", ea.median() / lean_ns)
                             } else {
