@@ -80,7 +80,7 @@ fn count_lines(
         if let Ok(mut t) = tids.lock() {
             t.push(unsafe { libc::gettid() });
         }
-        let mut buf = vec![0u8; 1 << 16];
+        let mut buf = vec![0u8; 1 << 20];
         while let Ok(k) = r.read(&mut buf) {
             if k == 0 {
                 break;

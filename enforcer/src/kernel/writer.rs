@@ -7,7 +7,7 @@
 //! entries that differ are written, so a reload costs in proportion to what changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,10 @@ use aya::maps::IterableMap as _;
 use std::os::fd::AsFd as _;
 
 use super::{programs::Maps, sys};
-use crate::policy::{compile::Allowed, Compiled};
+use crate::policy::{
+    compile::{Allowed, FastMap as HashMap},
+    Compiled,
+};
 
 /// Moves `place_buckets` tries before a bucket shares an entry instead.
 const MAX_KICKS: usize = 256;
@@ -44,8 +47,9 @@ struct SlotContent {
     groups: Vec<GroupInfo>,
     allow: HashMap<AllowKey, AllowValue>,
     cgroups: HashMap<CgroupKey, AllowValue>,
-    /// `LEN_BITS` index -> its entry.
-    buckets: HashMap<u32, BucketSlot>,
+    /// The slot's `LEN_BITS` entries, from its first (an entry with no lengths is empty): an
+    /// array, so placing and diffing 100,000 buckets hashes nothing.
+    buckets: Vec<BucketSlot>,
 }
 
 /// How much one apply wrote.
@@ -73,6 +77,7 @@ impl Writer {
     pub fn new() -> Self {
         let empty = SlotContent {
             ports: vec![0; 2 * 65536],
+            buckets: vec![BucketSlot::default(); LEN_BITS_PER_SLOT as usize],
             ..SlotContent::default()
         };
         Writer {
@@ -172,7 +177,7 @@ fn content_for(
             ))
         })
         .collect();
-    let buckets = place_buckets(slot, &compiled.buckets, old.map(|o| &o.buckets));
+    let buckets = place_buckets(slot, &compiled.buckets, old.map(|o| &o.buckets[..]));
     SlotContent {
         buckets,
         info: SlotInfo {
@@ -196,11 +201,29 @@ fn content_for(
 /// lengths placed there (`BUCKET_SHARED`). A bucket keeps the entry it had in `old` (the
 /// slot's content as written), its own or a shared one, so a reload writes in proportion
 /// to the change; new buckets are placed in key order.
+///
+/// Where buckets had to share anew, the result is placed once more from itself: each
+/// bucket that shares then settles on the first of its places holding its lengths, and
+/// the shared entries narrow to what their buckets need. That placement is what the next
+/// reload of the same buckets makes again, so it writes nothing (without the second pass,
+/// its narrowing would be rewritten by the next reload instead).
 fn place_buckets(
     slot: u32,
     compiled: &HashMap<BucketKey, BucketBits>,
-    old: Option<&HashMap<u32, BucketSlot>>,
-) -> HashMap<u32, BucketSlot> {
+    old: Option<&[BucketSlot]>,
+) -> Vec<BucketSlot> {
+    match place_once(slot, compiled, old) {
+        (placed, true) => place_once(slot, compiled, Some(&placed)).0,
+        (placed, false) => placed,
+    }
+}
+
+/// One placement (see `place_buckets`); true if some bucket had to share an entry anew.
+fn place_once(
+    slot: u32,
+    compiled: &HashMap<BucketKey, BucketBits>,
+    old: Option<&[BucketSlot]>,
+) -> (Vec<BucketSlot>, bool) {
     let mut buckets: Vec<_> = compiled
         .iter()
         .map(|(k, bits)| {
@@ -213,13 +236,15 @@ fn place_buckets(
             (*k, entry, places)
         })
         .collect();
-    buckets.sort_by_key(|(k, _, _)| (k.group, k.family, k.top));
-    // The slot's entries (by index from its first), each with its two places: an array,
-    // as hashing 100,000 indices a few times over was most of a large policy's write.
+    buckets.sort_unstable_by_key(|(k, _, _)| (k.group, k.family, k.top));
+    // The slot's entries (by index from its first), each with its two places.
     let first = slot * LEN_BITS_PER_SLOT;
     let ix = |i: u32| (i - first) as usize;
     let mut table: Vec<Option<(BucketSlot, [u32; 2])>> = vec![None; LEN_BITS_PER_SLOT as usize];
-    let old_entry = |i: u32| old.and_then(|o| o.get(&i));
+    let old_entry = |i: u32| {
+        old.and_then(|o| o.get(ix(i)))
+            .filter(|s| !s.bits.is_empty())
+    };
     let mut rest = Vec::with_capacity(buckets.len());
     for (_, entry, places) in buckets {
         match places
@@ -253,6 +278,7 @@ fn place_buckets(
     } else {
         MAX_KICKS
     };
+    let mut merged = false;
     for mut moving in fresh {
         // Where the moving entry was just displaced from: it goes to its other place.
         let mut from = None;
@@ -265,6 +291,7 @@ fn place_buckets(
             let at = if from == Some(a) { b } else { a };
             let (occupant, _) = table[ix(at)].as_mut().expect("both places are taken");
             if kick == kicks || occupant.tag == BUCKET_SHARED {
+                merged = true;
                 occupant.tag = BUCKET_SHARED;
                 occupant.bits.lo |= moving.0.bits.lo;
                 occupant.bits.hi |= moving.0.bits.hi;
@@ -276,11 +303,11 @@ fn place_buckets(
             from = Some(at);
         }
     }
-    table
+    let placed = table
         .into_iter()
-        .zip(first..)
-        .filter_map(|(e, i)| Some((i, e?.0)))
-        .collect()
+        .map(|e| e.map_or_else(BucketSlot::default, |(s, _)| s))
+        .collect();
+    (placed, merged)
 }
 
 /// Makes slot `slot` hold `new`, writing only what differs from `old` (everything when
@@ -341,30 +368,18 @@ fn write_slot(
     // Written after the allow entries: until then a bucket may lack a new length (the
     // slot is not read yet, and its old lengths all still have their entries).
     // An unknown slot is rewritten whole (one batch), clearing what it may hold; a known
-    // one only where the old or the new content has an entry.
-    let first = slot * LEN_BITS_PER_SLOT;
-    let indices: Vec<u32> = match old {
-        Some(o) => o
-            .buckets
-            .keys()
-            .filter(|i| !new.buckets.contains_key(i))
-            .chain(new.buckets.keys())
-            .copied()
-            .collect(),
-        None => (first..first + LEN_BITS_PER_SLOT).collect(),
-    };
+    // one only where its entries differ.
     let (mut at, mut bits) = (Vec::new(), Vec::new());
-    for i in indices {
-        let want = new.buckets.get(&i).copied().unwrap_or_default();
-        let had = old.map(|o| o.buckets.get(&i).copied().unwrap_or_default());
-        if had == Some(want) {
+    for (i, want) in (slot * LEN_BITS_PER_SLOT..).zip(&new.buckets) {
+        let had = old.map(|o| o.buckets[(i - slot * LEN_BITS_PER_SLOT) as usize]);
+        if had == Some(*want) {
             continue;
         }
         at.push(i);
-        bits.push(want);
+        bits.push(*want);
         if !want.bits.is_empty() {
             stats.entries_written += 1;
-        } else if had.is_some() {
+        } else if had.is_some_and(|h| !h.bits.is_empty()) {
             stats.entries_removed += 1;
         }
     }
@@ -433,7 +448,7 @@ mod tests {
 
     /// `n` buckets of random leading bits, one length each.
     fn random_buckets(n: u32) -> HashMap<BucketKey, BucketBits> {
-        let mut compiled = HashMap::new();
+        let mut compiled = HashMap::default();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for i in 0..n {
             x ^= x << 13;
@@ -451,12 +466,21 @@ mod tests {
         compiled
     }
 
+    /// `slot`'s placed entries that hold lengths, by `LEN_BITS` index.
+    fn entries(slot: u32, dense: &[BucketSlot]) -> HashMap<u32, BucketSlot> {
+        (slot * LEN_BITS_PER_SLOT..)
+            .zip(dense)
+            .filter(|(_, s)| !s.bits.is_empty())
+            .map(|(i, s)| (i, *s))
+            .collect()
+    }
+
     /// Buckets filling 40% of the table each get a place of their own; at half (65,536
     /// prefixes each under its own /16), next to none share.
     #[test]
     fn buckets_filling_under_half_the_table_each_get_a_place_of_their_own() {
         for (n, most_shared) in [(LEN_BITS_PER_SLOT * 2 / 5, 0), (LEN_BITS_PER_SLOT / 2, 8)] {
-            let placed = place_buckets(1, &random_buckets(n), None);
+            let placed = entries(1, &place_buckets(1, &random_buckets(n), None));
             let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
             assert!(
                 shared <= most_shared,
@@ -498,7 +522,8 @@ mod tests {
             (LEN_BITS_PER_SLOT * 3 / 4, 1000),
         ] {
             let before = random_buckets(n);
-            let old = place_buckets(0, &before, None);
+            let old_dense = place_buckets(0, &before, None);
+            let old = entries(0, &old_dense);
             let mut after = before.clone();
             let gone = *after
                 .keys()
@@ -523,8 +548,8 @@ mod tests {
                     .filter(|i| old.get(i) != new.get(i))
                     .count()
             };
-            let seeded = place_buckets(0, &after, Some(&old));
-            let fresh = place_buckets(0, &after, None);
+            let seeded = entries(0, &place_buckets(0, &after, Some(&old_dense)));
+            let fresh = entries(0, &place_buckets(0, &after, None));
             assert!(
                 moved(&seeded) <= RELOAD_KICKS + 8,
                 "{} entries moved",
@@ -535,6 +560,47 @@ mod tests {
         }
     }
 
+    /// A placement is what placing the same buckets from it makes again, so a reload that
+    /// changes no bucket writes no `LEN_BITS` entry: after a first placement into empty
+    /// maps, into unknown ones, and after a change, at loads where buckets share entries.
+    #[test]
+    fn placing_the_same_buckets_again_moves_nothing() {
+        let empty = vec![BucketSlot::default(); LEN_BITS_PER_SLOT as usize];
+        for n in [
+            LEN_BITS_PER_SLOT * 2 / 5,
+            LEN_BITS_PER_SLOT * 3 / 4,
+            LEN_BITS_PER_SLOT * 5 / 4,
+        ] {
+            let before = random_buckets(n);
+            let mut after = before.clone();
+            after.retain(|k, _| k.top[0] != 7);
+            let mut bits = BucketBits::default();
+            bits.set(V6_BUCKET_LEN, 40);
+            for i in 0..64u8 {
+                after.insert(
+                    BucketKey {
+                        group: 1,
+                        family: AF_INET6 as u32,
+                        top: [0xfd, 0, 1, i],
+                    },
+                    bits,
+                );
+            }
+            let first = place_buckets(0, &before, Some(&empty));
+            let cases = [
+                (&before, first.clone()),
+                (&before, place_buckets(0, &before, None)),
+                (&after, place_buckets(0, &after, Some(&first))),
+            ];
+            for (compiled, placed) in cases {
+                let again = place_buckets(0, compiled, Some(&placed));
+                let moved = placed.iter().zip(&again).filter(|(a, b)| a != b).count();
+                assert_eq!(moved, 0, "{n} buckets: {moved} entries moved");
+                assert_each_finds_its_lengths(0, compiled, &entries(0, &again));
+            }
+        }
+    }
+
     /// Every bucket finds at least its own lengths in its places, also where buckets share
     /// one (more buckets than places); a source whose bucket has no entry finds nothing,
     /// or what the buckets sharing its places have.
@@ -542,7 +608,7 @@ mod tests {
     fn every_bucket_finds_its_lengths_and_a_stranger_only_what_shares_its_place() {
         let compiled = random_buckets(LEN_BITS_PER_SLOT * 5 / 4);
         for slot in 0..2 {
-            let placed = place_buckets(slot, &compiled, None);
+            let placed = entries(slot, &place_buckets(slot, &compiled, None));
             let shared = placed.values().filter(|s| s.tag == BUCKET_SHARED).count();
             assert!(shared > 0, "the test must make buckets share places");
             assert_each_finds_its_lengths(slot, &compiled, &placed);

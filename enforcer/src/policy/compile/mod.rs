@@ -16,6 +16,12 @@ use enforcer_common::{
 
 use super::{validate::parse_prefix, Entry, Policy};
 
+/// The maps a policy compiles to, and the writer's copies of them: a 100,000-prefix policy
+/// is hashed several times over in a reload (compiled, placed, diffed against the slot),
+/// and with the standard SipHash that was most of the reload. Policies are the operator's
+/// files, so the flooding resistance SipHash buys is not needed here.
+pub type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// Entries for one slot. Group ids here carry no slot bits; the writer adds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
@@ -28,11 +34,11 @@ pub struct Compiled {
     pub ports: Vec<u32>,
     pub groups: Vec<GroupInfo>,
     /// Allow entries (key.group is the group id).
-    pub allow: HashMap<AllowKey, Allowed>,
+    pub allow: FastMap<AllowKey, Allowed>,
     /// (group, cgroup path); the writer resolves paths to cgroup ids.
-    pub cgroups: HashMap<(u32, String), Allowed>,
+    pub cgroups: FastMap<(u32, String), Allowed>,
     /// Prefix lengths under each source bucket of the bucketed groups (`LEN_BITS`).
-    pub buckets: HashMap<BucketKey, BucketBits>,
+    pub buckets: FastMap<BucketKey, BucketBits>,
     /// Per group id, the names of its rules (None: an unused id). The next compile keeps
     /// these ids for the same sets of rules, so a reload rewrites only what changed.
     pub group_names: Vec<Option<Vec<String>>>,
@@ -213,9 +219,9 @@ pub fn compile_after(
         }
     }
     let mut groups = vec![GroupInfo::default(); n_ids];
-    let mut buckets: HashMap<BucketKey, BucketBits> = HashMap::new();
-    let mut allow: HashMap<AllowKey, Allowed> = HashMap::new();
-    let mut cgroups: HashMap<(u32, String), Allowed> = HashMap::new();
+    let mut buckets: FastMap<BucketKey, BucketBits> = FastMap::default();
+    let mut allow: FastMap<AllowKey, Allowed> = FastMap::default();
+    let mut cgroups: FastMap<(u32, String), Allowed> = FastMap::default();
     for (i, set) in group_sets.iter().enumerate() {
         let g = remap[i];
         let mut info = GroupInfo {
