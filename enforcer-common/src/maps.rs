@@ -204,7 +204,7 @@ pub const V6_BUCKET_LEN: u8 = 32;
 /// A bucket: (slot, group, family, the source's leading bits). `LEN_BITS` holds, at
 /// `bucket_index` of it, which prefix lengths of the group have entries under it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BucketKey {
     /// `slot << 16 | group`.
     pub group: u32,
@@ -343,7 +343,7 @@ impl AllowValue {
 /// `ALLOW`: (slot, group, family, prefix length, masked address) -> `AllowValue`.
 /// 8-aligned, so the programs build `addr` with two word stores, not sixteen byte stores.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllowKey {
     /// `slot << 16 | group`.
     pub group: u32,

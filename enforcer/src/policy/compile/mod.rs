@@ -22,6 +22,9 @@ use super::{validate::parse_prefix, Entry, Policy};
 /// files, so the flooding resistance SipHash buys is not needed here.
 pub type FastMap<K, V> = foldhash::HashMap<K, V>;
 
+mod sorted;
+pub use sorted::{merge_walk, SortedMap, Step};
+
 /// Entries for one slot. Group ids here carry no slot bits; the writer adds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
@@ -34,11 +37,11 @@ pub struct Compiled {
     pub ports: Vec<u32>,
     pub groups: Vec<GroupInfo>,
     /// Allow entries (key.group is the group id).
-    pub allow: FastMap<AllowKey, Allowed>,
+    pub allow: SortedMap<AllowKey, Allowed>,
     /// (group, cgroup path); the writer resolves paths to cgroup ids.
     pub cgroups: FastMap<(u32, String), Allowed>,
     /// Prefix lengths under each source bucket of the bucketed groups (`LEN_BITS`).
-    pub buckets: FastMap<BucketKey, BucketBits>,
+    pub buckets: SortedMap<BucketKey, BucketBits>,
     /// Per group id, the names of its rules (None: an unused id). The next compile keeps
     /// these ids for the same sets of rules, so a reload rewrites only what changed.
     pub group_names: Vec<Option<Vec<String>>>,
@@ -353,9 +356,9 @@ pub fn compile_after(
         global_cost_ns: cost(policy.rates.global),
         ports,
         groups,
-        allow,
+        allow: SortedMap::from_map(allow),
         cgroups,
-        buckets,
+        buckets: SortedMap::from_map(buckets),
         group_names,
     })
 }
