@@ -236,6 +236,12 @@ fn allow_by_source<const N: usize>(
     bits: Option<BucketBits>,
     base: u8,
 ) -> Option<u32> {
+    let bits = bits.unwrap_or_default();
+    // A source whose bucket has no lengths, in a group with none below it: nothing to
+    // probe, so the walk's state (stores a refused flood would pay for) is never built.
+    if bits.is_empty() && n == 0 {
+        return None;
+    }
     let mut walk = LenWalk::<N> {
         key: AllowKey {
             group: sg,
@@ -244,7 +250,7 @@ fn allow_by_source<const N: usize>(
         },
         src: addr_words(src),
         lens,
-        bits: bits.unwrap_or_default(),
+        bits,
         base,
         family,
         rule: NO_RULE,
