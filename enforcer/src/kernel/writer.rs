@@ -10,6 +10,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -54,7 +55,7 @@ struct SlotContent {
     allow: Vec<(AllowKey, AllowValue)>,
     cgroups: HashMap<CgroupKey, AllowValue>,
     /// The buckets `table` places.
-    buckets: SortedMap<BucketKey, BucketBits>,
+    buckets: Arc<SortedMap<BucketKey, BucketBits>>,
     table: Table,
 }
 
@@ -86,7 +87,7 @@ impl Writer {
             groups: Vec::new(),
             allow: Vec::new(),
             cgroups: HashMap::default(),
-            buckets: SortedMap::default(),
+            buckets: Arc::default(),
             table: vec![None; LEN_BITS_PER_SLOT as usize],
         };
         Writer {
@@ -200,13 +201,12 @@ fn write_slot(
         group: slot_group(slot, k.group),
         ..*k
     };
-    let allow: Vec<(AllowKey, AllowValue)> =
-        compiled.allow.iter().map(|(k, a)| (*k, value(a))).collect();
-    write_allow(
+    let allow = write_allow(
         &mut maps.allow,
         slot,
         old.as_ref().map(|o| &o.allow[..]),
-        &allow,
+        compiled.allow.as_slice(),
+        value,
         in_slot,
         &mut stats,
     )
@@ -303,25 +303,39 @@ fn entry(table: &Table, i: u32) -> BucketSlot {
     table[i as usize].map_or_else(BucketSlot::default, |(s, _)| s)
 }
 
-/// Makes the slot's allow entries `new` (in key order), removing and writing only what
-/// differs from `old`; `in_slot` gives a key its slot's group id.
+/// Makes the slot's allow entries those of `new` (in key order, each value as `value`
+/// makes it), removing and writing only what differs from `old`; `in_slot` gives a key its
+/// slot's group id. Returns the entries as written.
 fn write_allow(
     map: &mut aya::maps::HashMap<aya::maps::MapData, AllowKey, AllowValue>,
     slot: u32,
     old: Option<&[(AllowKey, AllowValue)]>,
-    new: &[(AllowKey, AllowValue)],
+    new: &[(AllowKey, Allowed)],
+    value: impl Fn(&Allowed) -> AllowValue,
     in_slot: impl Fn(&AllowKey) -> AllowKey,
     stats: &mut ApplyStats,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(AllowKey, AllowValue)>> {
+    let mut written = Vec::with_capacity(new.len());
     let (mut stale, mut wanted) = (Vec::new(), Vec::new());
     match old {
+        // One pass: each value made once, compared, and kept.
         Some(old) => merge_walk(old, new, |step| match step {
             Step::Gone(k, _) => stale.push(in_slot(k)),
-            Step::Came(k, v) => wanted.push((in_slot(k), *v)),
-            Step::Both(k, had, want) if had != want => wanted.push((in_slot(k), *want)),
-            Step::Both(..) => {}
+            Step::Came(k, a) => {
+                let v = value(a);
+                wanted.push((in_slot(k), v));
+                written.push((*k, v));
+            }
+            Step::Both(k, had, a) => {
+                let v = value(a);
+                if *had != v {
+                    wanted.push((in_slot(k), v));
+                }
+                written.push((*k, v));
+            }
         }),
         None => {
+            written.extend(new.iter().map(|(k, a)| (*k, value(a))));
             // Unknown: whatever the kernel holds for this slot that is not wanted.
             let ours = |k: &AllowKey| AllowKey {
                 group: k.group & 0xffff,
@@ -335,7 +349,7 @@ fn write_allow(
                         && new.binary_search_by(|(n, _)| n.cmp(&ours(k))).is_err()
                 })
                 .collect();
-            wanted = new.iter().map(|(k, v)| (in_slot(k), *v)).collect();
+            wanted = written.iter().map(|(k, v)| (in_slot(k), *v)).collect();
         }
     }
     // Stale entries go first: the map holds two slots' worth, so a slot at the limit that
@@ -349,7 +363,7 @@ fn write_allow(
         map.insert(k, v, 0)?;
         stats.entries_written += 1;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// `LEN_BITS` entries of `slot` for the compiled buckets: each in one of its two places

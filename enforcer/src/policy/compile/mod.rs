@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use enforcer_common::{
@@ -41,7 +42,8 @@ pub struct Compiled {
     /// (group, cgroup path); the writer resolves paths to cgroup ids.
     pub cgroups: FastMap<(u32, String), Allowed>,
     /// Prefix lengths under each source bucket of the bucketed groups (`LEN_BITS`).
-    pub buckets: SortedMap<BucketKey, BucketBits>,
+    /// Shared: the writer keeps each slot's buckets, and a reload copies a pointer.
+    pub buckets: Arc<SortedMap<BucketKey, BucketBits>>,
     /// Per group id, the names of its rules (None: an unused id). The next compile keeps
     /// these ids for the same sets of rules, so a reload rewrites only what changed.
     pub group_names: Vec<Option<Vec<String>>>,
@@ -358,7 +360,7 @@ pub fn compile_after(
         groups,
         allow: SortedMap::from_map(allow),
         cgroups,
-        buckets: SortedMap::from_map(buckets),
+        buckets: Arc::new(SortedMap::from_map(buckets)),
         group_names,
     })
 }

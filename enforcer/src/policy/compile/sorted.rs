@@ -62,38 +62,42 @@ impl<K: Ord, V> Index<&K> for SortedMap<K, V> {
 }
 
 /// One key of a merge walk over two sorted entry lists.
-pub enum Step<'a, K, V> {
+pub enum Step<'a, K, A, B> {
     /// Only in the old list.
-    Gone(&'a K, &'a V),
+    Gone(&'a K, &'a A),
     /// Only in the new list.
-    Came(&'a K, &'a V),
+    Came(&'a K, &'a B),
     /// In both (the values may differ).
-    Both(&'a K, &'a V, &'a V),
+    Both(&'a K, &'a A, &'a B),
 }
 
 /// Walks `old` and `new` (each in key order) together, calling `f` once per key.
-pub fn merge_walk<'a, K: Ord, V>(
-    old: &'a [(K, V)],
-    new: &'a [(K, V)],
-    mut f: impl FnMut(Step<'a, K, V>),
+pub fn merge_walk<'a, K: Ord, A, B>(
+    old: &'a [(K, A)],
+    new: &'a [(K, B)],
+    mut f: impl FnMut(Step<'a, K, A, B>),
 ) {
+    use std::cmp::Ordering;
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
         let order = match (old.get(i), new.get(j)) {
+            // Equal keys first: in a reload almost every key is in both lists, and an
+            // equality test is cheaper than an ordering.
+            (Some(a), Some(b)) if a.0 == b.0 => Ordering::Equal,
             (Some(a), Some(b)) => a.0.cmp(&b.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
         };
         match order {
-            std::cmp::Ordering::Less => {
+            Ordering::Less => {
                 f(Step::Gone(&old[i].0, &old[i].1));
                 i += 1;
             }
-            std::cmp::Ordering::Greater => {
+            Ordering::Greater => {
                 f(Step::Came(&new[j].0, &new[j].1));
                 j += 1;
             }
-            std::cmp::Ordering::Equal => {
+            Ordering::Equal => {
                 f(Step::Both(&old[i].0, &old[i].1, &new[j].1));
                 i += 1;
                 j += 1;
