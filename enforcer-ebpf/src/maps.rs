@@ -50,6 +50,22 @@ pub static HOST_ADDRS: Array<HostAddrSlot> = Array::with_max_entries(1 << HOST_A
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Flows this CPU found fresh in `FLOWS`, or wrote there, and in which clock tick
+/// (`refresh_flow`). A cache of the programs' own: not pinned, so programs loaded anew
+/// start with an empty one.
+#[map]
+pub static FLOW_MEMO: PerCpuArray<FlowMemo> = PerCpuArray::with_max_entries(FLOW_MEMO_ENTRIES, 0);
+
+pub const FLOW_MEMO_ENTRIES: u32 = 64;
+
+#[repr(C)]
+pub struct FlowMemo {
+    /// The flow, as `FlowKey`'s six words.
+    pub key: [u64; 6],
+    /// `bpf_jiffies64` when noted; 0 while being written.
+    pub tick: u64,
+}
+
 /// Host-side interface index -> cookie of the network namespace on its other end (a
 /// container's veth; 0: none), kept by the daemon: the only devices where a container's
 /// flows are honoured. An array, so a refused packet pays one load for the question.

@@ -67,6 +67,11 @@ impl Packet for Skb<'_> {
         }
         // `load` (bpf_skb_load_bytes with a constant size) also reads non-linear data;
         // `load_bytes` is rejected here (a zero-sized read the verifier cannot rule out).
-        self.0.load::<[u8; N]>(off).ok()
+        self.0.load::<Aligned<N>>(off).ok().map(|a| a.0)
     }
 }
+
+/// A stack buffer for helpers to fill: 8-aligned, so the word loads that read it are
+/// aligned (the verifier refuses misaligned stack access; see build.rs).
+#[repr(C, align(8))]
+pub struct Aligned<const N: usize>(pub [u8; N]);

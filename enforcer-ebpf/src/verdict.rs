@@ -474,7 +474,7 @@ fn in_host_addrs(family: u8, a: &[u8; 16]) -> bool {
 
 /// An address as two words, for a two-compare equality (the BPF target has no memcmp).
 #[inline(always)]
-fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+pub fn addr_words(a: &[u8; 16]) -> [u64; 2] {
     [
         u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
         u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
@@ -483,10 +483,18 @@ fn addr_words(a: &[u8; 16]) -> [u64; 2] {
 
 #[inline(always)]
 fn in_local_addrs(family: u8, a: &[u8; 16]) -> bool {
-    let key = LocalAddrKey {
+    let mut key = LocalAddrKey {
         family: family as u32,
-        addr: *a,
+        addr: [0; 16],
     };
+    // The address sits 4 bytes into the key: copied as words, a compiler allowed
+    // misaligned accesses (see enforcer-ebpf/build.rs) stores 8 bytes at 4 mod 8, which the
+    // verifier refuses on the stack. Volatile 4-byte stores keep each one aligned.
+    for (i, w) in a.chunks_exact(4).enumerate() {
+        let w = u32::from_ne_bytes([w[0], w[1], w[2], w[3]]);
+        // SAFETY: word `i` of the 16-byte address, inside `key`.
+        unsafe { (key.addr.as_mut_ptr() as *mut u32).add(i).write_volatile(w) };
+    }
     // SAFETY: a hash map lookup whose value is not kept.
     unsafe { LOCAL_ADDRS.get(&key) }.is_some()
 }

@@ -155,6 +155,14 @@ impl TestKernel {
         }
     }
 
+    /// When `flow` was last remembered in `FLOWS` (coarse-clock ns), if it is there.
+    pub fn flow_time(&mut self, flow: &FlowKey) -> Option<u64> {
+        let map = self.loaded.ebpf.map_mut("FLOWS").expect("FLOWS");
+        let flows: aya::maps::HashMap<_, FlowKey, u64> =
+            aya::maps::HashMap::try_from(map).expect("FLOWS is a hash");
+        flows.get(flow, 0).ok()
+    }
+
     /// Makes `addrs` the host's addresses, as the daemon changes them.
     pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) {
         host::sync_addrs(
