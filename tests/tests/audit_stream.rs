@@ -24,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use enforcer::control::server::SUBSCRIBER_QUEUE;
 use serde_json::Value;
 use testbed::{
     daemon::{place, probe, Daemon, Probe, TempDir},
@@ -683,8 +684,8 @@ fn a_stuck_subscriber_loses_only_its_own_lines() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Far more lines than the stuck client's queue (8192) and socket buffer hold.
-    const N: usize = 15_000;
+    // Far more lines than the stuck client's queue and socket buffer hold.
+    const N: usize = SUBSCRIBER_QUEUE + 15_000;
     let sent = udp_send(
         &bed.bad,
         "10.2.0.2:40200".parse().unwrap(),
@@ -794,7 +795,7 @@ fn a_stuck_subscriber_loses_only_its_own_lines() {
     );
     assert_eq!(lost, lost_sinks, "status lost_sinks");
     assert!(
-        stuck_packets >= 8192,
+        stuck_packets >= SUBSCRIBER_QUEUE as u64,
         "the stuck client's queue held only {stuck_packets}"
     );
     assert!(
