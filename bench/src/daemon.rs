@@ -234,6 +234,12 @@ impl BenchDaemon {
         })
     }
 
+    /// Packets its XDP program refused so far (`status`: counters.xdp.dropped-source).
+    pub fn refused_at_xdp(&self) -> anyhow::Result<u64> {
+        let v = request(&self.socket, r#"{"version":1,"command":"status"}"#)?;
+        Ok(v["counters"]["xdp"]["dropped-source"].as_u64().unwrap_or(0))
+    }
+
     /// Lines counted so far: (stdout, subscriber).
     pub fn lines(&self) -> (u64, u64) {
         (

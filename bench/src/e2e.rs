@@ -347,7 +347,12 @@ pub fn run(
             let result = (|| -> anyhow::Result<()> {
                 let audited = v == Variant::EnforcerAudited;
                 let audit0 = if audited {
-                    Some((daemon.counts()?, daemon.lines(), daemon.cpu_ns()))
+                    Some((
+                        daemon.counts()?,
+                        daemon.refused_at_xdp()?,
+                        daemon.lines(),
+                        daemon.cpu_ns(),
+                    ))
                 } else {
                     None
                 };
@@ -365,12 +370,14 @@ pub fn run(
                 if rx == 0 {
                     bail!("{}: nothing arrived", v.label());
                 }
-                // The audited run: every arrival is a refusal with its event; wait for the
-                // daemon to write them all (or count them lost).
+                // The audited run: every refusal has its event; wait for the daemon to write
+                // them all (or count them lost). Refusals, not arrivals: a frame the kernel
+                // sends on the veth by itself (IPv6 neighbour discovery) arrives unjudged.
                 let mut daemon_ns = 0;
                 let row = &mut rows[i];
-                if let Some((c0, (out0, sub0), cpu0)) = audit0 {
-                    let c = daemon.settle(c0, rx)?;
+                if let Some((c0, refused0, (out0, sub0), cpu0)) = audit0 {
+                    let refused = daemon.refused_at_xdp()? - refused0;
+                    let c = daemon.settle(c0, refused)?;
                     let (out, sub) = daemon.lines();
                     daemon_ns = daemon.cpu_ns() - cpu0;
                     row.stdout_per_s.push((out - out0) as f64 / secs);
