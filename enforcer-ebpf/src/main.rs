@@ -191,14 +191,20 @@ fn refresh_flow(words: &[u64; 6]) {
         return;
     }
     if let Some(m) = memo {
-        // Another program run on this CPU (a softirq) may read the slot between these
-        // stores: the tick is cleared first and set last, so it never matches a half-
-        // written key.
+        // A program run that interrupts this one on this CPU (a softirq) may read the slot
+        // between these stores: the tick is cleared first and set last (volatile, so in
+        // this order), and it never matches a half-written key. A run this one interrupts
+        // mid-comparison could at worst skip one packet's refresh for the tick, as an
+        // eviction would.
         // SAFETY: as above; the pointer is valid and aligned.
         unsafe {
-            core::ptr::addr_of_mut!((*m).tick).write_volatile(0);
-            (*m).key = *words;
-            core::ptr::addr_of_mut!((*m).tick).write_volatile(tick);
+            let tick_at = core::ptr::addr_of_mut!((*m).tick);
+            tick_at.write_volatile(0);
+            let key_at = core::ptr::addr_of_mut!((*m).key) as *mut u64;
+            for (i, w) in words.iter().enumerate() {
+                key_at.add(i).write_volatile(*w);
+            }
+            tick_at.write_volatile(tick);
         }
     }
 }
