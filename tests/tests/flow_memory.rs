@@ -139,8 +139,9 @@ fn flows_sharing_a_memo_place_are_each_remembered() {
                 "flow from port {sport} was not remembered beside the others in its place"
             );
         }
-        // Each forgotten and sent again, the memo's own flow (the last sent) last: the
-        // others find another flow in the place, so they look their entry up and write it.
+        // All forgotten; the two the memo does not hold (it holds the last sent) are sent
+        // again: they find another flow in the place, so they look their entry up and
+        // write it back.
         for &sport in &sports {
             k.set_flow(flow(sport, netns), false);
         }
