@@ -10,7 +10,7 @@ fn main() {
     // The kernel accepts misaligned packet and map-value access on hosts with efficient
     // unaligned access (x86-64, arm64), but never on the stack. So a stack buffer read as
     // words is 8-aligned (`packet::Aligned`) and a key whose fields neighbour at 4 mod 8 is
-    // built from aligned words (`flow_key`, `in_local_addrs`): a verifier error
+    // built from aligned words (`flow_words`, `in_local_addrs`): a verifier error
     // "misaligned stack access" names the next place that needs it.
     println!("cargo:rustc-link-arg=--cpu-features=+allows-misaligned-mem-access");
 }
