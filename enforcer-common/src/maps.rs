@@ -238,6 +238,20 @@ pub const fn bucket_place(group: u32, family: u8, top: [u8; 4]) -> ([u32; 2], u3
     ([first, second], h as u32 | 1)
 }
 
+/// Places in each of the programs' per-CPU memos (a power of two).
+pub const MEMO_PLACES: u32 = 64;
+
+/// The memo place of a question summed up in word `x` (a source's two words xored, a
+/// cgroup id, a flow's ports): its bits folded down, so every byte counts. Shared so tests
+/// can pick questions that meet in one place.
+#[inline(always)]
+pub const fn memo_place(x: u64) -> u32 {
+    let mut h = x ^ (x >> 32);
+    h ^= h >> 16;
+    h ^= h >> 8;
+    h as u32 & (MEMO_PLACES - 1)
+}
+
 /// A `LEN_BITS` entry: the lengths of the bucket whose tag it holds; or, where the daemon
 /// found no place of its own for a bucket (`BUCKET_SHARED`), of every bucket placed here, so
 /// a source may then probe a length its own bucket lacks, which finds no entry and costs

@@ -3,6 +3,9 @@
 //! and reports through `report`.
 #![no_std]
 #![no_main]
+// Inline BPF assembly (`memo`'s compare-and-swap), as aya-ebpf itself uses.
+#![expect(unstable_features, reason = "inline assembly for the BPF target")]
+#![feature(asm_experimental_arch)]
 // Map keys and values go to helpers by reference: passed by value, each call site copies
 // them onto the 512-byte BPF stack, and the cgroup programs no longer fit.
 #![expect(
@@ -12,6 +15,7 @@
 
 mod clock;
 mod maps;
+mod memo;
 mod packet;
 mod parse;
 mod report;
@@ -24,7 +28,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_comm, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_jiffies64,
+            bpf_get_current_comm, bpf_get_netns_cookie, bpf_get_socket_cookie,
             bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
@@ -39,7 +43,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{FLOWS, FLOW_MEMO, FLOW_MEMO_ENTRIES, PATHS, PATHS_FAR, SOCK_OWNERS},
+    maps::{FLOWS, FLOW_MEMO, PATHS, PATHS_FAR, SOCK_OWNERS},
     packet::{Skb, Xdp},
     parse::{Parsed, K_NOT_IP, K_PORTS},
     verdict::{addr_words, cgroup_rule, host_netns, is_host_addr, is_loopback, judge, HookEnv},
@@ -168,19 +172,12 @@ fn flow_authorized(p: &Parsed, netns: u64) -> bool {
 /// are not.
 #[inline(always)]
 fn refresh_flow(words: &[u64; 6]) {
-    // SAFETY: a helper with no arguments (the verifier inlines it into one load).
-    let tick = unsafe { bpf_jiffies64() };
+    let tick = memo::tick();
     // The place: the ports (the head word's upper half), so a host's concurrent flows
     // spread.
-    let place = ((words[0] >> 32) ^ (words[0] >> 48)) as u32 & (FLOW_MEMO_ENTRIES - 1);
-    let memo = FLOW_MEMO.get_ptr_mut(place);
-    if let Some(m) = memo {
-        // SAFETY: a per-CPU slot, valid for the program's run.
-        let m = unsafe { &*m };
-        let differ = (0..6).fold(0, |d, i| d | (m.key[i] ^ words[i]));
-        if m.tick == tick && differ == 0 {
-            return;
-        }
+    let at = words[0] >> 32;
+    if memo::recall(&FLOW_MEMO, at, tick, words).is_some() {
+        return;
     }
     let now = clock::coarse_ns();
     let key = as_flow_key(words);
@@ -190,23 +187,7 @@ fn refresh_flow(words: &[u64; 6]) {
     if !fresh && FLOWS.insert(key, &now, BPF_ANY as u64).is_err() {
         return;
     }
-    if let Some(m) = memo {
-        // A program run that interrupts this one on this CPU (a softirq) may read the slot
-        // between these stores: the tick is cleared first and set last (volatile, so in
-        // this order), and it never matches a half-written key. A run this one interrupts
-        // mid-comparison could at worst skip one packet's refresh for the tick, as an
-        // eviction would.
-        // SAFETY: as above; the pointer is valid and aligned.
-        unsafe {
-            let tick_at = core::ptr::addr_of_mut!((*m).tick);
-            tick_at.write_volatile(0);
-            let key_at = core::ptr::addr_of_mut!((*m).key) as *mut u64;
-            for (i, w) in words.iter().enumerate() {
-                key_at.add(i).write_volatile(*w);
-            }
-            tick_at.write_volatile(tick);
-        }
-    }
+    memo::note(&FLOW_MEMO, at, tick, words, &[]);
 }
 
 /// Receiving sockets: in scope when they are the host's (not a container's). What arrives

@@ -7,6 +7,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{consts::*, maps::*, reason::COUNTER_ENTRIES};
 
+use crate::memo::Place;
+
 /// The slot the programs read (see `enforcer_common::maps`).
 #[map]
 pub static ACTIVE: Array<ActiveSlot> = Array::with_max_entries(1, 0);
@@ -50,21 +52,20 @@ pub static HOST_ADDRS: Array<HostAddrSlot> = Array::with_max_entries(1 << HOST_A
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
-/// Flows this CPU found fresh in `FLOWS`, or wrote there, and in which clock tick
-/// (`refresh_flow`). A cache of the programs' own: not pinned, so programs loaded anew
-/// start with an empty one.
+/// Flows this CPU found fresh in `FLOWS`, or wrote there (`refresh_flow`): `FlowKey`'s six
+/// words.
 #[map]
-pub static FLOW_MEMO: PerCpuArray<FlowMemo> = PerCpuArray::with_max_entries(FLOW_MEMO_ENTRIES, 0);
+pub static FLOW_MEMO: PerCpuArray<Place<6, 0>> = PerCpuArray::with_max_entries(MEMO_PLACES, 0);
 
-pub const FLOW_MEMO_ENTRIES: u32 = 64;
+/// Sources this CPU found allowed by a prefix (`verdict::source_rule`): (family, slot and
+/// group; the source as two words) -> (rule, the entry's deadline).
+#[map]
+pub static SOURCE_MEMO: PerCpuArray<Place<3, 2>> = PerCpuArray::with_max_entries(MEMO_PLACES, 0);
 
-#[repr(C)]
-pub struct FlowMemo {
-    /// The flow, as `FlowKey`'s six words.
-    pub key: [u64; 6],
-    /// `bpf_jiffies64` when noted; 0 while being written.
-    pub tick: u64,
-}
+/// Cgroups this CPU found allowed (`verdict::cgroup_rule`): (slot and group, the ancestor
+/// at the group's deepest allowed level) -> (rule, the entry's deadline).
+#[map]
+pub static CGROUP_MEMO: PerCpuArray<Place<2, 2>> = PerCpuArray::with_max_entries(MEMO_PLACES, 0);
 
 /// Host-side interface index -> cookie of the network namespace on its other end (a
 /// container's veth; 0: none), kept by the daemon: the only devices where a container's

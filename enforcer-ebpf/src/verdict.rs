@@ -12,8 +12,10 @@ use enforcer_common::{
 
 use crate::{
     maps::{
-        ACTIVE, ALLOW, CGROUPS, GROUPS, HOST, HOST_ADDRS, LEN_BITS, LOCAL_ADDRS, PORTS, SLOT_INFO,
+        ACTIVE, ALLOW, CGROUPS, CGROUP_MEMO, GROUPS, HOST, HOST_ADDRS, LEN_BITS, LOCAL_ADDRS,
+        PORTS, SLOT_INFO, SOURCE_MEMO,
     },
+    memo,
     parse::*,
 };
 
@@ -152,30 +154,10 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     }
     let sg = slot_group(slot, group);
     if !env.host_process() {
-        let by_source = if p.family == AF_INET {
-            let bits = bucket(g.flags & GROUP_V4_BUCKETS != 0, sg, AF_INET, &p.src);
-            allow_by_source::<36>(sg, AF_INET, g.n_v4, &g.v4_lens, &p.src, bits, V4_BUCKET_LEN)
-        } else {
-            let bits = bucket(g.flags & GROUP_V6_BUCKETS != 0, sg, AF_INET6, &p.src);
-            allow_by_source::<132>(
-                sg,
-                AF_INET6,
-                g.n_v6,
-                &g.v6_lens,
-                &p.src,
-                bits,
-                V6_BUCKET_LEN,
-            )
-        };
-        // A source claiming one of the host's own addresses is a local process (or a
-        // forgery of one): a prefix holding the host's address must not admit it. Checked
-        // only on a match, so refusals pay nothing for it.
-        if let Some(rule) = by_source {
-            if !is_host_addr(p.family, &p.src) {
-                out.rule = rule;
-                out.reason = Reason::AllowedSource;
-                return out;
-            }
+        if let Some(rule) = source_rule(g, sg, p) {
+            out.rule = rule;
+            out.reason = Reason::AllowedSource;
+            return out;
         }
     }
     if let Some(rule) = env.cgroup_rule(sg, g.cgroup_levels) {
@@ -192,12 +174,12 @@ pub fn judge<H: HookEnv>(env: &H, p: &Parsed) -> Outcome {
     out
 }
 
-/// The lengths the group has under the source's bucket (`LEN_BITS`), or None when the
-/// group is not bucketed (every length is probed).
+/// The lengths the group has under the source's bucket (`LEN_BITS`); none when the group
+/// is not bucketed (its lengths are all in its own list).
 #[inline(always)]
-fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> Option<BucketBits> {
+fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> BucketBits {
     if !bucketed {
-        return None;
+        return BucketBits::default();
     }
     let top = if family == AF_INET {
         [src[0], src[1], 0, 0]
@@ -211,15 +193,80 @@ fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> Option<BucketB
             .map_or_else(BucketBits::default, |s| s.lengths_for(tag))
     };
     let (a, b) = (at(first), at(second));
-    Some(BucketBits {
+    BucketBits {
         lo: a.lo | b.lo,
         hi: a.hi | b.hi,
-    })
+    }
+}
+
+/// The rule whose prefix holds the packet's source, if any.
+///
+/// A source claiming one of the host's own addresses is a local process (or a forgery of
+/// one): a prefix holding the host's address must not admit it. Checked only on a match, so
+/// refusals pay nothing for it.
+///
+/// A match is noted in this CPU's `SOURCE_MEMO` for the clock tick, so the source's next
+/// packets to the group in the tick skip the probes (hashing and probing a 24-byte key: a
+/// third of an allowed packet's cost). A noted match never outlives what it was worked out
+/// from:
+/// - the key holds the slot, and a slot is rewritten only `GRACE` (20 ms) after the
+///   programs stopped reading it, by when its tick has ended (a tick is at most 10 ms);
+/// - the entry's deadline is noted with it and checked on every recall;
+/// - a source that becomes one of the host's addresses is refused once the tick ends.
+#[inline(always)]
+fn source_rule(g: &GroupInfo, sg: u32, p: &Parsed) -> Option<u32> {
+    let v4 = p.family == AF_INET;
+    let (bits, n) = if v4 {
+        let bucketed = g.flags & GROUP_V4_BUCKETS != 0;
+        (bucket(bucketed, sg, AF_INET, &p.src), g.n_v4)
+    } else {
+        let bucketed = g.flags & GROUP_V6_BUCKETS != 0;
+        (bucket(bucketed, sg, AF_INET6, &p.src), g.n_v6)
+    };
+    // A source whose bucket has no lengths, in a group with none below it: nothing to
+    // probe, so the walk's state (stores a refused flood would pay for) is never built.
+    if bits.is_empty() && n == 0 {
+        return None;
+    }
+    let (at, key) = source_memo_key(sg, p);
+    if let Some([rule, expires]) = memo::recall(&SOURCE_MEMO, at, memo::tick(), &key) {
+        let noted = AllowValue {
+            rule: rule as u32,
+            _pad: 0,
+            expires_boot_ns: expires,
+        };
+        if live(&noted) {
+            return Some(noted.rule);
+        }
+    }
+    let found = if v4 {
+        allow_by_source::<36>(sg, AF_INET, n, &g.v4_lens, &p.src, bits, V4_BUCKET_LEN)
+    } else {
+        allow_by_source::<132>(sg, AF_INET6, n, &g.v6_lens, &p.src, bits, V6_BUCKET_LEN)
+    }?;
+    if is_host_addr(p.family, &p.src) {
+        return None;
+    }
+    // Worked out again rather than kept across the walk: kept, they overflow ingress's
+    // stack.
+    let (at, key) = source_memo_key(sg, p);
+    let value = [found.rule as u64, found.expires_boot_ns];
+    memo::note(&SOURCE_MEMO, at, memo::tick(), &key, &value);
+    Some(found.rule)
+}
+
+/// A source's `SOURCE_MEMO` place (`memo_place` of) and key: family, slot and group in one
+/// word, then the address's two. The place is the source's alone, so a source's answers
+/// for different rules meet there.
+#[inline(always)]
+fn source_memo_key(sg: u32, p: &Parsed) -> (u64, [u64; 3]) {
+    let [a, b] = addr_words(&p.src);
+    (a ^ b, [(p.family as u64) << 32 | sg as u64, a, b])
 }
 
 /// Longest-prefix match: one hash probe per distinct prefix length, longest first. In a
-/// bucketed group (`bits`), the lengths at or above the bucket length `base` come from the
-/// source's bucket, so a source far from every long prefix probes only the short ones.
+/// bucketed group, the lengths at or above the bucket length `base` come from the source's
+/// bucket (`bits`), so a source far from every long prefix probes only the short ones.
 ///
 /// Past the first length, the walks run under `bpf_loop`: the verifier then checks one
 /// probe per walk instead of one per unrolled length (that was most of the programs' load
@@ -233,15 +280,9 @@ fn allow_by_source<const N: usize>(
     n: u32,
     lens: &[u8; N],
     src: &[u8; 16],
-    bits: Option<BucketBits>,
+    bits: BucketBits,
     base: u8,
-) -> Option<u32> {
-    let bits = bits.unwrap_or_default();
-    // A source whose bucket has no lengths, in a group with none below it: nothing to
-    // probe, so the walk's state (stores a refused flood would pay for) is never built.
-    if bits.is_empty() && n == 0 {
-        return None;
-    }
+) -> Option<AllowValue> {
     let mut walk = LenWalk::<N> {
         key: AllowKey {
             group: sg,
@@ -253,16 +294,16 @@ fn allow_by_source<const N: usize>(
         bits,
         base,
         family,
-        rule: NO_RULE,
+        found: NOT_FOUND,
     };
     if let Some(len) = walk.bits.pop_longest(base) {
         if probe(&mut walk, len) {
-            return Some(walk.rule);
+            return Some(walk.found);
         }
         if !walk.bits.is_empty() {
             run_loop(128, probe_bucket::<N>, &mut walk);
-            if walk.rule != NO_RULE {
-                return Some(walk.rule);
+            if walk.found.rule != NO_RULE {
+                return Some(walk.found);
             }
         }
     }
@@ -270,13 +311,13 @@ fn allow_by_source<const N: usize>(
         return None;
     }
     if probe(&mut walk, lens[0]) {
-        return Some(walk.rule);
+        return Some(walk.found);
     }
     if n > 1 {
         let rest = if n as usize > N { N as u32 - 1 } else { n - 1 };
         run_loop(rest, probe_rest::<N>, &mut walk);
     }
-    found(walk.rule)
+    (walk.found.rule != NO_RULE).then_some(walk.found)
 }
 
 /// Runs `callback(i, state)` for `i` in `0..n` until it returns 1, under `bpf_loop`: the
@@ -294,16 +335,6 @@ fn run_loop<T>(n: u32, callback: extern "C" fn(u64, *mut c_void) -> i64, state: 
     };
 }
 
-/// A walk's result: its rule, unless it is still `NO_RULE`.
-#[inline(always)]
-fn found(rule: u32) -> Option<u32> {
-    if rule == NO_RULE {
-        None
-    } else {
-        Some(rule)
-    }
-}
-
 /// The length walk's state, on the caller's stack.
 #[repr(C)]
 struct LenWalk<'a, const N: usize> {
@@ -315,11 +346,11 @@ struct LenWalk<'a, const N: usize> {
     bits: BucketBits,
     base: u8,
     family: u8,
-    /// The matching rule, `NO_RULE` until one matches.
-    rule: u32,
+    /// The matching entry; its rule is `NO_RULE` until one matches.
+    found: AllowValue,
 }
 
-/// Probes length `len`; true (and `w.rule` set) on a live match.
+/// Probes length `len`; true (and `w.found` set) on a live match.
 #[inline(always)]
 fn probe<const N: usize>(w: &mut LenWalk<N>, len: u8) -> bool {
     w.key.family_len = (w.family as u32) << 8 | len as u32;
@@ -331,7 +362,7 @@ fn probe<const N: usize>(w: &mut LenWalk<N>, len: u8) -> bool {
     // SAFETY: a hash map lookup; the value is copied out at once.
     if let Some(v) = unsafe { ALLOW.get(&w.key) } {
         if live(v) {
-            w.rule = v.rule;
+            w.found = *v;
             return true;
         }
     }
@@ -370,19 +401,56 @@ fn live(v: &AllowValue) -> bool {
 /// the id of the sender's cgroup ancestor at `level` (0 when deeper than the cgroup).
 /// Only the levels some allowed cgroup sits at are probed, deepest first: the first inline,
 /// the others under `bpf_loop` (see `allow_by_source`).
+///
+/// The ancestor at the deepest level names every ancestor above it (a cgroup stays under
+/// its parent, and ids are not reused), so the answer for it is noted in this CPU's
+/// `CGROUP_MEMO` for the clock tick, on the terms `source_rule` gives.
 #[inline(always)]
 pub fn cgroup_rule<F: Fn(i32) -> u64>(sg: u32, levels: u32, ancestor: F) -> Option<u32> {
+    if levels == 0 {
+        return None;
+    }
     let mut walk = CgroupWalk {
         sg,
         levels,
-        rule: NO_RULE,
+        found: NOT_FOUND,
         ancestor,
     };
-    if probe_deepest_level(&mut walk) == 0 && walk.levels != 0 {
+    let level = walk.pop_deepest();
+    let id = (walk.ancestor)(level);
+    let key = [sg as u64, id];
+    if id != 0 {
+        if let Some([rule, expires]) = memo::recall(&CGROUP_MEMO, id, memo::tick(), &key) {
+            let noted = AllowValue {
+                rule: rule as u32,
+                _pad: 0,
+                expires_boot_ns: expires,
+            };
+            if live(&noted) {
+                return Some(noted.rule);
+            }
+        }
+        probe_cgroup(&mut walk, id);
+    }
+    if walk.found.rule == NO_RULE && walk.levels != 0 {
         run_loop(MAX_CGROUP_LEVEL + 1, probe_level::<F>, &mut walk);
     }
-    found(walk.rule)
+    if walk.found.rule == NO_RULE {
+        return None;
+    }
+    if id != 0 {
+        let value = [walk.found.rule as u64, walk.found.expires_boot_ns];
+        memo::note(&CGROUP_MEMO, id, memo::tick(), &key, &value);
+    }
+    Some(walk.found.rule)
 }
+
+/// No entry found yet.
+const NOT_FOUND: AllowValue = AllowValue {
+    rule: NO_RULE,
+    _pad: 0,
+    expires_boot_ns: 0,
+};
 
 /// The cgroup walk's state, on the caller's stack.
 #[repr(C)]
@@ -390,23 +458,24 @@ struct CgroupWalk<F> {
     sg: u32,
     /// The levels not yet probed.
     levels: u32,
-    /// The matching rule, `NO_RULE` until one matches.
-    rule: u32,
+    /// The matching entry; its rule is `NO_RULE` until one matches.
+    found: AllowValue,
     ancestor: F,
 }
 
-/// Probes the deepest level left: 1 when it matched or none was left, else 0.
+impl<F> CgroupWalk<F> {
+    /// Takes the deepest level left out of `levels` (which must not be empty).
+    #[inline(always)]
+    fn pop_deepest(&mut self) -> i32 {
+        let level = 31 - self.levels.leading_zeros();
+        self.levels &= !(1u32 << level);
+        level as i32
+    }
+}
+
+/// Probes ancestor `id`; true (and `w.found` set) on a live match.
 #[inline(always)]
-fn probe_deepest_level<F: Fn(i32) -> u64>(w: &mut CgroupWalk<F>) -> i64 {
-    if w.levels == 0 {
-        return 1;
-    }
-    let level = 31 - w.levels.leading_zeros();
-    w.levels &= !(1u32 << level);
-    let id = (w.ancestor)(level as i32);
-    if id == 0 {
-        return 0;
-    }
+fn probe_cgroup<F>(w: &mut CgroupWalk<F>, id: u64) -> bool {
     let key = CgroupKey {
         group: w.sg,
         _pad: 0,
@@ -415,16 +484,23 @@ fn probe_deepest_level<F: Fn(i32) -> u64>(w: &mut CgroupWalk<F>) -> i64 {
     // SAFETY: a hash map lookup; the value is copied out at once.
     if let Some(v) = unsafe { CGROUPS.get(&key) } {
         if live(v) {
-            w.rule = v.rule;
-            return 1;
+            w.found = *v;
+            return true;
         }
     }
-    0
+    false
 }
 
+/// The next deepest level: 1 stops the loop (a match, or none left).
 extern "C" fn probe_level<F: Fn(i32) -> u64>(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `cgroup_rule` passes its `CgroupWalk`, which outlives the loop.
-    probe_deepest_level(unsafe { &mut *(ctx as *mut CgroupWalk<F>) })
+    let w = unsafe { &mut *(ctx as *mut CgroupWalk<F>) };
+    if w.levels == 0 {
+        return 1;
+    }
+    let level = w.pop_deepest();
+    let id = (w.ancestor)(level);
+    (id != 0 && probe_cgroup(w, id)) as i64
 }
 
 /// Loopback, broadcast and multicast: bound for the host without being in LOCAL_ADDRS.

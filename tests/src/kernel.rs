@@ -92,19 +92,49 @@ impl TestKernel {
         k
     }
 
-    /// Applies another policy (a new generation). Allowed cgroups are not resolved here.
+    /// Applies another policy (a new generation), with the allowed cgroups that exist
+    /// resolved to their ids, as the daemon does.
     pub fn set_policy(&mut self, policy: Policy) {
         let compiled = compile(&policy).expect("compile");
+        let mount = enforcer::host::cgroup2_mount().expect("cgroup2 mount");
+        let ids = compiled
+            .cgroups
+            .keys()
+            .filter_map(|(_, p)| enforcer::host::cgroup_id(&mount, p).map(|id| (p.clone(), id)))
+            .collect();
         self.generation += 1;
         self.writer
-            .apply(
-                &mut self.loaded.maps,
-                &compiled,
-                &Default::default(),
-                self.generation,
-            )
+            .apply(&mut self.loaded.maps, &compiled, &ids, self.generation)
             .expect("apply");
         self.policy = policy;
+    }
+
+    /// Pins `prog` at `path` (for a process of another cgroup to run it: see the probe's
+    /// `test-run`).
+    pub fn pin(&mut self, prog: Prog, path: &Path) {
+        let name = match prog {
+            Prog::Xdp => XDP,
+            Prog::Ingress => INGRESS,
+            Prog::Egress => EGRESS,
+        };
+        let p = self.loaded.ebpf.program_mut(name).expect("program");
+        p.pin(path)
+            .unwrap_or_else(|e| panic!("pinning {name} at {}: {e}", path.display()));
+    }
+
+    /// The deadlines (`CLOCK_BOOTTIME` ns) of the `ALLOW` and `CGROUPS` entries that have
+    /// one, in the slot in force.
+    pub fn deadlines(&self) -> Vec<u64> {
+        let slot = self.loaded.maps.active.get(&0, 0).expect("ACTIVE").slot;
+        let prefixes = self.loaded.maps.allow.iter().flatten();
+        let prefixes = prefixes.map(|(k, v)| (k.group >> 16, v));
+        let cgroups = self.loaded.maps.cgroups.iter().flatten();
+        let cgroups = cgroups.map(|(k, v)| (k.group >> 16, v));
+        prefixes
+            .chain(cgroups)
+            .filter(|(s, v)| *s == slot && v.expires_boot_ns != 0)
+            .map(|(_, v)| v.expires_boot_ns)
+            .collect()
     }
 
     pub fn generation(&self) -> u64 {

@@ -113,6 +113,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Keeps this thread (the whole process, if it has one thread) on the CPU it runs on: the
+/// programs' memos are per CPU, and a test that hops CPUs would not exercise them.
+pub fn stay_on_this_cpu() {
+    // SAFETY: sched_getcpu and sched_setaffinity on this thread, with a set we own.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
 /// The daemon binary: ENFORCER_BIN (set by `cargo xtask test`), else the workspace's
 /// debug build.
 pub fn enforcer_bin() -> std::path::PathBuf {

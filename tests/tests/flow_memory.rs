@@ -10,6 +10,7 @@ use enforcer_common::{consts::AF_INET, maps::FlowKey, reason::Reason};
 use testbed::{
     kernel::{Prog, TestKernel, SKB_PASS},
     packets::Packet,
+    stay_on_this_cpu,
 };
 
 const HOST: &str = "10.9.0.1";
@@ -31,23 +32,6 @@ fn kernel() -> TestKernel {
     let own = k.host_netns_cookie();
     k.set_host_netns_cookie(own ^ 0x5a5a);
     k
-}
-
-/// Keeps this thread on the CPU it runs on: the memo is per CPU, and a test that hops
-/// CPUs would not exercise it.
-fn stay_on_this_cpu() {
-    // SAFETY: sched_getcpu and sched_setaffinity on this thread, with a set we own.
-    unsafe {
-        let cpu = libc::sched_getcpu();
-        assert!(cpu >= 0, "sched_getcpu failed");
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
 }
 
 fn flow(sport: u16, netns: u64) -> FlowKey {

@@ -39,7 +39,9 @@ const MAX_KICKS: usize = 256;
 const RELOAD_KICKS: usize = 16;
 
 /// A program run lasts microseconds; a slot is rewritten only this long after the programs
-/// stopped reading it (an RCU grace period with a wide margin).
+/// stopped reading it (an RCU grace period with a wide margin). It also outlasts a clock
+/// tick (10 ms at HZ=100, the least), so the answers the programs noted for the slot in
+/// their per-CPU memos (keyed by slot, good for their tick) have lapsed before it changes.
 const GRACE: Duration = Duration::from_millis(20);
 
 /// A slot's `LEN_BITS` entries, from its first; each held entry with the two places of the
@@ -98,12 +100,13 @@ impl Writer {
     }
 
     /// A writer for maps an earlier daemon filled, with `active` the slot in force: both
-    /// slots' contents are unknown, so the first apply writes the idle one whole.
+    /// slots' contents are unknown, so the first apply writes the idle one whole. When that
+    /// daemon last flipped is unknown too, so the first apply waits a whole `GRACE`.
     pub fn adopt(active: u32) -> Self {
         Writer {
             active: active & 1,
             slots: [None, None],
-            last_flip: None,
+            last_flip: Some(Instant::now()),
         }
     }
 

@@ -10,6 +10,14 @@
 //!   probe udp-from SRC SPORT ADDR PORT N PAYLOAD -> N datagrams from SRC:SPORT, 50 ms apart; "sent"
 //!   probe raw-udp SRC SPORT ADDR PORT PAYLOAD -> one IPv4 datagram with a forged source
 //!                                                (raw socket, IP_HDRINCL); "sent" | error
+//!   probe test-run PIN STEP...                -> one word per run, on one line
+//!       Runs the pinned cgroup_skb program PIN with BPF_PROG_TEST_RUN, which gives each run a
+//!       socket of this process's cgroup, staying on one CPU. A STEP is:
+//!         FRAME (hex)           one run: pass | drop
+//!         @PROCS                moves this process into that cgroup.procs file (no word)
+//!         ~DEADLINE:FRAME       runs FRAME until CLOCK_BOOTTIME is 30 ms past DEADLINE (ns):
+//!                               late (a run begun after DEADLINE passed) | cold (no run passed
+//!                               in the 10 ms before it) | lapsed
 
 use std::{
     io::Write as _,
@@ -104,8 +112,98 @@ fn extended(args: &[String]) -> bool {
             }
             true
         }
+        "test-run" => {
+            test_run(&args[1], &args[2..]);
+            true
+        }
         _ => false,
     }
+}
+
+/// `probe test-run`: see the module's documentation.
+fn test_run(pin: &str, steps: &[String]) {
+    testbed::stay_on_this_cpu();
+    let prog = bpf_obj_get(pin);
+    let mut words = Vec::new();
+    for step in steps {
+        if let Some(procs) = step.strip_prefix('@') {
+            std::fs::write(procs, format!("{}\n", std::process::id()))
+                .unwrap_or_else(|e| panic!("moving into {procs}: {e}"));
+        } else if let Some(rest) = step.strip_prefix('~') {
+            let (deadline, frame) = rest.split_once(':').expect("~DEADLINE:FRAME");
+            let deadline: u64 = deadline.parse().expect("deadline ns");
+            let frame = unhex(frame);
+            let (mut late, mut hot) = (false, false);
+            loop {
+                let began = boottime_ns();
+                if began > deadline + 30_000_000 {
+                    break;
+                }
+                let passed = run_once(prog, &frame) == 1;
+                late |= passed && began > deadline;
+                hot |= passed && began + 10_000_000 > deadline;
+            }
+            words.push(match (late, hot) {
+                (true, _) => "late",
+                (false, false) => "cold",
+                (false, true) => "lapsed",
+            });
+        } else {
+            words.push(if run_once(prog, &unhex(step)) == 1 {
+                "pass"
+            } else {
+                "drop"
+            });
+        }
+    }
+    say(&words.join(" "));
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame"))
+        .collect()
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A bpf(2) call on an attribute block; panics naming `what` on failure.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 10], what: &str) -> i64 {
+    // SAFETY: `attr` is a zero-padded bpf_attr of 80 bytes for `cmd`, living across the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 80usize) };
+    if rc < 0 {
+        panic!("{what}: {}", std::io::Error::last_os_error());
+    }
+    rc
+}
+
+/// BPF_OBJ_GET: a descriptor of the program pinned at `pin`.
+fn bpf_obj_get(pin: &str) -> u32 {
+    let path = std::ffi::CString::new(pin).expect("pin path");
+    let mut attr = [0u64; 10];
+    attr[0] = path.as_ptr() as u64;
+    bpf(7, &mut attr, &format!("opening {pin}")) as u32
+}
+
+/// BPF_PROG_TEST_RUN of `prog` on `frame`, once: its return value.
+fn run_once(prog: u32, frame: &[u8]) -> u32 {
+    let mut attr = [0u64; 10];
+    // prog_fd, retval; data_size_in, data_size_out; data_in; data_out; repeat, duration.
+    attr[0] = prog as u64;
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = 1;
+    bpf(10, &mut attr, "BPF_PROG_TEST_RUN");
+    (attr[0] >> 32) as u32
 }
 
 /// An IPv4 header (checksummed) and a UDP datagram (checksum 0: none, valid for IPv4).
