@@ -215,7 +215,8 @@ fn bucket(bucketed: bool, sg: u32, family: u8, src: &[u8; 16]) -> BucketBits {
 /// - a source that becomes one of the host's addresses is refused once the tick ends.
 #[inline(always)]
 fn source_rule(g: &GroupInfo, sg: u32, p: &Parsed) -> Option<u32> {
-    // Each family's walk on its own path, with its constants, as the verifier walks it.
+    // Each family on a path of its own to the end: joined after the bucket, the two paths'
+    // values spilled, and a refused packet paid about 3 ns more.
     if p.family == AF_INET {
         let bucketed = g.flags & GROUP_V4_BUCKETS != 0;
         let bits = bucket(bucketed, sg, AF_INET, &p.src);
