@@ -3,6 +3,7 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_loop},
+    maps::PerCpuArray,
 };
 use enforcer_common::{
     consts::*,
@@ -15,7 +16,7 @@ use crate::{
         ACTIVE, ALLOW, CGROUPS, CGROUP_MEMO, GROUPS, HOST, HOST_ADDRS, LEN_BITS, LOCAL_ADDRS,
         PORTS, SLOT_INFO, SOURCE_MEMO,
     },
-    memo,
+    memo::{self, Place},
     parse::*,
 };
 
@@ -246,15 +247,8 @@ fn family_rule<const N: usize>(
         return None;
     }
     let (at, key) = source_memo_key(sg, p);
-    if let Some([rule, expires]) = memo::recall(&SOURCE_MEMO, at, memo::tick(), &key) {
-        let noted = AllowValue {
-            rule: rule as u32,
-            _pad: 0,
-            expires_boot_ns: expires,
-        };
-        if live(&noted) {
-            return Some(noted.rule);
-        }
+    if let Some(rule) = recall_rule(&SOURCE_MEMO, at, &key) {
+        return Some(rule);
     }
     let found = allow_by_source::<N>(sg, family, n, lens, &p.src, bits, base)?;
     if is_host_addr(family, &p.src) {
@@ -263,8 +257,7 @@ fn family_rule<const N: usize>(
     // Worked out again rather than kept across the walk: kept, they overflow ingress's
     // stack.
     let (at, key) = source_memo_key(sg, p);
-    let value = [found.rule as u64, found.expires_boot_ns];
-    memo::note(&SOURCE_MEMO, at, memo::tick(), &key, &value);
+    note_rule(&SOURCE_MEMO, at, &key, &found);
     Some(found.rule)
 }
 
@@ -414,6 +407,35 @@ fn live(v: &AllowValue) -> bool {
     v.expires_boot_ns == 0 || v.live(unsafe { bpf_ktime_get_boot_ns() })
 }
 
+/// The rule `map` noted for `key` this tick, unless its allow has lapsed since: a memo
+/// holds an allow's rule and deadline.
+#[inline(always)]
+fn recall_rule<const K: usize>(
+    map: &PerCpuArray<Place<K, 2>>,
+    at: u64,
+    key: &[u64; K],
+) -> Option<u32> {
+    let [rule, expires] = memo::recall(map, at, memo::tick(), key)?;
+    let noted = AllowValue {
+        rule: rule as u32,
+        _pad: 0,
+        expires_boot_ns: expires,
+    };
+    live(&noted).then_some(noted.rule)
+}
+
+/// Notes the allow `found` for `key` for this tick.
+#[inline(always)]
+fn note_rule<const K: usize>(
+    map: &PerCpuArray<Place<K, 2>>,
+    at: u64,
+    key: &[u64; K],
+    found: &AllowValue,
+) {
+    let value = [found.rule as u64, found.expires_boot_ns];
+    memo::note(map, at, memo::tick(), key, &value);
+}
+
 /// The rule allowing the deepest allowed ancestor of a cgroup; `ancestor(level)` returns
 /// the id of the sender's cgroup ancestor at `level` (0 when deeper than the cgroup).
 /// Only the levels some allowed cgroup sits at are probed, deepest first: the first inline,
@@ -437,15 +459,8 @@ pub fn cgroup_rule<F: Fn(i32) -> u64>(sg: u32, levels: u32, ancestor: F) -> Opti
     let id = (walk.ancestor)(level);
     let key = [sg as u64, id];
     if id != 0 {
-        if let Some([rule, expires]) = memo::recall(&CGROUP_MEMO, id, memo::tick(), &key) {
-            let noted = AllowValue {
-                rule: rule as u32,
-                _pad: 0,
-                expires_boot_ns: expires,
-            };
-            if live(&noted) {
-                return Some(noted.rule);
-            }
+        if let Some(rule) = recall_rule(&CGROUP_MEMO, id, &key) {
+            return Some(rule);
         }
         probe_cgroup(&mut walk, id);
     }
@@ -456,8 +471,7 @@ pub fn cgroup_rule<F: Fn(i32) -> u64>(sg: u32, levels: u32, ancestor: F) -> Opti
         return None;
     }
     if id != 0 {
-        let value = [walk.found.rule as u64, walk.found.expires_boot_ns];
-        memo::note(&CGROUP_MEMO, id, memo::tick(), &key, &value);
+        note_rule(&CGROUP_MEMO, id, &key, &walk.found);
     }
     Some(walk.found.rule)
 }

@@ -130,6 +130,17 @@ pub fn stay_on_this_cpu() {
     }
 }
 
+/// Now on `CLOCK_BOOTTIME`, the clock the programs' deadlines are on (ns).
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The daemon binary: ENFORCER_BIN (set by `cargo xtask test`), else the workspace's
 /// debug build.
 pub fn enforcer_bin() -> std::path::PathBuf {

@@ -18,6 +18,7 @@ use std::{
 
 use enforcer_common::maps::memo_place;
 use testbed::{
+    boottime_ns,
     daemon::Pins,
     kernel::{Prog, TestKernel, SKB_DROP, SKB_PASS, XDP_DROP, XDP_PASS},
     net::Cgroup,
@@ -168,16 +169,6 @@ fn place(a: IpAddr) -> u32 {
     }
     let word = |i: usize| u64::from_ne_bytes(bytes[i..i + 8].try_into().unwrap());
     memo_place(word(0) ^ word(8))
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// An RFC 3339 time `secs` seconds from now.

@@ -135,7 +135,7 @@ fn test_run(pin: &str, steps: &[String]) {
             let frame = unhex(frame);
             let (mut late, mut hot) = (false, false);
             loop {
-                let began = boottime_ns();
+                let began = testbed::boottime_ns();
                 if began > deadline + 30_000_000 {
                     break;
                 }
@@ -164,16 +164,6 @@ fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame"))
         .collect()
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A bpf(2) call on an attribute block; panics naming `what` on failure.
