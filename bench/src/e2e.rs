@@ -43,18 +43,20 @@ pub enum Variant {
     EnforcerAudited,
     XdpFilter,
     XdpFilterLean,
+    XdpFilterLeanAllow,
     Nft,
     Iptables,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::XdpDrop,
         Variant::Sol,
         Variant::Enforcer,
         Variant::EnforcerAudited,
         Variant::XdpFilter,
         Variant::XdpFilterLean,
+        Variant::XdpFilterLeanAllow,
         Variant::Nft,
         Variant::Iptables,
     ];
@@ -69,6 +71,9 @@ impl Variant {
             }
             Variant::XdpFilter => "xdp-filter (deny list tcp/5432, `-f all`)",
             Variant::XdpFilterLean => "xdp-filter lean (deny list tcp/5432, `-f tcp`)",
+            Variant::XdpFilterLeanAllow => {
+                "xdp-filter lean allow list (sources 10.1.2.3 and fd00:1::5 pass, the rest dropped; `-f ipv4,ipv6,tcp`)"
+            }
             Variant::Nft => "nftables netdev ingress drop rule",
             Variant::Iptables => "iptables-legacy raw PREROUTING drop rule",
         }
@@ -323,6 +328,7 @@ pub fn run(
                 Variant::EnforcerAudited => attach_link(bed, daemon.xdp())?,
                 Variant::XdpFilter => attach_link(bed, xdpf.deny_list.as_raw_fd())?,
                 Variant::XdpFilterLean => attach_link(bed, xdpf.deny_list_lean.as_raw_fd())?,
+                Variant::XdpFilterLeanAllow => attach_link(bed, xdpf.allow_list_lean.as_raw_fd())?,
                 Variant::Nft => {
                     let rules = format!(
                         "table netdev enfbench {{\n chain ingress {{\n  type filter hook ingress device \"{}\" priority -500;\n  ip saddr != 10.1.0.0/16 tcp dport 5432 counter drop\n }}\n}}\n",

@@ -495,11 +495,20 @@ impl Report {
                     let sol = get(Variant::Sol).map_or(String::new(), |s| {
                         format!("; speed of light {}", s.cpu_ns.minus(&d.cpu_ns).fmt(0))
                     });
+                    // And the nearest xdp-filter that looks the source up, as enforcer must.
+                    let allow = get(Variant::XdpFilterLeanAllow).map_or(String::new(), |a| {
+                        let aa = a.cpu_ns.minus(&d.cpu_ns);
+                        format!(
+                            "; xdp-filter lean allow list (a source lookup) {}, enforcer {:.2}× that",
+                            aa.fmt(0),
+                            ea.median() / aa.median()
+                        )
+                    });
                     targets.push(Target {
                         what: "end to end: receiver cost above XDP_DROP ≤ 1.2× xdp-filter lean's"
                             .into(),
                         figure: format!(
-                            "{} ({:.0} ns vs {:.0} ns per packet above XDP_DROP: enforcer {}, lean {}{sol})",
+                            "{} ({:.0} ns vs {:.0} ns per packet above XDP_DROP: enforcer {}, lean {}{sol}{allow})",
                             if lean_ns > 0.0 {
                                 format!("{:.2}×", ea.median() / lean_ns)
                             } else {
