@@ -111,8 +111,18 @@ impl Default for Pins {
 impl Drop for Pins {
     fn drop(&mut self) {
         if self.0.exists() {
-            let _ = enforcer::kernel::pins::remove_all(&self.0);
+            let _ = remove_pins(&self.0);
         }
+    }
+}
+
+/// Removes a test's pin directory: the daemon's layout first (links before maps, which
+/// detaches the programs), then whatever else a test pinned there (a program it runs).
+pub fn remove_pins(dir: &Path) -> std::io::Result<()> {
+    let _ = enforcer::kernel::pins::remove_all(dir);
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 

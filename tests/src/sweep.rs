@@ -171,7 +171,7 @@ impl Thing {
             }
             Thing::NetNs(n) => quiet(&["ip", "netns", "del", n]),
             Thing::Link(n) => quiet(&["ip", "link", "del", n]),
-            Thing::Pins(p) => enforcer::kernel::pins::remove_all(p).is_ok(),
+            Thing::Pins(p) => crate::daemon::remove_pins(p).is_ok(),
             Thing::TempDir(p) => std::fs::remove_dir_all(p).is_ok(),
         }
     }
