@@ -24,7 +24,7 @@ pub const SKB_DROP: u32 = 0;
 pub const SKB_PASS: u32 = 1;
 
 /// Test runs per XDP figure, per cgroup_skb figure, and per figure that must fit in the
-/// ring buffer (16 MiB holds ~149,000 events of 112 bytes with their headers).
+/// ring buffer (it holds `audit::ring_events()`).
 pub const XDP_REPEAT: u32 = 2_000_000;
 pub const SKB_REPEAT: u32 = 1_000_000;
 pub const EVENT_REPEAT: u32 = 100_000;
@@ -504,7 +504,8 @@ pub fn run(
         notes.push("\"No event (rate limit spent)\": the policy's default `[audit]` rate limits, with the per-rule bucket already empty — the path every packet of a flood takes after the first ~1,000 per second per CPU. This is the honest \"without event\" figure: the program runs unchanged and decides exactly as it does for a flood.".into());
     }
     notes.push(format!(
-        "\"No event (ring buffer full)\": events unlimited, and the 16 MiB ring left undrained so every reservation fails; this includes the failed bpf_ringbuf_reserve and the loss counter, so it is an upper bound of a refusal without an event. \"With its event\": events unlimited, the ring drained before each run and {EVENT_REPEAT} runs per figure (what the ring holds), every run writing its event (checked: all {EVENT_REPEAT} read back, none lost)."
+        "\"No event (ring buffer full)\": events unlimited, and the {} MiB ring left undrained so every reservation fails; this includes the failed bpf_ringbuf_reserve and the loss counter, so it is an upper bound of a refusal without an event. \"With its event\": events unlimited, the ring drained before each run and {EVENT_REPEAT} runs per figure (what the ring holds), every run writing its event (checked: all {EVENT_REPEAT} read back, none lost).",
+        enforcer_common::consts::EVENTS_BYTES >> 20
     ));
     Ok(MicroResults {
         xdp: xdp_rows,

@@ -51,8 +51,10 @@ pub const MAX_SOCK_OWNERS: u32 = 1 << 14;
 /// (CONFIG_HZ=100). Also how far one CPU's reading may run ahead of another's: jiffies
 /// move before the clock does, so a CPU reading in between keeps the old time a tick.
 pub const COARSE_TICK_MAX_NS: u64 = 10_000_000;
-/// Ring buffer for audit events.
-pub const EVENTS_BYTES: u32 = 1 << 24;
+/// Ring buffer for audit events: about 300,000 events (104 bytes and an 8-byte header),
+/// so the daemon's reader may fall 100 ms behind a flood of 3M events/s (a stall, a busy
+/// CPU) before the kernel loses any.
+pub const EVENTS_BYTES: u32 = 1 << 25;
 
 /// Entries of the port table: slot x protocol (tcp, udp) x port.
 pub const PORT_TABLE_ENTRIES: u32 = SLOTS * 2 * 65536;

@@ -18,7 +18,7 @@ use std::{
 use testbed::{
     bed::{Bed, A4, A6, HOST_A4, HOST_A6, HOST_R4, HOST_R6, R4, R6},
     daemon::Daemon,
-    flood::{rule_status, status_json},
+    flood::{rule_status, status_json, udp_once},
     kernel::pinned_link_ids,
     need_root,
     traffic::{count_from, Flow},
@@ -195,4 +195,57 @@ fn a_restart_switches_every_pinned_link_in_place_without_a_gap() {
         refused_sent,
         "drops counted vs refused datagrams sent"
     );
+}
+
+/// Replaces the pinned `EVENTS` with a new, empty ring buffer of `bytes`, as an earlier
+/// daemon built with another ring size would have left it.
+fn pin_ring_of_size(pins: &Path, bytes: u32) {
+    use enforcer::kernel::sys::{bpf_fd, obj_pin, Attr};
+    use std::os::fd::AsFd as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+    let path = pins.join("maps/EVENTS");
+    std::fs::remove_file(&path).expect("unpinning EVENTS");
+    // BPF_MAP_CREATE: map_type, key_size, value_size, max_entries (a ring's bytes).
+    let mut a = Attr::default();
+    a.put32(0, BPF_MAP_TYPE_RINGBUF).put32(12, bytes);
+    let ring = bpf_fd(BPF_MAP_CREATE, &mut a).expect("creating a ring buffer");
+    obj_pin(ring.as_fd(), &path).expect("pinning the ring buffer");
+}
+
+/// A daemon of another build may have made the ring buffer another size: the next daemon
+/// adopts it at the size it has (mapping it at its own size is refused by the kernel, and
+/// the upgrade would fail to start), and reads the events the new programs write there.
+#[test]
+fn a_ring_buffer_pinned_at_another_size_is_adopted_and_read() {
+    need_root!();
+    let bed = Bed::new();
+    let policy = bed.policy(
+        "mode = \"enforce\"",
+        &format!("[[rule]]\nname = \"svc\"\nprotocol = \"udp\"\nports = [{PORT}]\nallow_from = [\"10.1.0.0/24\"]\n"),
+    );
+    let mut d = Daemon::start_with(&bed.host, &policy, &["--on-stop", "keep"]);
+    let pins = d.pins.take().expect("pins");
+    assert!(d.stop().success());
+    let ring_bytes = enforcer_common::consts::EVENTS_BYTES / 4;
+    pin_ring_of_size(&pins.0, ring_bytes);
+
+    let mut d2 = Daemon::start_pinned(&bed.host, &policy, &[], pins);
+    assert!(
+        d2.stderr()
+            .contains("adopted the pinned programs and policy"),
+        "{}",
+        d2.stderr()
+    );
+    udp_once(
+        &bed.r,
+        &format!("{R4}:40123"),
+        &sa(HOST_R4, PORT).to_string(),
+        b"x",
+    );
+    let ev = d2.wait_for(Duration::from_secs(20), |v| {
+        v["event"] == "packet" && v["src"] == R4 && v["sport"] == 40123
+    });
+    assert_eq!(ev["verdict"], "drop", "{ev}");
+    assert_eq!(status_json(&d2)["audit"]["lost_kernel"], 0);
 }

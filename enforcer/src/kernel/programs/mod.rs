@@ -142,6 +142,25 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// The `EVENTS` ring buffer at the size the kernel made it. One pinned by an earlier daemon
+/// keeps its size (until the state is unloaded); aya would map it at this object's size,
+/// which the kernel refuses when the two differ.
+fn ring_as_made(ebpf: &mut Ebpf) -> anyhow::Result<RingBuf<MapData>> {
+    let aya::maps::Map::RingBuf(made) = ebpf
+        .take_map("EVENTS")
+        .ok_or_else(|| anyhow!("map EVENTS missing from the object"))?
+    else {
+        anyhow::bail!("map EVENTS is not a ring buffer");
+    };
+    let fd = made
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating the EVENTS descriptor")?;
+    let data = MapData::from_fd(fd).context("reading the EVENTS map's size")?;
+    RingBuf::try_from(aya::maps::Map::RingBuf(data)).context("mapping the EVENTS ring buffer")
+}
+
 /// A link's pin name for an XDP attachment.
 fn xdp_pin_name(iface: &str, mode: &str) -> String {
     format!("xdp@{iface}@{mode}")
@@ -222,7 +241,7 @@ impl Loaded {
             reasons: take(&mut ebpf, "REASONS")?,
             rule_stats: take(&mut ebpf, "RULE_STATS")?,
         };
-        let events = Some(take(&mut ebpf, "EVENTS")?);
+        let events = Some(ring_as_made(&mut ebpf)?);
         let mut host = maps.host.get(&0, 0).context("reading host facts")?;
         let adopted = if host.layout == LAYOUT_VERSION {
             let slot = maps
