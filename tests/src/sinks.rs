@@ -16,34 +16,6 @@ use crate::{
     net::NetNs,
 };
 
-/// Installs rsyslog with apt-get when `rsyslogd` is missing (`cargo xtask test` installs
-/// it first with the other test tools); panics if it cannot.
-pub fn need_rsyslogd() {
-    let have = || {
-        Command::new("rsyslogd")
-            .arg("-v")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if have() {
-        return;
-    }
-    for args in [
-        &["update", "-qq"][..],
-        &["install", "-y", "-qq", "--no-install-recommends", "rsyslog"][..],
-    ] {
-        let ok = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "apt-get {args:?} failed: rsyslog is needed");
-    }
-    assert!(have(), "rsyslogd still missing after installing rsyslog");
-}
-
 /// `rsyslogd -n -f CONF -i PIDFILE` on a private config, stopped on drop.
 pub struct Rsyslog {
     child: Option<Child>,
@@ -55,7 +27,8 @@ impl Rsyslog {
     /// Starts rsyslogd (in `ns` if given) with `config` after a `global()` line that
     /// gives it a work directory of its own, and waits for its pid file.
     pub fn start(ns: Option<&NetNs>, config: &str) -> Self {
-        need_rsyslogd();
+        // `cargo xtask test` installs it first; a test run alone installs it here.
+        crate::machine::need_tool("rsyslogd", "rsyslog");
         let dir = TempDir::new();
         let work = dir.0.join("work");
         std::fs::create_dir_all(&work).expect("rsyslog work dir");
