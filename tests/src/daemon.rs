@@ -150,6 +150,18 @@ impl Daemon {
         Self::start_pinned(ns, policy, args, Pins::new())
     }
 
+    /// `start_pinned` on an earlier daemon's pins; panics unless it adopted them (its
+    /// programs and policy, with no gap).
+    pub fn adopt(ns: &NetNs, policy: &str, args: &[&str], pins: Pins) -> Self {
+        let d = Self::start_pinned(ns, policy, args, pins);
+        let stderr = d.stderr();
+        assert!(
+            stderr.contains("adopted the pinned programs and policy"),
+            "the daemon did not adopt the pinned state: {stderr}"
+        );
+        d
+    }
+
     /// As `start_with`, pinning under `pins` (which may hold an earlier daemon's state to
     /// adopt).
     pub fn start_pinned(ns: &NetNs, policy: &str, args: &[&str], pins: Pins) -> Self {
