@@ -33,6 +33,25 @@ use testbed::{
 
 use crate::{bpf, env::sh};
 
+/// The daemon binary the audited figures run: ENFORCER_BIN, else the `enforcer` beside this
+/// executable (the same build profile: a release bench measures a release daemon, never the
+/// debug build the tests fall back to). Named in ENFORCER_BIN for the test bed's helpers.
+pub fn binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("ENFORCER_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("locating the bench's executable")?;
+    let beside = exe.with_file_name("enforcer");
+    if !beside.is_file() {
+        bail!(
+            "no daemon binary: {} does not exist; build it (cargo build --release -p enforcer) or name one in ENFORCER_BIN",
+            beside.display()
+        );
+    }
+    std::env::set_var("ENFORCER_BIN", &beside);
+    Ok(beside)
+}
+
 /// The audit figures the daemon reports (`status`, "audit").
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AuditCounts {

@@ -87,7 +87,8 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                     "enforcer-bench [--out FILE] [--quick] [--only micro,scaling,load,e2e,audit,policy]\n\
                      Measures enforcer's programs, policy writer and audit pipeline; needs root.\n\
                      The audit figures run the daemon binary ENFORCER_BIN (cargo xtask bench\n\
-                     builds target/release/enforcer and names it)."
+                     builds target/release/enforcer and names it), else the enforcer binary\n\
+                     beside this one (the same build profile)."
                 );
                 return Ok(None);
             }
@@ -145,11 +146,18 @@ fn run(o: &Options) -> anyhow::Result<bool> {
         bail!("needs root: it loads BPF programs and creates network namespaces");
     }
     need_tools()?;
+    let daemon_bin = (want(o, "e2e") || want(o, "audit"))
+        .then(daemon::binary)
+        .transpose()?;
     env::install_signal_handlers();
     audit::ignore_sigpipe();
     let started = Instant::now();
     let load = report::Load::start();
-    let mut r = report::Report::new(report::machine());
+    let mut machine = report::machine();
+    if let Some(bin) = &daemon_bin {
+        machine.push(("daemon (audited figures)".into(), bin.display().to_string()));
+    }
+    let mut r = report::Report::new(machine);
 
     let trivial = micro::Trivial::load()?;
     let sol = sol::Sol::load(&[5432], &[micro::ALLOWED4.into(), micro::ALLOWED6.into()])?;
