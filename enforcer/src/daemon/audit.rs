@@ -1,7 +1,7 @@
 //! The audit stream: ring buffer -> decode -> enrich -> one JSON line, numbered (`seq`)
 //! and stamped with its origin, offered to every sink (`events::sink`: stdout, the
 //! rotated file, syslog, control-socket subscribers). Lines are made in batches (what one
-//! wakeup finds in the ring, up to 256 KiB) that the sinks share. Each sink has its own
+//! wakeup finds in the ring, up to 512 KiB) that the sinks share. Each sink has its own
 //! bounded queue and filter: a sink that falls behind loses its own lines (counted, and
 //! told how many with its next line); it never slows the others, this task, or the kernel.
 
@@ -81,7 +81,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_micros(50);
 const STDOUT_QUEUE: usize = 1 << 16;
 
 /// Bytes a reader may lag behind on stdout (if a pipe; the kernel's default is 64 KiB) and
-/// on a subscriber's connection (the kernel doubles it): a few batches, so a batch does not
+/// on a subscriber's connection (the kernel doubles it): two batches, so a batch does not
 /// wait for the reader to be scheduled. The subscriber's stays small next to its queue: a
 /// stuck subscriber loses lines soon, not after megabytes.
 const STDOUT_PIPE: libc::c_int = 1 << 20;
